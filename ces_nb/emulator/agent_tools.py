@@ -1,0 +1,211 @@
+"""CES tools as ADK tools: one adapter per tool kind the emulator runs offline.
+
+| CES tool            | ADK behaviour                                                    |
+|---------------------|------------------------------------------------------------------|
+| clientFunction      | long-running: the turn pauses and emits tool_calls               |
+| pythonFunction      | runs the export's code in a worker subprocess with a timeout     |
+| dataStoreTool       | bm25 search over the app's documents; the reply carries citations|
+| googleSearchTool    | the same search, offline; the reply carries search suggestions   |
+| end_session         | ends the turn; the runtime emits end_session                     |
+| customize_response  | echoes its args                                                  |
+| anything else       | answers {"error": ...}: not supported offline                    |
+
+With `use_tool_fakes` on the session (or `toolFakeConfig.enableFakeMode` on the
+tool), a tool with a fake code block runs that code instead.
+"""
+
+from __future__ import annotations
+
+import html
+import urllib.parse
+from typing import Any
+
+from google.adk.tools.base_tool import BaseTool
+from google.adk.tools.tool_context import ToolContext
+from google.cloud import ces_v1
+from google.genai import types
+
+from .documents import DocumentIndex
+from .export import LoadedApp
+from .playback import adk_name
+from .python_runner import DEFAULT_TIMEOUT_S, PythonToolRunner
+from .schemas import python_function_declaration, to_genai_schema
+
+# Session-state key (not a CES variable: the underscore hides it from the
+# variables the client sees) that turns tool fakes on for the session.
+USE_TOOL_FAKES_KEY = "_ces_use_tool_fakes"
+
+END_SESSION_DECLARATION = types.FunctionDeclaration(
+    name="end_session",
+    description="Ends the session. Set session_escalated when handing over to a human.",
+    parameters=types.Schema(
+        type="OBJECT",
+        properties={
+            "reason": types.Schema(type="STRING"),
+            "session_escalated": types.Schema(type="BOOLEAN"),
+        },
+    ),
+)
+
+
+class CesTool(BaseTool):
+    """Shared by every adapter: the CES definition and fake-mode handling."""
+
+    kind = ""
+
+    def __init__(self, tool: ces_v1.Tool | None, name: str, description: str, runner: PythonToolRunner, long_running: bool = False):
+        super().__init__(name=adk_name(name), description=description, is_long_running=long_running)
+        self.ces_tool = tool
+        self.display_name = name
+        self.runner = runner
+
+    def _fake_code(self, tool_context: ToolContext) -> str | None:
+        if self.ces_tool is None:
+            return None
+        fake = self.ces_tool.tool_fake_config
+        code = fake.code_block.python_code if fake else ""
+        if code and (fake.enable_fake_mode or tool_context.state.get(USE_TOOL_FAKES_KEY)):
+            return code
+        return None
+
+    async def run_async(self, *, args: dict[str, Any], tool_context: ToolContext) -> Any:
+        code = self._fake_code(tool_context)
+        if code is not None:
+            return await self.runner.run(code, _first_function(code) or self.name, args, self._timeout())
+        return await self.execute(args, tool_context)
+
+    async def execute(self, args: dict[str, Any], tool_context: ToolContext | None) -> Any:
+        raise NotImplementedError
+
+    def _timeout(self) -> float:
+        if self.ces_tool is not None and self.ces_tool.timeout:
+            return self.ces_tool.timeout.total_seconds() or DEFAULT_TIMEOUT_S
+        return DEFAULT_TIMEOUT_S
+
+
+def _first_function(code: str) -> str | None:
+    import ast
+
+    try:
+        return next((n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)), None)
+    except SyntaxError:
+        return None
+
+
+class ClientFunctionTool(CesTool):
+    kind = "client_function"
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        fn = self.ces_tool.client_function
+        return types.FunctionDeclaration(name=self.name, description=fn.description, parameters=to_genai_schema(fn.parameters))
+
+    async def execute(self, args, tool_context):
+        # None tells ADK the answer comes later: the client's tool_responses.
+        return None
+
+
+class PythonFunctionTool(CesTool):
+    kind = "python_function"
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        fn = self.ces_tool.python_function
+        decl = python_function_declaration(fn.name or self.display_name, fn.python_code, fn.description)
+        decl.name = self.name
+        return decl
+
+    async def execute(self, args, tool_context):
+        fn = self.ces_tool.python_function
+        return await self.runner.run(fn.python_code, fn.name or self.display_name, args, self._timeout())
+
+
+class SearchTool(CesTool):
+    """dataStoreTool and googleSearchTool: both search the app's own documents offline."""
+
+    def __init__(self, tool, name, description, runner, index: DocumentIndex, kind: str):
+        super().__init__(tool, name, description, runner)
+        self.index = index
+        self.kind = kind
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        return types.FunctionDeclaration(
+            name=self.name,
+            description=self.description,
+            parameters=types.Schema(type="OBJECT", properties={"query": types.Schema(type="STRING")}, required=["query"]),
+        )
+
+    async def execute(self, args, tool_context):
+        query = str(args.get("query", ""))
+        hits = self.index.search(query)
+        results = [{"title": h.title, "uri": h.uri, "snippet": h.snippet} for h in hits]
+        # The best hit's fields at the top level, so agent text can say {title}.
+        best = results[0] if results else {"title": "", "uri": "", "snippet": "nothing found"}
+        return {"query": query, **best, "results": results}
+
+
+class EndSessionTool(CesTool):
+    kind = "end_session"
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        return END_SESSION_DECLARATION
+
+    async def execute(self, args, tool_context):
+        if tool_context is not None:
+            # Nothing follows end_session: don't ask the model to speak again.
+            tool_context.actions.skip_summarization = True
+        return {"ended": True}
+
+
+class CustomizeResponseTool(CesTool):
+    kind = "customize_response"
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        return types.FunctionDeclaration(
+            name=self.name,
+            description=self.description,
+            parameters=types.Schema(type="OBJECT", properties={"text": types.Schema(type="STRING")}),
+        )
+
+    async def execute(self, args, tool_context):
+        return dict(args)
+
+
+class UnsupportedTool(CesTool):
+    kind = "unsupported"
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        return types.FunctionDeclaration(name=self.name, description=self.description)
+
+    async def execute(self, args, tool_context):
+        tool_type = ces_v1.Tool.pb(self.ces_tool).WhichOneof("tool_type") if self.ces_tool else "unknown"
+        return {"error": f"{self.display_name}: {tool_type} tools are not supported by the offline ces_nb emulator"}
+
+
+def build_tool(app: LoadedApp, display_name: str, runner: PythonToolRunner, indexes: dict[str, DocumentIndex]) -> CesTool:
+    """The adapter for one tool reference of an agent (reserved names included)."""
+    if display_name == "end_session":
+        return EndSessionTool(None, "end_session", END_SESSION_DECLARATION.description, runner)
+    if display_name == "customize_response":
+        return CustomizeResponseTool(None, "customize_response", "Sends the given text as the response.", runner)
+    tool = app.tools[display_name]
+    kind = app.tool_kind(tool)
+    if kind == "client_function":
+        return ClientFunctionTool(tool, display_name, tool.client_function.description, runner, long_running=True)
+    if kind == "python_function":
+        return PythonFunctionTool(tool, display_name, tool.python_function.description, runner)
+    if kind in ("data_store_tool", "google_search_tool"):
+        description = (tool.data_store_tool.description if kind == "data_store_tool" else tool.google_search_tool.description)
+        index = indexes.setdefault(display_name, DocumentIndex(app.documents.get(display_name, [])))
+        return SearchTool(tool, display_name, description or f"Searches {display_name}.", runner, index, kind)
+    if kind == "system_tool" and tool.system_tool.name == "end_session":
+        return EndSessionTool(tool, display_name, tool.system_tool.description, runner)
+    return UnsupportedTool(tool, display_name, f"{display_name} (not available offline)", runner)
+
+
+def search_suggestions_html(query: str) -> str:
+    """A search chip like the ones Google search grounding returns (escaped)."""
+    href = "https://www.google.com/search?q=" + urllib.parse.quote_plus(query)
+    return (
+        '<div class="container"><div class="carousel">'
+        f'<a class="chip" href="{html.escape(href)}">{html.escape(query)}</a>'
+        "</div></div>"
+    )

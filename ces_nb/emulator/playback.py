@@ -1,0 +1,356 @@
+"""The offline model: an ADK BaseLlm that plays back the app's example conversations.
+
+Each example is compiled once into a Script: its user turns, and for each turn
+the agent's steps cut into groups, each group ending where the agent must wait
+for something (a tool call or a transfer). On every model call the playback
+reads the conversation from the LlmRequest alone (so it works under a plain
+ADK Runner too), picks the example turn that best matches what the user said,
+and emits group number k, where k is how many calls the agents already made
+since the user spoke. Deterministic: same conversation, same reply.
+
+`{name}` placeholders in the emitted text and args are filled from the latest
+tool response here; the runtime fills what is left from the session variables
+(an after-model callback), so the response wins.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, AsyncGenerator
+
+from google.adk.models.base_llm import BaseLlm
+from google.adk.models.llm_request import LlmRequest
+from google.adk.models.llm_response import LlmResponse
+from google.cloud import ces_v1
+from google.genai import types
+from google.protobuf import json_format
+from opentelemetry import trace
+
+PLAYBACK_MODEL = "ces-nb-playback"
+TRANSFER_TOOL = "transfer_to_agent"
+# Below this similarity to every example, the user is answered with a fallback.
+MATCH_THRESHOLD = 0.3
+
+_WORD = re.compile(r"[a-z0-9]+")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+_PREAMBLE = "For context:"
+_SAID = re.compile(r"^\[(?P<agent>[^\]]+)\] said:\s*(?P<body>.*)$", re.S)
+_CALLED = re.compile(r"^\[(?P<agent>[^\]]+)\] called tool `(?P<name>[^`]+)`")
+_RETURNED = re.compile(r"^\[(?P<agent>[^\]]+)\] `(?P<name>[^`]+)` tool returned result:\s*(?P<body>.*)$", re.S)
+_QUOTE_MARKERS = re.compile(r"<<<(BEGIN|END)_QUOTED_AGENT_CONTENT>>>")
+
+
+@dataclass
+class Step:
+    kind: str  # user | text | call | response | transfer | payload
+    text: str = ""
+    name: str = ""
+    data: Any = None
+    agent: str = ""
+
+
+@dataclass
+class ScriptTurn:
+    user: str
+    tokens: frozenset[str]
+    groups: list[list[Step]] = field(default_factory=list)
+
+
+@dataclass
+class Script:
+    name: str
+    turns: list[ScriptTurn]
+
+
+def adk_name(display_name: str) -> str:
+    """ADK agent and tool names must be identifiers; CES display names need not be."""
+    name = re.sub(r"\W+", "_", display_name).strip("_") or "agent"
+    return name if not name[0].isdigit() else "_" + name
+
+
+def tokens(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[str] | None = None) -> float:
+    """Word overlap (Dice), softened by character similarity for typos."""
+    ta = tokens(a) if ta is None else ta
+    tb = tokens(b) if tb is None else tb
+    if not ta or not tb:
+        return 1.0 if a.strip().lower() == b.strip().lower() else 0.0
+    dice = 2 * len(ta & tb) / (len(ta) + len(tb))
+    chars = difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
+    return 0.75 * dice + 0.25 * chars
+
+
+def _struct(msg) -> dict:
+    return json_format.MessageToDict(msg) if msg is not None else {}
+
+
+def compile_example(example: ces_v1.Example, root_agent: str) -> Script:
+    """Example messages -> user turns, each with its agent step groups."""
+    agent = example.entry_agent or root_agent
+    turns: list[ScriptTurn] = []
+    group: list[Step] = []
+
+    def close_group() -> None:
+        nonlocal group
+        if group and turns:
+            turns[-1].groups.append(group)
+        group = []
+
+    for message in example.messages:
+        for chunk in message.chunks:
+            kind = ces_v1.Chunk.pb(chunk).WhichOneof("data")
+            pb = ces_v1.Chunk.pb(chunk)
+            if kind == "tool_response":
+                close_group()
+                continue
+            if message.role == "user":
+                if kind in ("text", "transcript", "image", "blob"):
+                    close_group()
+                    utterance = user_utterance_of_chunk(chunk, kind)
+                    turns.append(ScriptTurn(user=utterance, tokens=tokens(utterance)))
+                continue
+            if not turns:  # the agent speaks first: an empty user turn (session start)
+                turns.append(ScriptTurn(user="", tokens=frozenset()))
+            if kind == "text":
+                group.append(Step("text", text=chunk.text, agent=agent))
+            elif kind == "payload":
+                group.append(Step("payload", data=_struct(pb.payload), agent=agent))
+            elif kind == "tool_call":
+                call = chunk.tool_call
+                group.append(Step("call", name=call.tool or call.display_name, data=_struct(pb.tool_call.args), agent=agent))
+                close_group()
+            elif kind == "agent_transfer":
+                target = chunk.agent_transfer.target_agent or chunk.agent_transfer.display_name
+                group.append(Step("transfer", name=target, agent=agent))
+                close_group()
+                agent = target
+    close_group()
+    return Script(name=example.display_name, turns=turns)
+
+
+def user_utterance_of_chunk(chunk: ces_v1.Chunk, kind: str) -> str:
+    if kind == "text":
+        return chunk.text
+    if kind == "transcript":
+        return chunk.transcript
+    media = chunk.image if kind == "image" else chunk.blob
+    return f"[{kind} {media.mime_type}]"
+
+
+def read_conversation(contents: list[types.Content]) -> list[Step]:
+    """The conversation as the model sees it, including other agents' turns."""
+    steps: list[Step] = []
+    for content in contents:
+        parts = content.parts or []
+        if content.role == "user" and parts and (parts[0].text or "").startswith(_PREAMBLE):
+            steps.extend(_read_presented(parts[1:]))
+            continue
+        user_text = []
+        for part in parts:
+            if part.function_call:
+                steps.append(Step("call", name=part.function_call.name or "", data=dict(part.function_call.args or {})))
+            elif part.function_response:
+                steps.append(Step("response", name=part.function_response.name or "", data=part.function_response.response))
+            elif part.text and not part.thought:
+                if content.role == "user":
+                    user_text.append(part.text)
+                else:
+                    steps.append(Step("text", text=part.text))
+            elif part.inline_data and content.role == "user":
+                user_text.append(f"[{'image' if (part.inline_data.mime_type or '').startswith('image/') else 'blob'} {part.inline_data.mime_type}]")
+        if user_text:
+            steps.append(Step("user", text=" ".join(user_text)))
+    return steps
+
+
+def _read_presented(parts: list[types.Part]) -> list[Step]:
+    steps = []
+    for part in parts:
+        text = part.text or ""
+        if m := _CALLED.match(text):
+            steps.append(Step("call", name=m["name"], agent=m["agent"]))
+        elif m := _RETURNED.match(text):
+            steps.append(Step("response", name=m["name"], data=_literal(_QUOTE_MARKERS.sub("", m["body"]).strip()), agent=m["agent"]))
+        elif m := _SAID.match(text):
+            steps.append(Step("text", text=_QUOTE_MARKERS.sub("", m["body"]).strip(), agent=m["agent"]))
+    return steps
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"result": text}
+
+
+def fill_placeholders(value: Any, values: dict[str, Any]) -> Any:
+    """Replace `{name}` (or `{a.b}`) where `values` has it; leave the rest for later."""
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            found, cur = True, values
+            for key in m[1].split("."):
+                if isinstance(cur, dict) and key in cur:
+                    cur = cur[key]
+                else:
+                    found = False
+                    break
+            if not found or isinstance(cur, (dict, list)):
+                return m[0]
+            return _format_scalar(cur)
+
+        return _PLACEHOLDER.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_placeholders(v, values) for v in value]
+    return value
+
+
+def _format_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass
+class Choice:
+    script: Script
+    turn: int
+    score: float
+    match: float
+
+
+class PlaybackLlm(BaseLlm):
+    """One instance per agent (it must know which agent it speaks for)."""
+
+    model: str = PLAYBACK_MODEL
+    agent_display_name: str = ""
+    fallback_text: str = "Sorry, I didn't catch that. Could you rephrase?"
+    scripts: list[Any] = []
+    agent_names: dict[str, str] = {}  # display name -> ADK name
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        steps = read_conversation(llm_request.contents or [])
+        parts, payloads = self._next_parts(steps)
+        # Marks "time to first chunk" on ADK's generate_content span.
+        trace.get_current_span().add_event("first_chunk")
+        if stream:
+            for piece in _stream_pieces(parts):
+                yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text=piece)]), partial=True)
+        yield LlmResponse(
+            content=types.Content(role="model", parts=parts or [types.Part(text="")]),
+            custom_metadata={"ces_payloads": payloads} if payloads else None,
+            usage_metadata=types.GenerateContentResponseUsageMetadata(
+                prompt_token_count=sum(_count_words(c) for c in llm_request.contents or []),
+                candidates_token_count=sum(len((p.text or "").split()) + (3 if p.function_call else 0) for p in parts),
+            ),
+        )
+
+    def choose(self, steps: list[Step]) -> Choice | None:
+        users = [s.text for s in steps if s.kind == "user"]
+        last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
+        done = [s.name for s in steps[last_user + 1:] if s.kind == "call"]
+        latest = users[-1] if users else ""
+        latest_tokens = tokens(latest)
+        best: Choice | None = None
+        for script in self.scripts:
+            for i, turn in enumerate(script.turns):
+                match = similarity(latest, turn.user, latest_tokens, turn.tokens)
+                context = 0.0
+                for back in (1, 2):
+                    if len(users) > back and i >= back:
+                        context += similarity(users[-1 - back], script.turns[i - back].user) / 2
+                planned = [_call_name(g[-1]) for g in turn.groups[: len(done)] if g]
+                in_step = 1.0 if planned == done else 0.0
+                speaker = turn.groups[len(done)][0].agent if len(done) < len(turn.groups) and turn.groups[len(done)] else ""
+                agent_ok = 1.0 if speaker == self.agent_display_name else 0.0
+                score = match + 0.25 * context + 0.5 * in_step + 0.2 * agent_ok - 0.01 * abs(i - (len(users) - 1))
+                if best is None or score > best.score:
+                    best = Choice(script, i, score, match)
+        if best is None or (best.match < MATCH_THRESHOLD and not done):
+            return None
+        return best
+
+    def _next_parts(self, steps: list[Step]) -> tuple[list[types.Part], list[dict]]:
+        choice = self.choose(steps)
+        if choice is None:
+            return [types.Part(text=self.fallback_text)], []
+        last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
+        done = sum(1 for s in steps[last_user + 1:] if s.kind == "call")
+        groups = choice.script.turns[choice.turn].groups
+        if done >= len(groups):
+            return [], []
+        latest_user = next((s.text for s in reversed(steps) if s.kind == "user"), "")
+        latest_response = next((s.data for s in reversed(steps) if s.kind == "response" and isinstance(s.data, dict)), {})
+        call_count = sum(1 for s in steps if s.kind == "call")
+        parts: list[types.Part] = []
+        payloads: list[dict] = []
+        for step in groups[done]:
+            if step.kind == "text":
+                parts.append(types.Part(text=fill_placeholders(step.text, latest_response)))
+            elif step.kind == "payload":
+                payloads.append(fill_placeholders(step.data, latest_response))
+            elif step.kind in ("call", "transfer"):
+                call_count += 1
+                name = _call_name(step)
+                if step.kind == "transfer":
+                    args = {"agent_name": self.agent_names.get(step.name, adk_name(step.name))}
+                else:
+                    args = adapt_args(step.data or {}, choice.script.turns[choice.turn].user, latest_user)
+                    args = fill_placeholders(args, latest_response)
+                parts.append(types.Part(function_call=types.FunctionCall(id=f"call_{call_count}", name=name, args=args)))
+        return parts, payloads
+
+
+_VALUE_TOKEN = re.compile(r"[\w.@+-]+")
+
+
+def adapt_args(args: Any, example_user: str, live_user: str) -> Any:
+    """Recorded args that quote the example's user (a flight number, a city)
+    take the value the live user said in their place, so a tool sees SW7 when
+    the user asked about SW7, not the example's SW123."""
+    example_words = {w.lower() for w in _VALUE_TOKEN.findall(example_user)}
+    fresh = [w for w in _VALUE_TOKEN.findall(live_user) if w.lower() not in example_words]
+
+    def adapt(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: adapt(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [adapt(v) for v in value]
+        if isinstance(value, str) and value.lower() in example_words and fresh:
+            best = max(fresh, key=lambda w: difflib.SequenceMatcher(None, w.lower(), value.lower()).ratio())
+            if difflib.SequenceMatcher(None, best.lower(), value.lower()).ratio() >= 0.4:
+                return best if not value.isupper() else best.upper()
+        return value
+
+    return adapt(args)
+
+
+def _call_name(step: Step) -> str:
+    return TRANSFER_TOOL if step.kind == "transfer" else adk_name(step.name)
+
+
+def _count_words(content: types.Content) -> int:
+    return sum(len((p.text or "").split()) for p in content.parts or [])
+
+
+def _stream_pieces(parts: list[types.Part]) -> list[str]:
+    """Text split into a few chunks of whole words, for text streaming."""
+    pieces = []
+    for part in parts:
+        words = (part.text or "").split(" ")
+        if not part.text:
+            continue
+        size = max(1, len(words) // 3)
+        pieces += [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
+    return pieces

@@ -1,0 +1,496 @@
+"""An app export running on google-adk: one AppRuntime per loaded app.
+
+`run_turn` takes the SessionInputs of one RunSession request (or one bidi
+turn) and yields SessionOutputs as they happen. The last output carries
+turn_completed and diagnostic_info (the turn's messages and root span). Each
+turn is also stored on the ADK session, so AgentService can list and read it
+back as a Conversation after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from google.adk.agents import LlmAgent, RunConfig
+from google.adk.agents.callback_context import CallbackContext
+from google.adk.agents.run_config import StreamingMode
+from google.adk.events import Event, EventActions
+from google.adk.models.llm_response import LlmResponse
+from google.adk.runners import Runner
+from google.adk.sessions import BaseSessionService, Session
+from google.cloud import ces_v1
+from google.genai import types
+from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
+
+from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, search_suggestions_html
+from .documents import DocumentIndex
+from .errors import EmulatorError
+from .export import LoadedApp
+from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, compile_example, fill_placeholders
+from .python_runner import PythonToolRunner
+from .tracing import TURN_SPAN, ToolRecord, build_root_span, tracer, turn_router
+
+log = logging.getLogger("ces_nb.emulator")
+
+USER_ID = "ces"
+# Session-state key for the emulator's own record of the conversation.
+META_KEY = "_ces"
+# Largest single input accepted, text or bytes; larger gets INVALID_ARGUMENT.
+MAX_INPUT_BYTES = 8 * 1024 * 1024
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class TurnState:
+    """Per-session bookkeeping that does not belong in ADK state."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fragments: list[ces_v1.SessionInput] = field(default_factory=list)
+
+
+class AppRuntime:
+    def __init__(self, app: LoadedApp, session_service: BaseSessionService, runner: PythonToolRunner, model: str | None = None):
+        self.app = app
+        self.session_service = session_service
+        self.python_runner = runner
+        self.model_name = model
+        self.indexes: dict[str, DocumentIndex] = {}
+        self.agent_names = {display: adk_name(display) for display in app.agents}
+        self.display_of_agent = {v: k for k, v in self.agent_names.items()}
+        self.tools: dict[str, CesTool] = {}
+        root_agent = app.root_agent
+        self.scripts = [compile_example(e, root_agent.display_name) for e in app.examples]
+        self.root = self._build_agent(root_agent, set())
+        self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=session_service)
+        self._sessions: dict[str, TurnState] = {}
+
+    # -- building -----------------------------------------------------------------
+
+    def _build_agent(self, agent: ces_v1.Agent, seen: set[str]) -> LlmAgent:
+        seen = seen | {agent.display_name}
+        tools = []
+        for ref in agent.tools:
+            tool = self.tools.get(ref) or build_tool(self.app, ref, self.python_runner, self.indexes)
+            self.tools[ref] = tool
+            tools.append(tool)
+        children = [self._build_agent(self.app.agents[c], seen) for c in agent.child_agents if c not in seen]
+        instruction = "\n\n".join(x for x in (self.app.app.global_instruction, agent.instruction) if x)
+        return LlmAgent(
+            name=self.agent_names[agent.display_name],
+            description=agent.description,
+            # A callable instruction is passed through as is: CES placeholders
+            # like {@TOOL: x} are not ADK state templates.
+            instruction=lambda _ctx, text=instruction: text,
+            model=self._model_for(agent),
+            tools=tools,
+            sub_agents=children,
+            after_model_callback=self._fill_variables,
+        )
+
+    def _model_for(self, agent: ces_v1.Agent):
+        if self.model_name:
+            return self.model_name  # a real model id (e.g. gemini-2.5-flash), resolved by ADK
+        capability = agent.description or agent.instruction.strip().splitlines()[0] if agent.instruction.strip() else ""
+        fallback = "Sorry, I didn't catch that."
+        if capability:
+            fallback += f" I can help with this: {capability.rstrip('.')}. Could you rephrase?"
+        return PlaybackLlm(
+            agent_display_name=agent.display_name,
+            fallback_text=fallback,
+            scripts=self.scripts,
+            agent_names=self.agent_names,
+        )
+
+    @staticmethod
+    def _fill_variables(callback_context: CallbackContext, llm_response: LlmResponse) -> LlmResponse | None:
+        """Fills `{variable}` placeholders the model left, from session state."""
+        if not llm_response.content or not llm_response.content.parts:
+            return None
+        state = {k: v for k, v in callback_context.state.to_dict().items() if not k.startswith("_")}
+        for part in llm_response.content.parts:
+            if part.text:
+                part.text = fill_placeholders(part.text, state)
+            if part.function_call and part.function_call.args:
+                part.function_call.args = fill_placeholders(dict(part.function_call.args), state)
+        if llm_response.custom_metadata and "ces_payloads" in llm_response.custom_metadata:
+            llm_response.custom_metadata["ces_payloads"] = fill_placeholders(llm_response.custom_metadata["ces_payloads"], state)
+        return None
+
+    # -- sessions -----------------------------------------------------------------
+
+    def default_variables(self) -> dict[str, Any]:
+        out = {}
+        for decl in self.app.app.variable_declarations:
+            pb = ces_v1.Schema.pb(decl.schema)
+            out[decl.name] = json_format.MessageToDict(pb.default) if pb.HasField("default") else None
+        return out
+
+    async def get_or_create_session(self, session_id: str, config: ces_v1.SessionConfig) -> Session:
+        session = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session_id)
+        if session is not None:
+            return session
+        entry = config.entry_agent.rsplit("/", 1)[-1] if config.entry_agent else ""
+        if entry and entry not in self.app.agents:
+            raise EmulatorError.invalid_argument(
+                f"entry_agent {config.entry_agent!r} is not an agent of app {self.app.app_id!r}; "
+                f"agents: {', '.join(sorted(self.app.agents))}"
+            )
+        state = {k: v for k, v in self.default_variables().items() if v is not None}
+        state[META_KEY] = {
+            "start_time": now_iso(),
+            "end_time": now_iso(),
+            "turn_count": 0,
+            "input_types": [],
+            "entry_agent": entry or self.app.app.root_agent,
+            "source": "LIVE",
+            "channel": "TEXT",
+            "deployment": config.deployment,
+        }
+        session = await self.session_service.create_session(
+            app_name=self.app.app_id, user_id=USER_ID, session_id=session_id, state=state
+        )
+        if entry and entry != self.app.app.root_agent:
+            # The runner continues with the agent that spoke last: start there.
+            await self.session_service.append_event(session, Event(author=self.agent_names[entry], invocation_id="ces-entry"))
+        return session
+
+    # -- turns --------------------------------------------------------------------
+
+    async def run_turn(
+        self,
+        session_id: str,
+        config: ces_v1.SessionConfig,
+        inputs: list[ces_v1.SessionInput],
+        stream_text: bool = False,
+        turn_started_ns: int | None = None,
+    ) -> AsyncIterator[ces_v1.SessionOutput]:
+        """Yields the turn's outputs; raises EmulatorError for bad input before any output."""
+        state = self._sessions.setdefault(session_id, TurnState())
+        async with state.lock:
+            _validate_inputs(inputs)
+            if inputs and all(i.will_continue for i in inputs):
+                state.fragments.extend(inputs)
+                return
+            inputs = _merge_fragments(state.fragments + list(inputs))
+            state.fragments.clear()
+            session = await self.get_or_create_session(session_id, config)
+            queue: asyncio.Queue = asyncio.Queue()
+            started = turn_started_ns or time.time_ns()
+            task = asyncio.create_task(self._produce(session, config, inputs, stream_text, started, queue))
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+    async def _produce(self, session, config, inputs, stream_text, started_ns, queue: asyncio.Queue) -> None:
+        router = turn_router()
+        span = tracer().start_span(TURN_SPAN, start_time=started_ns)
+        router.open(span.get_span_context().trace_id)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                await self._turn(session, config, inputs, stream_text, started_ns, span, queue)
+        except BaseException as exc:  # handed to the consumer, never lost in the task
+            span.end()
+            router.close(span.get_span_context().trace_id)
+            await queue.put(exc if isinstance(exc, Exception) else EmulatorError.internal("turn cancelled"))
+            return
+        await queue.put(None)
+
+    async def _turn(self, session: Session, config, inputs, stream_text, started_ns, span, queue) -> None:
+        meta = dict(session.state.get(META_KEY, {}))
+        turn_index = int(meta.get("turn_count", 0)) + 1
+        pending = pending_tool_calls(session)
+        message, variables, input_types = self._new_message(inputs, pending)
+
+        state_delta: dict[str, Any] = dict(variables)
+        if config.use_tool_fakes != bool(session.state.get(USE_TOOL_FAKES_KEY, False)):
+            state_delta[USE_TOOL_FAKES_KEY] = config.use_tool_fakes
+        if state_delta:
+            await self.session_service.append_event(
+                session, Event(author="user", invocation_id=f"ces-vars-{turn_index}", actions=EventActions(state_delta=state_delta))
+            )
+
+        out = _OutputStream(turn_index, queue)
+        first_output_ns: list[int] = []
+        records: dict[str, ToolRecord] = {}
+        user_msg = ces_v1.Message(role="user", chunks=_input_chunks(inputs))
+        agent_msgs: list[ces_v1.Message] = []
+        grounding: list[ces_v1.SessionOutput] = []  # citations / suggestions wait for the text they ground
+
+        if message is not None:
+            run_config = RunConfig(streaming_mode=StreamingMode.SSE if stream_text else StreamingMode.NONE)
+            streamed_text = False
+            async for event in self.runner.run_async(
+                user_id=USER_ID, session_id=session.id, new_message=message, run_config=run_config
+            ):
+                agent = self.display_of_agent.get(event.author, event.author)
+                if event.partial:
+                    for part in (event.content.parts if event.content else []):
+                        if part.text:
+                            streamed_text = True
+                            first_output_ns or first_output_ns.append(time.time_ns())
+                            await out.send(ces_v1.SessionOutput(text=part.text))
+                    continue
+                chunks, outputs = self._event_outputs(event, agent, records, grounding, skip_text=streamed_text)
+                streamed_text = False
+                if chunks:
+                    agent_msgs.append(ces_v1.Message(role="agent", chunks=chunks))
+                for output in outputs:
+                    first_output_ns or first_output_ns.append(time.time_ns())
+                    await out.send(output)
+        for output in grounding:
+            await out.send(output)
+
+        # The turn span ends here so the root span covers the whole turn.
+        span.end()
+        spans = turn_router().close(span.get_span_context().trace_id)
+        perceived = (first_output_ns[0] - started_ns) if first_output_ns else None
+        root_span = build_root_span(span, spans, self.display_of_agent, records, perceived)
+        diagnostic = ces_v1.SessionOutput.DiagnosticInfo(messages=[user_msg, *agent_msgs], root_span=root_span)
+
+        meta.update(
+            turn_count=turn_index,
+            end_time=now_iso(),
+            input_types=sorted(set(meta.get("input_types", [])) | set(input_types)),
+        )
+        record = {
+            "turn_index": turn_index,
+            "messages": [json_format.MessageToDict(ces_v1.Message.pb(m)) for m in diagnostic.messages],
+            "root_span": json_format.MessageToDict(ces_v1.Span.pb(root_span)),
+        }
+        fresh = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session.id)
+        await self.session_service.append_event(
+            fresh or session,
+            Event(
+                # Authored as "user" so ADK's agent routing passes over it.
+                author="user",
+                invocation_id=f"ces-turn-{turn_index}",
+                custom_metadata={"ces_turn": record},
+                actions=EventActions(state_delta={META_KEY: meta}),
+            ),
+        )
+        await out.finish(diagnostic)
+
+    def _new_message(self, inputs, pending: dict[str, str]) -> tuple[types.Content | None, dict, list[str]]:
+        """SessionInputs -> one ADK user Content (None when only variables were sent)."""
+        parts: list[types.Part] = []
+        variables: dict[str, Any] = {}
+        input_types: list[str] = []
+        for item in inputs:
+            kind = ces_v1.SessionInput.pb(item).WhichOneof("input_type")
+            if kind == "text":
+                parts.append(types.Part(text=item.text))
+                input_types.append("INPUT_TYPE_TEXT")
+            elif kind == "dtmf":
+                parts.append(types.Part(text=f"dtmf: {item.dtmf}"))
+                input_types.append("INPUT_TYPE_TEXT")
+            elif kind == "event":
+                parts.append(types.Part(text=f"event: {item.event.event}"))
+                input_types.append("INPUT_TYPE_EVENT")
+            elif kind in ("image", "blob"):
+                media = item.image if kind == "image" else item.blob
+                parts.append(types.Part(inline_data=types.Blob(mime_type=media.mime_type, data=media.data)))
+                input_types.append("INPUT_TYPE_IMAGE" if kind == "image" else "INPUT_TYPE_BLOB")
+            elif kind == "variables":
+                variables.update(json_format.MessageToDict(ces_v1.SessionInput.pb(item).variables))
+                input_types.append("INPUT_TYPE_VARIABLES")
+            elif kind == "tool_responses":
+                for response in item.tool_responses.tool_responses:
+                    if response.id not in pending:
+                        ids = ", ".join(sorted(pending)) or "none"
+                        raise EmulatorError.invalid_argument(
+                            f"tool response id {response.id!r} matches no pending tool call; pending ids: {ids}"
+                        )
+                    body = json_format.MessageToDict(ces_v1.ToolResponse.pb(response).response)
+                    parts.append(types.Part(function_response=types.FunctionResponse(id=response.id, name=pending[response.id], response=body)))
+                input_types.append("INPUT_TYPE_TOOL_RESPONSE")
+            elif kind == "audio":
+                raise EmulatorError.unimplemented(
+                    "audio input is served by BidiRunSession with input_audio_config; RunSession takes text"
+                )
+        return (types.Content(role="user", parts=parts) if parts else None), variables, input_types
+
+    def _event_outputs(self, event: Event, agent: str, records, grounding, skip_text: bool):
+        """One ADK event -> diagnostic chunks and SessionOutputs, in order."""
+        chunks: list[ces_v1.Chunk] = []
+        outputs: list[ces_v1.SessionOutput] = []
+        long_running = set(event.long_running_tool_ids or ())
+        client_calls: list[ces_v1.ToolCall] = []
+        for part in (event.content.parts if event.content else []):
+            if part.text and not part.thought:
+                chunks.append(ces_v1.Chunk(text=part.text))
+                if not skip_text:
+                    outputs.append(ces_v1.SessionOutput(text=part.text))
+                outputs.extend(grounding)
+                grounding.clear()
+            elif part.function_call:
+                call = part.function_call
+                args = dict(call.args or {})
+                if call.name == TRANSFER_TOOL:
+                    target = self.display_of_agent.get(str(args.get("agent_name")), str(args.get("agent_name")))
+                    chunks.append(ces_v1.Chunk(agent_transfer=ces_v1.AgentTransfer(target_agent=target, display_name=target)))
+                    continue
+                tool = self._tool_by_adk_name(call.name)
+                display = tool.display_name if tool else call.name
+                tool_call = ces_v1.ToolCall(id=call.id or "", tool=display, display_name=display, args=_to_struct(args))
+                records[call.id or display] = ToolRecord(name=display, adk_name=call.name, args=args)
+                chunks.append(ces_v1.Chunk(tool_call=tool_call))
+                if call.name == "end_session":
+                    outputs.append(ces_v1.SessionOutput(end_session=ces_v1.EndSession(metadata=_to_struct(args))))
+                elif call.id in long_running:
+                    client_calls.append(tool_call)
+            elif part.function_response:
+                resp = part.function_response
+                body = resp.response if isinstance(resp.response, dict) else {"result": resp.response}
+                if resp.name == TRANSFER_TOOL:
+                    continue
+                tool = self._tool_by_adk_name(resp.name)
+                display = tool.display_name if tool else resp.name
+                if resp.id in records:
+                    records[resp.id].response = body
+                chunks.append(ces_v1.Chunk(tool_response=ces_v1.ToolResponse(id=resp.id or "", tool=display, display_name=display, response=_to_struct(body))))
+                if isinstance(tool, SearchTool):
+                    grounding.append(_grounding_output(tool, body))
+        if client_calls:
+            outputs.append(ces_v1.SessionOutput(tool_calls=ces_v1.ToolCalls(tool_calls=client_calls)))
+        for payload in (event.custom_metadata or {}).get("ces_payloads", []):
+            chunks.append(ces_v1.Chunk(payload=_to_struct(payload)))
+            outputs.append(ces_v1.SessionOutput(payload=_to_struct(payload)))
+        delta = {k: v for k, v in (event.actions.state_delta if event.actions else {}).items() if not k.startswith(("_", "temp:"))}
+        if delta:
+            chunks.append(ces_v1.Chunk(updated_variables=_to_struct(delta)))
+        return chunks, outputs
+
+    def _tool_by_adk_name(self, name: str) -> CesTool | None:
+        return next((t for t in self.tools.values() if t.name == name), None)
+
+
+class _OutputStream:
+    """Sends outputs one behind, so the last one can carry turn_completed."""
+
+    def __init__(self, turn_index: int, queue: asyncio.Queue):
+        self.turn_index = turn_index
+        self.queue = queue
+        self.held: ces_v1.SessionOutput | None = None
+
+    async def send(self, output: ces_v1.SessionOutput) -> None:
+        output.turn_index = self.turn_index
+        if self.held is not None:
+            await self.queue.put(self.held)
+        self.held = output
+
+    async def finish(self, diagnostic: ces_v1.SessionOutput.DiagnosticInfo) -> None:
+        last = self.held or ces_v1.SessionOutput(turn_index=self.turn_index)
+        last.turn_completed = True
+        last.diagnostic_info = diagnostic
+        self.held = None
+        await self.queue.put(last)
+
+
+def pending_tool_calls(session: Session) -> dict[str, str]:
+    """Long-running (client) calls still waiting for a response: id -> ADK tool name."""
+    calls: dict[str, str] = {}
+    answered: set[str] = set()
+    for event in session.events:
+        for call in event.get_function_calls():
+            if call.id and call.id in (event.long_running_tool_ids or ()):
+                calls[call.id] = call.name or ""
+        for response in event.get_function_responses():
+            if response.id:
+                answered.add(response.id)
+    return {i: n for i, n in calls.items() if i not in answered}
+
+
+def _validate_inputs(inputs: list[ces_v1.SessionInput]) -> None:
+    if not inputs:
+        raise EmulatorError.invalid_argument("no inputs: send at least one SessionInput, e.g. inputs=[{'text': 'Hello'}]")
+    for i, item in enumerate(inputs):
+        kind = ces_v1.SessionInput.pb(item).WhichOneof("input_type")
+        if kind is None:
+            raise EmulatorError.invalid_argument(
+                f"inputs[{i}] is empty: set one of text, dtmf, audio, tool_responses, image, blob, variables or event"
+            )
+        if kind == "text" and not item.text.strip() and not item.will_continue:
+            raise EmulatorError.invalid_argument(f"inputs[{i}].text is blank: send some text")
+        size = ces_v1.SessionInput.pb(item).ByteSize()
+        if size > MAX_INPUT_BYTES:
+            raise EmulatorError.invalid_argument(
+                f"inputs[{i}] is {size / 2**20:.1f} MiB; the emulator takes at most "
+                f"{MAX_INPUT_BYTES // 2**20} MiB per input: send a smaller {kind}"
+            )
+
+
+def _merge_fragments(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.SessionInput]:
+    """will_continue fragments of text join into one text input."""
+    merged: list[ces_v1.SessionInput] = []
+    for item in inputs:
+        kind = ces_v1.SessionInput.pb(item).WhichOneof("input_type")
+        if kind == "text" and merged and ces_v1.SessionInput.pb(merged[-1]).WhichOneof("input_type") == "text" and merged[-1].will_continue:
+            merged[-1] = ces_v1.SessionInput(text=" ".join((merged[-1].text.strip() + " " + item.text.strip()).split()), will_continue=item.will_continue)
+        else:
+            merged.append(ces_v1.SessionInput(item))
+    return merged
+
+
+def _input_chunks(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.Chunk]:
+    chunks = []
+    for item in inputs:
+        kind = ces_v1.SessionInput.pb(item).WhichOneof("input_type")
+        if kind == "text":
+            chunks.append(ces_v1.Chunk(text=item.text))
+        elif kind == "dtmf":
+            chunks.append(ces_v1.Chunk(text=f"dtmf: {item.dtmf}"))
+        elif kind == "event":
+            chunks.append(ces_v1.Chunk(text=f"event: {item.event.event}"))
+        elif kind == "image":
+            chunks.append(ces_v1.Chunk(image=item.image))
+        elif kind == "blob":
+            chunks.append(ces_v1.Chunk(blob=item.blob))
+        elif kind == "variables":
+            chunks.append(ces_v1.Chunk(updated_variables=item.variables))
+        elif kind == "tool_responses":
+            chunks.extend(ces_v1.Chunk(tool_response=r) for r in item.tool_responses.tool_responses)
+    return chunks
+
+
+def _to_struct(values: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values or {})
+    return s
+
+
+def _grounding_output(tool: SearchTool, body: dict) -> ces_v1.SessionOutput:
+    results = body.get("results", [])
+    if tool.kind == "google_search_tool":
+        query = str(body.get("query", ""))
+        return ces_v1.SessionOutput(
+            google_search_suggestions=ces_v1.GoogleSearchSuggestions(
+                htmls=[search_suggestions_html(query)],
+                web_search_queries=[ces_v1.WebSearchQuery(query=query, uri=r.get("uri", "")) for r in results[:1]] or [ces_v1.WebSearchQuery(query=query)],
+            )
+        )
+    return ces_v1.SessionOutput(
+        citations=ces_v1.Citations(
+            cited_chunks=[
+                ces_v1.Citations.CitedChunk(uri=r.get("uri", ""), title=r.get("title", ""), text=r.get("snippet", ""), requires_attribution=True)
+                for r in results
+            ]
+        )
+    )
