@@ -37,6 +37,8 @@ from .python_runner import PythonToolRunner
 from .tracing import TURN_SPAN, ToolRecord, build_root_span, tracer, turn_router
 
 log = logging.getLogger("ces_nb.emulator")
+# ADK advises a Gemini context cache on every multi-agent app; meaningless for playback.
+logging.getLogger("google_adk.google.adk.runners").setLevel(logging.ERROR)
 
 USER_ID = "ces"
 # Session-state key for the emulator's own record of the conversation.
@@ -349,11 +351,11 @@ class AppRuntime:
                     continue
                 tool = self._tool_by_adk_name(call.name)
                 display = tool.display_name if tool else call.name
-                tool_call = ces_v1.ToolCall(id=call.id or "", tool=display, display_name=display, args=_to_struct(args))
+                tool_call = ces_v1.ToolCall(id=call.id or "", tool=display, display_name=display, args=to_struct(args))
                 records[call.id or display] = ToolRecord(name=display, adk_name=call.name, args=args)
                 chunks.append(ces_v1.Chunk(tool_call=tool_call))
                 if call.name == "end_session":
-                    outputs.append(ces_v1.SessionOutput(end_session=ces_v1.EndSession(metadata=_to_struct(args))))
+                    outputs.append(ces_v1.SessionOutput(end_session=ces_v1.EndSession(metadata=to_struct(args))))
                 elif call.id in long_running:
                     client_calls.append(tool_call)
             elif part.function_response:
@@ -365,17 +367,17 @@ class AppRuntime:
                 display = tool.display_name if tool else resp.name
                 if resp.id in records:
                     records[resp.id].response = body
-                chunks.append(ces_v1.Chunk(tool_response=ces_v1.ToolResponse(id=resp.id or "", tool=display, display_name=display, response=_to_struct(body))))
+                chunks.append(ces_v1.Chunk(tool_response=ces_v1.ToolResponse(id=resp.id or "", tool=display, display_name=display, response=to_struct(body))))
                 if isinstance(tool, SearchTool):
-                    grounding.append(_grounding_output(tool, body))
+                    grounding.append(grounding_output(tool, body))
         if client_calls:
             outputs.append(ces_v1.SessionOutput(tool_calls=ces_v1.ToolCalls(tool_calls=client_calls)))
         for payload in (event.custom_metadata or {}).get("ces_payloads", []):
-            chunks.append(ces_v1.Chunk(payload=_to_struct(payload)))
-            outputs.append(ces_v1.SessionOutput(payload=_to_struct(payload)))
+            chunks.append(ces_v1.Chunk(payload=to_struct(payload)))
+            outputs.append(ces_v1.SessionOutput(payload=to_struct(payload)))
         delta = {k: v for k, v in (event.actions.state_delta if event.actions else {}).items() if not k.startswith(("_", "temp:"))}
         if delta:
-            chunks.append(ces_v1.Chunk(updated_variables=_to_struct(delta)))
+            chunks.append(ces_v1.Chunk(updated_variables=to_struct(delta)))
         return chunks, outputs
 
     def _tool_by_adk_name(self, name: str) -> CesTool | None:
@@ -470,13 +472,13 @@ def _input_chunks(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.Chunk]:
     return chunks
 
 
-def _to_struct(values: dict) -> struct_pb2.Struct:
+def to_struct(values: dict) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values or {})
     return s
 
 
-def _grounding_output(tool: SearchTool, body: dict) -> ces_v1.SessionOutput:
+def grounding_output(tool: SearchTool, body: dict) -> ces_v1.SessionOutput:
     results = body.get("results", [])
     if tool.kind == "google_search_tool":
         query = str(body.get("query", ""))

@@ -1,0 +1,65 @@
+"""`ces-nb` command line: `ces-nb emulator` runs the embedded CES emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from .emulator.export import ExportError, load_export
+    from .emulator.server import EmulatorServer, demo_app_path
+
+    try:
+        apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
+    except ExportError as exc:
+        print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> int:
+        server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model)
+        try:
+            address = await server.start()
+        except OSError as exc:
+            print(f"ces-nb emulator: {exc}", file=sys.stderr)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        app_ids = ", ".join(a.app_id for a in apps)
+        # This line is the readiness signal: clients (and tests) wait for it.
+        print(f"CES emulator listening on {address} (apps: {app_ids}; db: {server.db})", flush=True)
+        await stop.wait()
+        print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
+        await server.stop()
+        return 0
+
+    return asyncio.run(serve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ces-nb", description="ces_nb: explore CES agent sessions in Jupyter")
+    sub = parser.add_subparsers(dest="command", required=True)
+    emu = sub.add_parser("emulator", help="run the embedded CES emulator in the foreground")
+    emu.add_argument("--app", action="append", metavar="PATH",
+                     help="a CES app export (folder or zip); repeat for several apps (default: the SkyWay demo app)")
+    emu.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    emu.add_argument("--port", type=int, default=50551, help="port to bind (default 50551; 0 picks a free one)")
+    emu.add_argument("--db", default=None,
+                     help="session store: a SQLite file, any SQLAlchemy URL, or :memory: (default: ~/.local/share/ces_nb/emulator.db)")
+    emu.add_argument("--model", default=None,
+                     help="a real model id (e.g. gemini-2.5-flash, needs GOOGLE_API_KEY) instead of the offline playback model")
+    emu.add_argument("--log-level", default="WARNING", help="server log level (default WARNING)")
+    emu.set_defaults(func=_emulator)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Service descriptors for gRPC server reflection.
+
+The proto-plus types register their messages in the default descriptor pool,
+but not the services (those live only in the generated clients). We add a
+small synthetic file declaring the services the emulator serves, built from
+the method table, so grpcurl and other generic tools can list and call them.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+
+from google.cloud import ces_v1
+
+_EMPTY = ".google.protobuf.Empty"
+
+# service -> [(method, request type, response type, client streaming, server streaming)]
+SERVED = {
+    "SessionService": [
+        ("RunSession", ces_v1.RunSessionRequest, ces_v1.RunSessionResponse, False, False),
+        ("StreamRunSession", ces_v1.RunSessionRequest, ces_v1.RunSessionResponse, False, True),
+        ("BidiRunSession", ces_v1.BidiSessionClientMessage, ces_v1.BidiSessionServerMessage, True, True),
+    ],
+    "AgentService": [
+        ("ListApps", ces_v1.ListAppsRequest, ces_v1.ListAppsResponse, False, False),
+        ("GetApp", ces_v1.GetAppRequest, ces_v1.App, False, False),
+        ("ListAgents", ces_v1.ListAgentsRequest, ces_v1.ListAgentsResponse, False, False),
+        ("GetAgent", ces_v1.GetAgentRequest, ces_v1.Agent, False, False),
+        ("ListTools", ces_v1.ListToolsRequest, ces_v1.ListToolsResponse, False, False),
+        ("GetTool", ces_v1.GetToolRequest, ces_v1.Tool, False, False),
+        ("ListConversations", ces_v1.ListConversationsRequest, ces_v1.ListConversationsResponse, False, False),
+        ("GetConversation", ces_v1.GetConversationRequest, ces_v1.Conversation, False, False),
+        ("DeleteConversation", ces_v1.DeleteConversationRequest, None, False, False),
+    ],
+    "ToolService": [
+        ("ExecuteTool", ces_v1.ExecuteToolRequest, ces_v1.ExecuteToolResponse, False, False),
+    ],
+}
+PACKAGE = "google.cloud.ces.v1"
+FILE_NAME = "ces_nb/emulator/ces_v1_services.proto"
+
+
+def service_names() -> list[str]:
+    return [f"{PACKAGE}.{s}" for s in SERVED]
+
+
+def register_service_descriptors() -> None:
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(FILE_NAME)
+        return
+    except KeyError:
+        pass
+    from google.protobuf import empty_pb2
+
+    deps = {empty_pb2.DESCRIPTOR.name}
+    file = descriptor_pb2.FileDescriptorProto(name=FILE_NAME, package=PACKAGE, syntax="proto3")
+    for service, methods in SERVED.items():
+        svc = file.service.add(name=service)
+        for method, req, resp, client_stream, server_stream in methods:
+            for t in (req, resp):
+                if t is not None:
+                    deps.add(t.pb().DESCRIPTOR.file.name)
+            svc.method.add(
+                name=method,
+                input_type="." + req.pb().DESCRIPTOR.full_name,
+                output_type=_EMPTY if resp is None else "." + resp.pb().DESCRIPTOR.full_name,
+                client_streaming=client_stream,
+                server_streaming=server_stream,
+            )
+    file.dependency.extend(sorted(deps))
+    pool.Add(file)

@@ -1,0 +1,97 @@
+"""The embedded CES emulator: a grpc.aio server for SessionService, AgentService
+(read side) and ToolService, plus gRPC health and server reflection."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .export import LoadedApp, load_export
+from .reflection import register_service_descriptors, service_names
+from .registry import AppRegistry, session_service_for
+from .services.agent import AgentService
+from .services.session import SessionService
+from .services.tool import ToolService
+
+log = logging.getLogger("ces_nb.emulator")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50551
+# Bigger than gRPC's 4 MiB default so a large input gets a clear INVALID_ARGUMENT
+# from the emulator rather than a bare RESOURCE_EXHAUSTED from the transport.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def demo_app_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "demo_app" / "skyway"
+
+
+def default_db_path() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    folder = os.path.join(base, "ces_nb")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, "emulator.db")
+
+
+class EmulatorServer:
+    def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 db: str | None = None, model: str | None = None):
+        self.apps = apps if apps is not None else [load_export(str(demo_app_path()))]
+        self.host = host
+        self.port = port
+        self.db = db or default_db_path()
+        self.model = model
+        self.server: grpc.aio.Server | None = None
+        self.registry: AppRegistry | None = None
+        self.sessions: SessionService | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        """Binds and starts serving; returns host:port (the real port when port=0)."""
+        self.registry = AppRegistry(self.apps, session_service_for(self.db), self.model)
+        self.sessions = SessionService(self.registry)
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self.server = grpc.aio.server(options=options)
+        self.server.add_generic_rpc_handlers(
+            (self.sessions.handler(), AgentService(self.registry).handler(), ToolService(self.registry).handler())
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        register_service_descriptors()
+        reflection.enable_server_reflection(
+            [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        if port == 0:
+            raise OSError(f"could not bind {self.host}:{self.port}; is another emulator running? try --port 0")
+        self.port = port
+        await self.server.start()
+        for name in ["", *service_names()]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.address
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Sends go_away to open bidi streams, then stops within `grace` seconds."""
+        if self.server is None:
+            return
+        if self.sessions is not None:
+            await self.sessions.go_away()
+        await self.server.stop(grace)
+        if self.registry is not None:
+            await self.registry.close()
+        self.server = None
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()

@@ -1,0 +1,108 @@
+"""Every test talks to a real emulator process over a real socket, through the
+official google-cloud-ces clients on an insecure channel."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from google.cloud import ces_v1
+from google.cloud.ces_v1.services.agent_service.transports import AgentServiceGrpcTransport
+from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
+from google.cloud.ces_v1.services.tool_service.transports import ToolServiceGrpcTransport
+
+APP = "projects/test-project/locations/us/apps/skyway"
+
+
+class EmulatorProcess:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ces_nb", "emulator", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 60
+        self.address = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if "listening on" in line:
+                self.address = line.split("listening on ", 1)[1].split()[0]
+                break
+        if not self.address:
+            self.proc.kill()
+            raise RuntimeError(f"emulator did not start: {self.proc.stderr.read()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    db = tmp_path_factory.mktemp("emulator") / "sessions.db"
+    process = EmulatorProcess("--db", str(db))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def channel(emulator):
+    ch = grpc.insecure_channel(emulator.address)
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="session")
+def sessions(channel):
+    return ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
+
+
+@pytest.fixture(scope="session")
+def agents(channel):
+    return ces_v1.AgentServiceClient(transport=AgentServiceGrpcTransport(channel=channel))
+
+
+@pytest.fixture(scope="session")
+def tools(channel):
+    return ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel))
+
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture
+def session_name(request):
+    """A fresh session name per test (and per call)."""
+    prefix = request.node.name.replace("[", "-").replace("]", "")[:60]
+
+    def make() -> str:
+        return f"{APP}/sessions/{prefix}-{os.getpid()}-{next(_counter)}"
+
+    return make
+
+
+def run(sessions, name: str, *inputs, **config) -> list[ces_v1.SessionOutput]:
+    request = ces_v1.RunSessionRequest(
+        config=ces_v1.SessionConfig(session=name, **config),
+        inputs=[i if isinstance(i, ces_v1.SessionInput) else ces_v1.SessionInput(text=i) for i in inputs],
+    )
+    return list(sessions.run_session(request=request).outputs)
+
+
+def kind(output: ces_v1.SessionOutput) -> str | None:
+    return ces_v1.SessionOutput.pb(output).WhichOneof("output_type")
+
+
+def texts(outputs) -> str:
+    return " ".join(o.text for o in outputs if kind(o) == "text")
