@@ -318,20 +318,38 @@ _VALUE_TOKEN = re.compile(r"[\w.@+-]+")
 def adapt_args(args: Any, example_user: str, live_user: str) -> Any:
     """Recorded args that quote the example's user (a flight number, a city)
     take the value the live user said in their place, so a tool sees SW7 when
-    the user asked about SW7, not the example's SW123."""
-    example_words = {w.lower() for w in _VALUE_TOKEN.findall(example_user)}
-    fresh = [w for w in _VALUE_TOKEN.findall(live_user) if w.lower() not in example_words]
+    the user asked about SW7, not the example's SW123.
+
+    Words are aligned first (difflib over the two utterances: "weather in
+    Paris" / "weather in Lyon" swaps Paris for Lyon); an arg the alignment does
+    not place takes the most similar new word the user said, if any is close.
+    """
+    ex_words = _VALUE_TOKEN.findall(example_user)
+    live_words = _VALUE_TOKEN.findall(live_user)
+    swaps: dict[str, str] = {}
+    matcher = difflib.SequenceMatcher(None, [w.lower() for w in ex_words], [w.lower() for w in live_words], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "replace" and i2 - i1 == j2 - j1:
+            swaps.update({ex_words[i].lower(): live_words[j] for i, j in zip(range(i1, i2), range(j1, j2))})
+    example_lower = {w.lower() for w in ex_words}
+    fresh = [w for w in live_words if w.lower() not in example_lower]
 
     def adapt(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: adapt(v) for k, v in value.items()}
         if isinstance(value, list):
             return [adapt(v) for v in value]
-        if isinstance(value, str) and value.lower() in example_words and fresh:
-            best = max(fresh, key=lambda w: difflib.SequenceMatcher(None, w.lower(), value.lower()).ratio())
-            if difflib.SequenceMatcher(None, best.lower(), value.lower()).ratio() >= 0.4:
-                return best if not value.isupper() else best.upper()
-        return value
+        if not isinstance(value, str) or value.lower() not in example_lower:
+            return value
+        if value.lower() in swaps:
+            new = swaps[value.lower()]
+        elif fresh:
+            new = max(fresh, key=lambda w: difflib.SequenceMatcher(None, w.lower(), value.lower()).ratio())
+            if difflib.SequenceMatcher(None, new.lower(), value.lower()).ratio() < 0.4:
+                return value
+        else:
+            return value
+        return new.upper() if value.isupper() else new
 
     return adapt(args)
 

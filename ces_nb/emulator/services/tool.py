@@ -39,7 +39,9 @@ class ToolService:
                 f"tool {name.id!r} is not in app {name.app!r}; tools: {', '.join(sorted(runtime.app.tools))}"
             )
         args = json_format.MessageToDict(ces_v1.ExecuteToolRequest.pb(request).args)
-        response = ces_v1.ExecuteToolResponse(tool=name.child("tools", display), variables=request.variables)
+        response = ces_v1.ExecuteToolResponse(tool=name.child("tools", display))
+        if ces_v1.ExecuteToolRequest.pb(request).HasField("variables"):
+            response.variables = request.variables
 
         if ces_v1.ExecuteToolRequest.pb(request).HasField("mock_config"):
             mocked = find_mock(request.mock_config, {display, name.id}, args)
