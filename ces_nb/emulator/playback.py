@@ -329,8 +329,15 @@ def adapt_args(args: Any, example_user: str, live_user: str) -> Any:
     swaps: dict[str, str] = {}
     matcher = difflib.SequenceMatcher(None, [w.lower() for w in ex_words], [w.lower() for w in live_words], autojunk=False)
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "replace" and i2 - i1 == j2 - j1:
-            swaps.update({ex_words[i].lower(): live_words[j] for i, j in zip(range(i1, i2), range(j1, j2))})
+        if op != "replace":
+            continue
+        if i2 - i1 == 1 and j2 - j1 == 1:  # one word swapped for one word
+            swaps[ex_words[i1].lower()] = live_words[j1]
+            continue
+        for word in ex_words[i1:i2]:  # a wider change: pair only look-alikes
+            best = max(live_words[j1:j2], key=lambda w: _likeness(w, word))
+            if _likeness(best, word) >= 0.4:
+                swaps[word.lower()] = best
     example_lower = {w.lower() for w in ex_words}
     fresh = [w for w in live_words if w.lower() not in example_lower]
 
@@ -344,14 +351,18 @@ def adapt_args(args: Any, example_user: str, live_user: str) -> Any:
         if value.lower() in swaps:
             new = swaps[value.lower()]
         elif fresh:
-            new = max(fresh, key=lambda w: difflib.SequenceMatcher(None, w.lower(), value.lower()).ratio())
-            if difflib.SequenceMatcher(None, new.lower(), value.lower()).ratio() < 0.4:
+            new = max(fresh, key=lambda w: _likeness(w, value))
+            if _likeness(new, value) < 0.4:
                 return value
         else:
             return value
         return new.upper() if value.isupper() else new
 
     return adapt(args)
+
+
+def _likeness(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
 
 
 def _call_name(step: Step) -> str:
