@@ -21,6 +21,7 @@ from google.adk.agents.callback_context import CallbackContext
 from google.adk.agents.run_config import StreamingMode
 from google.adk.events import Event, EventActions
 from google.adk.models.llm_response import LlmResponse
+from google.adk.plugins.base_plugin import BasePlugin
 from google.adk.runners import Runner
 from google.adk.sessions import BaseSessionService, Session
 from google.cloud import ces_v1
@@ -57,6 +58,21 @@ class TurnState:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fragments: list[ces_v1.SessionInput] = field(default_factory=list)
+    # The live session object as the runner left it: reading it back from the
+    # store (a deep copy, or a database read) costs more than the turn itself.
+    session: Session | None = None
+
+
+class _SessionCapture(BasePlugin):
+    """Hands the runner's up-to-date session object to the emulator after each run."""
+
+    def __init__(self, runtime: "AppRuntime"):
+        super().__init__(name="ces_session_capture")
+        self.runtime = runtime
+
+    async def after_run_callback(self, *, invocation_context) -> None:
+        session = invocation_context.session
+        self.runtime._sessions.setdefault(session.id, TurnState()).session = session
 
 
 class AppRuntime:
@@ -72,8 +88,9 @@ class AppRuntime:
         root_agent = app.root_agent
         self.scripts = [compile_example(e, root_agent.display_name) for e in app.examples]
         self.root = self._build_agent(root_agent, set())
-        self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=session_service)
         self._sessions: dict[str, TurnState] = {}
+        self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=session_service,
+                             plugins=[_SessionCapture(self)])
 
     # -- building -----------------------------------------------------------------
 
@@ -136,7 +153,14 @@ class AppRuntime:
             out[decl.name] = json_format.MessageToDict(pb.default) if pb.HasField("default") else None
         return out
 
+    def forget(self, session_id: str) -> None:
+        """Drop cached state for a session deleted from the store."""
+        self._sessions.pop(session_id, None)
+
     async def get_or_create_session(self, session_id: str, config: ces_v1.SessionConfig) -> Session:
+        cached = self._sessions.get(session_id)
+        if cached is not None and cached.session is not None:
+            return cached.session
         session = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session_id)
         if session is not None:
             return session
@@ -277,9 +301,9 @@ class AppRuntime:
             "messages": [json_format.MessageToDict(ces_v1.Message.pb(m)) for m in diagnostic.messages],
             "root_span": json_format.MessageToDict(ces_v1.Span.pb(root_span)),
         }
-        fresh = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session.id)
+        live = self._sessions[session.id].session or session
         await self.session_service.append_event(
-            fresh or session,
+            live,
             Event(
                 # Authored as "user" so ADK's agent routing passes over it.
                 author="user",

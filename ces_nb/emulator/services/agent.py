@@ -199,6 +199,7 @@ class AgentService:
         name = names.parse("conversation", request.name)
         runtime = self.registry.runtime(name)
         await runtime.session_service.delete_session(app_name=runtime.app.app_id, user_id=USER_ID, session_id=name.id)
+        runtime.forget(name.id)
         return empty_pb2.Empty()
 
     def handler(self) -> grpc.GenericRpcHandler:
