@@ -200,16 +200,7 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
         raise ExportError(f"{app_rel}: rootAgent is missing; set it to the root agent's displayName")
 
     skipped: list[str] = []
-    agents: dict[str, ces_v1.Agent] = {}
-    for rel in _object_files(files, "agents"):
-        try:
-            data = _inline_file_references(files, _parse_document(files, rel) or {})
-            agent = _to_message(ces_v1.Agent, data, rel)
-        except ExportError as exc:
-            skipped.append(str(exc))
-            continue
-        agent.display_name = agent.display_name or PurePosixPath(rel).stem
-        agents[agent.display_name] = agent
+    agents = _load_objects(files, "agents", ces_v1.Agent, skipped)
     if app.root_agent not in agents:
         known = ", ".join(sorted(agents)) or "none"
         problems = "".join(f"; {note}" for note in skipped if note.startswith("agents/"))
@@ -217,27 +208,8 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
             f"{app_rel}: rootAgent {app.root_agent!r} names no agent under agents/ "
             f"(agents loaded: {known}){problems}"
         )
-
-    tools: dict[str, ces_v1.Tool] = {}
-    for rel in _object_files(files, "tools"):
-        try:
-            data = _inline_file_references(files, _parse_document(files, rel) or {})
-            tool = _to_message(ces_v1.Tool, data, rel)
-        except ExportError as exc:
-            skipped.append(str(exc))
-            continue
-        tool.display_name = tool.display_name or PurePosixPath(rel).stem
-        tools[tool.display_name] = tool
-
-    examples: list[ces_v1.Example] = []
-    for rel in _object_files(files, "examples"):
-        try:
-            example = _to_message(ces_v1.Example, _parse_document(files, rel) or {}, rel)
-        except ExportError as exc:
-            skipped.append(str(exc))
-            continue
-        example.display_name = example.display_name or PurePosixPath(rel).stem
-        examples.append(example)
+    tools = _load_objects(files, "tools", ces_v1.Tool, skipped)
+    examples = list(_load_objects(files, "examples", ces_v1.Example, skipped).values())
 
     loaded = LoadedApp(
         app_id=app_id or slugify(app.name.rsplit("/", 1)[-1] or app.display_name or PurePosixPath(str(path)).stem),
@@ -254,6 +226,21 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
         log.warning("app %s: %s", loaded.app_id, note)
     loaded.app.validation_errors.extend(loaded.skipped)
     return loaded
+
+
+def _load_objects(files: _ExportFiles, folder: str, cls, skipped: list[str]) -> dict:
+    """`folder/<name>/<name>.*` as `cls` messages by displayName; a bad file is skipped and noted."""
+    found = {}
+    for rel in _object_files(files, folder):
+        try:
+            data = _inline_file_references(files, _parse_document(files, rel) or {})
+            item = _to_message(cls, data, rel)
+        except ExportError as exc:
+            skipped.append(str(exc))
+            continue
+        item.display_name = item.display_name or PurePosixPath(rel).stem
+        found[item.display_name] = item
+    return found
 
 
 def _check_references(loaded: LoadedApp) -> None:
