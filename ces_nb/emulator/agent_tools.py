@@ -108,10 +108,12 @@ class PythonFunctionTool(CesTool):
     kind = "python_function"
 
     def _get_declaration(self) -> types.FunctionDeclaration:
-        fn = self.ces_tool.python_function
-        decl = python_function_declaration(fn.name or self.display_name, fn.python_code, fn.description)
-        decl.name = self.name
-        return decl
+        # Parsed once: ADK asks for the declaration on every model call.
+        if getattr(self, "_declaration", None) is None:
+            fn = self.ces_tool.python_function
+            self._declaration = python_function_declaration(fn.name or self.display_name, fn.python_code, fn.description)
+            self._declaration.name = self.name
+        return self._declaration.model_copy(deep=True)
 
     async def execute(self, args, tool_context):
         fn = self.ces_tool.python_function
