@@ -118,7 +118,8 @@ class AppRuntime:
     def _model_for(self, agent: ces_v1.Agent):
         if self.model_name:
             return self.model_name  # a real model id (e.g. gemini-2.5-flash), resolved by ADK
-        capability = agent.description or agent.instruction.strip().splitlines()[0] if agent.instruction.strip() else ""
+        first_line = agent.instruction.strip().splitlines()[0] if agent.instruction.strip() else ""
+        capability = agent.description or first_line
         fallback = "Sorry, I didn't catch that."
         if capability:
             fallback += f" I can help with this: {capability.rstrip('.')}. Could you rephrase?"
