@@ -200,16 +200,12 @@ class AppRuntime:
         stream_text: bool = False,
         turn_started_ns: int | None = None,
     ) -> AsyncIterator[ces_v1.SessionOutput]:
-        """Yields the turn's outputs; raises EmulatorError for bad input before any output."""
+        """Yields the turn's outputs as they happen; raises EmulatorError for bad input before any output."""
         state = self._sessions.setdefault(session_id, TurnState())
         async with state.lock:
-            _validate_inputs(inputs)
-            if inputs and all(i.will_continue for i in inputs):
-                state.fragments.extend(inputs)
+            session, inputs = await self._begin(state, session_id, config, inputs)
+            if session is None:
                 return
-            inputs = _merge_fragments(state.fragments + list(inputs))
-            state.fragments.clear()
-            session = await self.get_or_create_session(session_id, config)
             queue: asyncio.Queue = asyncio.Queue()
             started = turn_started_ns or time.time_ns()
             task = asyncio.create_task(self._produce(session, config, inputs, stream_text, started, queue))
@@ -225,6 +221,31 @@ class AppRuntime:
                 if not task.done():
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+
+    async def run_turn_to_end(
+        self, session_id: str, config: ces_v1.SessionConfig, inputs: list[ces_v1.SessionInput], turn_started_ns: int | None = None
+    ) -> list[ces_v1.SessionOutput]:
+        """The whole turn at once (unary RunSession): no task or queue between producer and caller."""
+        state = self._sessions.setdefault(session_id, TurnState())
+        async with state.lock:
+            session, inputs = await self._begin(state, session_id, config, inputs)
+            if session is None:
+                return []
+            sink = _ListSink()
+            await self._produce(session, config, inputs, False, turn_started_ns or time.time_ns(), sink)
+            if sink.error is not None:
+                raise sink.error
+            return sink.outputs
+
+    async def _begin(self, state: TurnState, session_id, config, inputs):
+        """Validate, buffer will_continue fragments; (None, ...) when the turn waits for more."""
+        _validate_inputs(inputs)
+        if inputs and all(i.will_continue for i in inputs):
+            state.fragments.extend(inputs)
+            return None, inputs
+        inputs = _merge_fragments(state.fragments + list(inputs))
+        state.fragments.clear()
+        return await self.get_or_create_session(session_id, config), inputs
 
     async def _produce(self, session, config, inputs, stream_text, started_ns, queue: asyncio.Queue) -> None:
         router = turn_router()
@@ -297,11 +318,12 @@ class AppRuntime:
             end_time=now_iso(),
             input_types=sorted(set(meta.get("input_types", [])) | set(input_types)),
         )
-        record = {
-            "turn_index": turn_index,
-            "messages": [json_format.MessageToDict(ces_v1.Message.pb(m)) for m in diagnostic.messages],
-            "root_span": json_format.MessageToDict(ces_v1.Span.pb(root_span)),
-        }
+        # One JSON string, not a nested dict: ADK deep-copies the session on every read,
+        # and a string copies for free.
+        record = json_format.MessageToJson(
+            ces_v1.Conversation.Turn.pb(ces_v1.Conversation.Turn(messages=diagnostic.messages, root_span=root_span)),
+            indent=None,
+        )
         live = self._sessions[session.id].session or session
         await self.session_service.append_event(
             live,
@@ -407,6 +429,20 @@ class AppRuntime:
 
     def _tool_by_adk_name(self, name: str) -> CesTool | None:
         return next((t for t in self.tools.values() if t.name == name), None)
+
+
+class _ListSink:
+    """Quacks like the asyncio.Queue that _produce feeds, for a turn collected whole."""
+
+    def __init__(self) -> None:
+        self.outputs: list[ces_v1.SessionOutput] = []
+        self.error: BaseException | None = None
+
+    async def put(self, item) -> None:
+        if isinstance(item, BaseException):
+            self.error = item
+        elif item is not None:
+            self.outputs.append(item)
 
 
 class _OutputStream:

@@ -186,10 +186,7 @@ class AgentService:
             record = (event.custom_metadata or {}).get("ces_turn")
             if not record:
                 continue
-            turn = ces_v1.Conversation.Turn(
-                messages=[ces_v1.Message.wrap(json_format.ParseDict(m, ces_v1.Message.pb()())) for m in record["messages"]],
-                root_span=ces_v1.Span.wrap(json_format.ParseDict(record["root_span"], ces_v1.Span.pb()())),
-            )
+            turn = ces_v1.Conversation.Turn.wrap(json_format.Parse(record, ces_v1.Conversation.Turn.pb()(), ignore_unknown_fields=True))
             conversation.turns.append(turn)
             conversation.messages.extend(turn.messages)
         return conversation

@@ -28,7 +28,7 @@ class SessionService:
     async def run_session(self, request: ces_v1.RunSessionRequest, context) -> ces_v1.RunSessionResponse:
         started = time.time_ns()
         runtime, name = self._target(request.config)
-        outputs = [o async for o in runtime.run_turn(name.id, request.config, list(request.inputs), turn_started_ns=started)]
+        outputs = await runtime.run_turn_to_end(name.id, request.config, list(request.inputs), turn_started_ns=started)
         return ces_v1.RunSessionResponse(outputs=outputs)
 
     async def stream_run_session(self, request: ces_v1.RunSessionRequest, context):
