@@ -1,0 +1,60 @@
+"""ces_nb: explore Google CES (Gemini Enterprise for CX) agent sessions in Jupyter.
+
+    import ces_nb
+    client = ces_nb.connect()            # the embedded emulator, started if needed
+    session = client.session()
+    session.send("Hello")
+
+or, in IPython: `%load_ext ces_nb`, then `%ces Hello`.
+
+Importing registers nothing and stays light: the gRPC client, protobuf types and
+renderers load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "connect": ("ces_nb.client", "connect"),
+    "Client": ("ces_nb.client", "Client"),
+    "Session": ("ces_nb.session", "Session"),
+    "Turn": ("ces_nb.model", "Turn"),
+    "Transcript": ("ces_nb.model", "Transcript"),
+    "Span": ("ces_nb.model", "Span"),
+    "CesError": ("ces_nb.errors", "CesError"),
+}
+
+__all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
+
+if TYPE_CHECKING:
+    from .client import Client, connect
+    from .errors import CesError
+    from .model import Span, Transcript, Turn
+    from .session import Session
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ces_nb' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext ces_nb`: registers %ces / %%ces."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from .magics import unload
+
+    unload(ipython)

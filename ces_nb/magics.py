@@ -1,0 +1,352 @@
+"""%ces / %%ces: talk to a CES agent from a notebook cell.
+
+One CesMagics instance holds all the state (connection, session, history);
+settings are traitlets: `%config CesMagics.stream = True`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import display
+from traitlets import Bool, Unicode
+
+HELP = """Talk to a CES agent: every turn renders as one rich cell.
+
+Sending (the first %ces connects to the emulator and starts a session by itself):
+  %ces Hello, what's my flight status?     send text; returns the Turn (t = %ces hi)
+  %ces --dtmf 12#                          DTMF digits
+  %ces --event NAME                        an event
+  %ces --vars '{"customer_name": "Ada"}'   session variables (alone, or with text)
+  %ces --image PATH   /  --blob PATH       an image or any file
+  %ces --stream Tell me more               StreamRunSession, drawn as chunks arrive
+  %ces -- history                          text that starts like a command or flag
+  %%ces                                    the cell body is one message
+  %%ces --script                           one turn per non-empty line; # starts a comment
+
+Connecting and sessions:
+  %ces connect                             the local emulator (started if needed)
+  %ces connect --endpoint HOST:PORT        any emulator
+  %ces connect projects/P/locations/L/apps/A    real CES (Application Default Credentials)
+  %ces new [--app A] [--session-id S] [--entry-agent A] [--time-zone TZ] [--vars JSON] [--stream]
+
+History and files:
+  %ces history                             the session so far
+  %ces save PATH                           write the session as a transcript (JSON)
+  %ces load PATH                           render a saved transcript, no server needed
+
+Settings: %config CesMagics.stream = True · CesMagics.app = "skyway" ·
+          CesMagics.emulator_address = "127.0.0.1:50551"
+"""
+
+SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help")
+VALUE_FLAGS = {"--dtmf": "dtmf", "--event": "event", "--vars": "variables", "--image": "image", "--blob": "blob"}
+BOOL_FLAGS = {"--stream": ("stream", True), "--no-stream": ("stream", False), "--script": ("script", True)}
+_FLAG = re.compile(r"\s*(--[A-Za-z][\w-]*)(?:=|(?=\s)|$)")
+_VALUE = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
+
+
+def _parser(prog: str, description: str) -> MagicArgumentParser:
+    # MagicArgumentParser turns argparse errors into UsageError.
+    return MagicArgumentParser(prog=f"%ces {prog}", description=description, add_help=False)
+
+
+def _parse(parser: MagicArgumentParser, arg: str):
+    """POSIX shell quoting (IPython's own splitter keeps the quotes around JSON)."""
+    try:
+        argv = shlex.split(arg)
+    except ValueError as exc:
+        raise UsageError(f"{parser.prog}: {exc} in {arg!r}; quote JSON with single quotes, e.g. --vars '{{\"k\": 1}}'") from None
+    return parser.parse_args(argv)
+
+
+def _connect_parser() -> MagicArgumentParser:
+    p = _parser("connect", "Connect to the emulator, any emulator endpoint, or a real CES app.")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--emulator", action="store_true", help="the local emulator (default)")
+    group.add_argument("--endpoint", metavar="HOST:PORT", help="an emulator at HOST:PORT")
+    p.add_argument("app", nargs="?", help="projects/P/locations/L/apps/A (real CES), or an app id on the emulator")
+    return p
+
+
+def _new_parser() -> MagicArgumentParser:
+    p = _parser("new", "Start a new session.")
+    p.add_argument("--app", help="app id or full name")
+    p.add_argument("--session-id", help="reuse or name the session (default: random)")
+    p.add_argument("--entry-agent", help="agent to start with")
+    p.add_argument("--time-zone", help="e.g. Europe/Paris")
+    p.add_argument("--vars", help='initial variables as JSON, e.g. \'{"customer_name": "Ada"}\'')
+    p.add_argument("--deployment", help="deployment resource name")
+    p.add_argument("--use-tool-fakes", action="store_true", help="answer tools from their fakes")
+    p.add_argument("--stream", action="store_true", help="stream every turn of this session")
+    return p
+
+
+def _path_parser(prog: str, description: str) -> MagicArgumentParser:
+    p = _parser(prog, description)
+    p.add_argument("path", help="a .json transcript file")
+    return p
+
+
+def _json_arg(value: str, flag: str) -> Any:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} takes JSON ({exc.msg}); for example: {flag} '{{\"customer_name\": \"Ada\"}}'") from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag} takes a JSON object, e.g. {flag} '{{\"k\": 1}}'")
+    return parsed
+
+
+def split_send_line(line: str) -> tuple[dict[str, Any], str]:
+    """Leading --flags (values may be quoted) and the free text after them, kept verbatim
+    so apostrophes in ordinary sentences need no quoting."""
+    options: dict[str, Any] = {}
+    pos = 0
+    while True:
+        rest = line[pos:]
+        stripped = rest.lstrip()
+        if stripped.startswith("-- ") or stripped == "--":
+            pos += len(rest) - len(stripped) + 2
+            break
+        match = _FLAG.match(line, pos)
+        if not match:
+            if stripped.startswith("-") and not stripped[1:2].isdigit():
+                word = stripped.split()[0]
+                raise UsageError(f"unknown option {word}; options are {', '.join([*VALUE_FLAGS, *BOOL_FLAGS])}. "
+                                 "To send text that starts with '-', write %ces -- your text")
+            break
+        flag = match.group(1)
+        pos = match.end()
+        if flag in BOOL_FLAGS:
+            key, value = BOOL_FLAGS[flag]
+            options[key] = value
+            continue
+        if flag not in VALUE_FLAGS:
+            raise UsageError(f"unknown option {flag}; options are {', '.join([*VALUE_FLAGS, *BOOL_FLAGS])}. See %ces?")
+        value_match = _VALUE.match(line, pos)
+        if not value_match:
+            raise UsageError(f"{flag} needs a value, e.g. {_example(flag)}")
+        pos = value_match.end()
+        try:
+            (value,) = shlex.split(value_match.group(1))
+        except ValueError:
+            raise UsageError(f"{flag}: unbalanced quotes in {value_match.group(1)!r}; e.g. {_example(flag)}") from None
+        options[VALUE_FLAGS[flag]] = value
+    return options, line[pos:].strip()
+
+
+def _example(flag: str) -> str:
+    return {
+        "--dtmf": "%ces --dtmf 12#",
+        "--event": "%ces --event welcome",
+        "--vars": "%ces --vars '{\"customer_name\": \"Ada\"}'",
+        "--image": "%ces --image photo.png What is this?",
+        "--blob": "%ces --blob receipt.pdf",
+    }.get(flag, "%ces?")
+
+
+@magics_class
+class CesMagics(Magics):
+    stream = Bool(False, help="Stream turns (StreamRunSession) and draw them as chunks arrive.").tag(config=True)
+    app = Unicode("", help="Default app: an id on the emulator, or projects/P/locations/L/apps/A.").tag(config=True)
+    emulator_address = Unicode(
+        "", help="host:port of the emulator; empty means $CES_NB_EMULATOR or 127.0.0.1:50551."
+    ).tag(config=True)
+
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self.client = None
+        self.session = None
+        self.pending_variables: dict[str, Any] = {}
+        self.session_stream = False
+
+    # -- the magic -----------------------------------------------------------------
+
+    @line_cell_magic
+    def ces(self, line: str = "", cell: str | None = None):
+        words = line.split(maxsplit=1)
+        if cell is None and words and words[0] in SUBCOMMANDS:
+            return getattr(self, f"_cmd_{words[0]}")(words[1] if len(words) > 1 else "")
+        options, text = split_send_line(line)
+        if cell is not None:
+            if options.pop("script", False):
+                if text:
+                    raise UsageError("%%ces --script takes its lines from the cell body; put the text there")
+                return self._script(cell, options)
+            if text:
+                raise UsageError("%%ces sends the cell body; put the text in the cell, flags on the %%ces line")
+            text = cell.strip()
+        elif options.pop("script", False):
+            raise UsageError("--script is for cell magics: start the cell with %%ces --script, one message per line")
+        return self._send(text, options)
+
+    ces.__doc__ = HELP
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _send(self, text: str, options: dict[str, Any], show_stream: bool = True):
+        stream = options.pop("stream", None)
+        if "variables" in options:
+            options["variables"] = _json_arg(options["variables"], "--vars")
+        if not text and not options:
+            raise UsageError("nothing to send: type a message, e.g. %ces Hello — or see %ces? for --dtmf, --event, --vars, --image, --blob")
+        session = self._session()
+        if self.pending_variables:
+            options["variables"] = {**self.pending_variables, **options.get("variables", {})}
+        use_stream = self.stream or self.session_stream if stream is None else stream
+        try:
+            if use_stream:
+                turn = self._stream(session, text, options, show_stream)
+            else:
+                turn = session.send(text or None, **options)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except Exception as exc:
+            from .errors import CesError
+
+            if isinstance(exc, CesError):
+                raise UsageError(str(exc)) from None
+            raise
+        self.pending_variables = {}
+        return turn
+
+    def _stream(self, session, text: str, options: dict[str, Any], show: bool):
+        handle = display({"text/plain": "…"}, raw=True, display_id=True) if show else None
+
+        def update(turn) -> None:
+            if handle is not None:
+                handle.update(turn)
+
+        turn = session.stream(text or None, on_output=update, **options)
+        if handle is not None:
+            # The magic returns the finished Turn, which IPython shows as the cell's result;
+            # the live view steps aside so the turn is not drawn twice.
+            handle.update({"text/plain": ""}, raw=True)
+        return turn
+
+    def _script(self, body: str, options: dict[str, Any]) -> None:
+        lines = [ln.strip() for ln in body.splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not lines:
+            raise UsageError("%%ces --script found no lines to send; write one message per line (# starts a comment)")
+        for line in lines:
+            line_options, text = split_send_line(line)
+            turn = self._send(text, {**options, **line_options}, show_stream=False)
+            display(turn)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _connect(self, app: str | None = None, endpoint: str | None = None, emulator: bool = False):
+        from .client import connect
+        from .errors import CesError
+        from .local_emulator import ensure_emulator
+
+        try:
+            if endpoint:
+                client = connect(app, endpoint=endpoint)
+            elif app and app.startswith("projects/") and not emulator:
+                client = connect(app)
+            elif self.emulator_address:
+                client = connect(app, endpoint=ensure_emulator(self.emulator_address))
+            else:
+                client = connect(app, emulator=True)
+        except (CesError, ValueError, RuntimeError) as exc:
+            raise UsageError(str(exc)) from None
+        self.client, self.session = client, None
+        return client
+
+    def _session(self):
+        if self.session is None:
+            if self.client is None:
+                self._connect(self.app or None)
+            self.session = self._new_session()
+        return self.session
+
+    def _new_session(self, app: str | None = None, session_id: str | None = None, **config):
+        from .errors import CesError
+
+        try:
+            return self.client.session(app or self.app or None, session_id=session_id, **config)
+        except CesError as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- subcommands ----------------------------------------------------------------------
+
+    def _cmd_help(self, arg: str) -> None:
+        print(HELP)
+
+    def _cmd_connect(self, arg: str):
+        args = _parse(_connect_parser(), arg)
+        return self._connect(args.app, endpoint=args.endpoint, emulator=args.emulator)
+
+    def _cmd_new(self, arg: str):
+        args = _parse(_new_parser(), arg)
+        if self.client is None:
+            self._connect(args.app if args.app and args.app.startswith("projects/") else (self.app or None))
+        config = {
+            "entry_agent": args.entry_agent,
+            "time_zone": args.time_zone,
+            "deployment": args.deployment,
+            "use_tool_fakes": True if args.use_tool_fakes else None,
+        }
+        self.session = self._new_session(args.app, args.session_id, **{k: v for k, v in config.items() if v is not None})
+        self.pending_variables = _json_arg(args.vars, "--vars") if args.vars else {}
+        self.session_stream = args.stream
+        return self.session
+
+    def _require_session(self):
+        if self.session is None:
+            raise UsageError("no session yet: send a message first, e.g. %ces Hello (or %ces new)")
+        return self.session
+
+    def _cmd_history(self, arg: str):
+        if arg.strip():
+            raise UsageError("%ces history takes no arguments; it shows the current session")
+        return self._require_session().transcript
+
+    def _cmd_save(self, arg: str) -> None:
+        args = _parse(_path_parser("save", "Write the session as a transcript file."), arg)
+        session = self._require_session()
+        path = session.save(args.path)
+        print(f"saved {len(session.turns)} turn(s) to {path}; reload with %ces load {path}")
+
+    def _cmd_load(self, arg: str):
+        from .model import Transcript
+
+        args = _parse(_path_parser("load", "Render a saved transcript."), arg)
+        if not Path(args.path).is_file():
+            raise UsageError(f"no transcript at {args.path}; write one with %ces save {args.path}")
+        try:
+            return Transcript.load(args.path)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+_instances: dict[int, CesMagics] = {}
+
+
+def load(ipython) -> None:
+    magics = CesMagics(ipython)
+    _instances[id(ipython)] = magics
+    ipython.register_magics(magics)
+
+
+def unload(ipython) -> None:
+    magics = _instances.pop(id(ipython), None)
+    if magics is not None:
+        for kind in ("line", "cell"):
+            ipython.magics_manager.magics[kind].pop("ces", None)
+        if magics in getattr(ipython, "configurables", []):
+            ipython.configurables.remove(magics)
+        if magics.client is not None:
+            magics.client.close()

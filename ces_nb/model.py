@@ -1,0 +1,709 @@
+"""Turn, Output, Span, Transcript: the one place where CES protos become plain data.
+
+Every source goes through the same JSON-shaped dict, so a proto from a live
+RunSession, a BidiSessionServerMessage, a stored Conversation.Turn, or a JSON
+trace found in the wild (camelCase or snake_case) builds the same `Turn`:
+
+    proto --MessageToDict--> dict --from_dict--> dataclass
+
+Keys are looked up in both spellings; the user's own data (tool args, payloads,
+variables, span attributes) is never renamed.
+
+The transcript file format (`Transcript.save`, version 1) is this dict form:
+
+    {"format": "ces_nb.transcript", "version": 1,
+     "session": "projects/…/sessions/…", "app": "projects/…/apps/…",
+     "audio": {"encoding": "LINEAR16", "sample_rate_hertz": 16000},
+     "turns": [{"turn_index": 1, "completed": true, "partial": false, "error": null,
+                "inputs":  [SessionInput as JSON, e.g. {"text": "Hi"}],
+                "outputs": [SessionOutput as JSON, without diagnostic_info],
+                "messages": [Message as JSON], "root_span": Span as JSON,
+                "events": [{"recognition_result": …} | {"interruption_signal": …} | …]}]}
+
+Bytes (audio, images, blobs) are base64, as in the proto JSON mapping, so
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+FORMAT = "ces_nb.transcript"
+VERSION = 1
+
+OUTPUT_KINDS = ("text", "audio", "tool_calls", "citations", "google_search_suggestions", "end_session", "payload")
+INPUT_KINDS = ("text", "dtmf", "audio", "tool_responses", "image", "blob", "variables", "event")
+CHUNK_KINDS = (
+    "text", "transcript", "blob", "payload", "image", "tool_call", "tool_response",
+    "agent_transfer", "updated_variables", "default_variables",
+)
+
+# -- reading dicts in either spelling ---------------------------------------------
+
+_CAMEL = re.compile(r"_([a-z])")
+
+
+def _camel(name: str) -> str:
+    return _CAMEL.sub(lambda m: m.group(1).upper(), name)
+
+
+def _get(d: dict, name: str, default: Any = None) -> Any:
+    if name in d:
+        return d[name]
+    return d.get(_camel(name), default)
+
+
+def _has(d: dict, name: str) -> bool:
+    return name in d or _camel(name) in d
+
+
+def _bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    text = str(value)
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- times ---------------------------------------------------------------------------
+
+def _timestamp_ns(value: Any) -> int | None:
+    """RFC 3339 text (nanoseconds kept), a datetime, or {seconds, nanos} -> ns since epoch."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    if isinstance(value, dict):
+        return int(value.get("seconds", 0)) * 1_000_000_000 + int(value.get("nanos", 0))
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromJsonString(str(value))
+    return ts.ToNanoseconds()
+
+
+def _duration_ns(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value * 1e9)  # seconds
+    if isinstance(value, dict):
+        return int(value.get("seconds", 0)) * 1_000_000_000 + int(value.get("nanos", 0))
+    if hasattr(value, "total_seconds"):
+        return round(value.total_seconds() * 1e9)
+    from google.protobuf import duration_pb2
+
+    d = duration_pb2.Duration()
+    d.FromJsonString(str(value))
+    return d.ToNanoseconds()
+
+
+def _timestamp_json(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts.ToJsonString()
+
+
+def _duration_json(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    from google.protobuf import duration_pb2
+
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(ns)
+    return d.ToJsonString()
+
+
+# -- the model -------------------------------------------------------------------------
+
+@dataclass
+class ToolCall:
+    id: str
+    tool: str
+    display_name: str = ""
+    args: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """What a person calls the tool: its display name, else the last segment of its resource name."""
+        return self.display_name or self.tool.rsplit("/", 1)[-1]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToolCall":
+        return cls(id=_get(d, "id", ""), tool=_tool_id(d), display_name=_get(d, "display_name", ""), args=_get(d, "args") or {})
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "tool": self.tool, "display_name": self.display_name, "args": self.args}
+
+
+@dataclass
+class ToolResponse:
+    id: str
+    tool: str
+    display_name: str = ""
+    response: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToolResponse":
+        return cls(id=_get(d, "id", ""), tool=_tool_id(d), display_name=_get(d, "display_name", ""), response=_get(d, "response") or {})
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "tool": self.tool, "display_name": self.display_name, "response": self.response}
+
+
+def _tool_id(d: dict) -> str:
+    if _has(d, "tool"):
+        return _get(d, "tool") or ""
+    toolset = _get(d, "toolset_tool") or {}
+    return f"{_get(toolset, 'toolset', '')}/tools/{_get(toolset, 'tool_id', '')}" if toolset else ""
+
+
+@dataclass
+class Citation:
+    title: str = ""
+    uri: str = ""
+    text: str = ""
+    requires_attribution: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Citation":
+        return cls(_get(d, "title", ""), _get(d, "uri", ""), _get(d, "text", ""), bool(_get(d, "requires_attribution", False)))
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "uri": self.uri, "text": self.text, "requires_attribution": self.requires_attribution}
+
+
+@dataclass
+class SearchSuggestions:
+    htmls: list[str] = field(default_factory=list)
+    queries: list[dict] = field(default_factory=list)  # {"query", "uri"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchSuggestions":
+        queries = [{"query": _get(q, "query", ""), "uri": _get(q, "uri", "")} for q in _get(d, "web_search_queries") or []]
+        return cls(list(_get(d, "htmls") or []), queries)
+
+    def to_dict(self) -> dict:
+        return {"htmls": self.htmls, "web_search_queries": self.queries}
+
+
+@dataclass
+class Output:
+    """One SessionOutput. `value` depends on `kind`:
+
+    text: str · audio: bytes · tool_calls: list[ToolCall] · citations: list[Citation] ·
+    google_search_suggestions: SearchSuggestions · end_session: dict (metadata) · payload: dict
+    """
+
+    kind: str
+    value: Any
+    turn_index: int = 0
+    turn_completed: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Output | None":
+        kind = next((k for k in OUTPUT_KINDS if _has(d, k)), None)
+        if kind is None:
+            return None
+        raw = _get(d, kind)
+        value: Any
+        if kind == "audio":
+            value = _bytes(raw)
+        elif kind == "tool_calls":
+            value = [ToolCall.from_dict(c) for c in _get(raw or {}, "tool_calls") or []]
+        elif kind == "citations":
+            value = [Citation.from_dict(c) for c in _get(raw or {}, "cited_chunks") or []]
+        elif kind == "google_search_suggestions":
+            value = SearchSuggestions.from_dict(raw or {})
+        elif kind == "end_session":
+            value = _get(raw or {}, "metadata") or {}
+        elif kind == "payload":
+            value = raw or {}
+        else:
+            value = raw or ""
+        return cls(kind, value, int(_get(d, "turn_index", 0) or 0), bool(_get(d, "turn_completed", False)))
+
+    def to_dict(self) -> dict:
+        v = self.value
+        if self.kind == "audio":
+            body: Any = _b64(v)
+        elif self.kind == "tool_calls":
+            body = {"tool_calls": [c.to_dict() for c in v]}
+        elif self.kind == "citations":
+            body = {"cited_chunks": [c.to_dict() for c in v]}
+        elif self.kind == "google_search_suggestions":
+            body = v.to_dict()
+        elif self.kind == "end_session":
+            body = {"metadata": v}
+        else:
+            body = v
+        out = {self.kind: body, "turn_index": self.turn_index}
+        if self.turn_completed:
+            out["turn_completed"] = True
+        return out
+
+
+@dataclass
+class UserInput:
+    """One SessionInput. `value`: str for text/dtmf/event, dict for variables,
+    (mime_type, bytes) for image/blob, bytes for audio, list[ToolResponse] for tool_responses."""
+
+    kind: str
+    value: Any
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UserInput | None":
+        kind = next((k for k in INPUT_KINDS if _has(d, k)), None)
+        if kind is None:
+            return None
+        raw = _get(d, kind)
+        if kind == "event":
+            value: Any = _get(raw, "event", "") if isinstance(raw, dict) else raw
+        elif kind in ("image", "blob"):
+            value = (_get(raw, "mime_type", ""), _bytes(_get(raw, "data")))
+        elif kind == "audio":
+            value = _bytes(raw)
+        elif kind == "tool_responses":
+            value = [ToolResponse.from_dict(r) for r in _get(raw or {}, "tool_responses") or []]
+        else:
+            value = raw if raw is not None else ""
+        return cls(kind, value)
+
+    def to_dict(self) -> dict:
+        v = self.value
+        if self.kind == "event":
+            return {"event": {"event": v}}
+        if self.kind in ("image", "blob"):
+            return {self.kind: {"mime_type": v[0], "data": _b64(v[1])}}
+        if self.kind == "audio":
+            return {"audio": _b64(v)}
+        if self.kind == "tool_responses":
+            return {"tool_responses": {"tool_responses": [r.to_dict() for r in v]}}
+        return {self.kind: v}
+
+
+@dataclass
+class Chunk:
+    """One chunk of a diagnostic Message; `value` as for the matching input/output kind."""
+
+    kind: str
+    value: Any
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Chunk | None":
+        kind = next((k for k in CHUNK_KINDS if _has(d, k)), None)
+        if kind is None:
+            return None
+        raw = _get(d, kind)
+        if kind in ("image", "blob"):
+            value: Any = (_get(raw, "mime_type", ""), _bytes(_get(raw, "data")))
+        elif kind == "tool_call":
+            value = ToolCall.from_dict(raw)
+        elif kind == "tool_response":
+            value = ToolResponse.from_dict(raw)
+        elif kind == "agent_transfer":
+            value = {"target_agent": _get(raw, "target_agent", ""), "display_name": _get(raw, "display_name", "")}
+        else:
+            value = raw if raw is not None else ("" if kind in ("text", "transcript") else {})
+        return cls(kind, value)
+
+    def to_dict(self) -> dict:
+        v = self.value
+        if self.kind in ("image", "blob"):
+            return {self.kind: {"mime_type": v[0], "data": _b64(v[1])}}
+        if self.kind in ("tool_call", "tool_response"):
+            return {self.kind: v.to_dict()}
+        return {self.kind: v}
+
+
+@dataclass
+class Message:
+    role: str
+    chunks: list[Chunk] = field(default_factory=list)
+    event_time_ns: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Message":
+        chunks = [c for c in (Chunk.from_dict(x) for x in _get(d, "chunks") or []) if c is not None]
+        return cls(_get(d, "role", ""), chunks, _timestamp_ns(_get(d, "event_time")))
+
+    def to_dict(self) -> dict:
+        out: dict = {"role": self.role, "chunks": [c.to_dict() for c in self.chunks]}
+        if self.event_time_ns is not None:
+            out["event_time"] = _timestamp_json(self.event_time_ns)
+        return out
+
+
+SPAN_KINDS = ("LLM", "Tool", "Callback", "Guardrail", "VAD", "ASR", "TTS")
+
+
+@dataclass
+class Span:
+    name: str
+    start_ns: int | None = None
+    end_ns: int | None = None
+    duration_ns: int | None = None
+    attributes: dict = field(default_factory=dict)
+    children: list["Span"] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Span":
+        # Iterative, so a deep tree from the wild cannot hit the recursion limit.
+        root = cls._one(d)
+        stack = [(root, d)]
+        while stack:
+            span, raw = stack.pop()
+            for child_raw in _get(raw, "child_spans") or []:
+                child = cls._one(child_raw)
+                span.children.append(child)
+                stack.append((child, child_raw))
+        return root
+
+    @classmethod
+    def _one(cls, d: dict) -> "Span":
+        start, end = _timestamp_ns(_get(d, "start_time")), _timestamp_ns(_get(d, "end_time"))
+        duration = _duration_ns(_get(d, "duration"))
+        if duration is None and start is not None and end is not None:
+            duration = end - start
+        return cls(_get(d, "name", ""), start, end, duration, dict(_get(d, "attributes") or {}))
+
+    def to_dict(self) -> dict:
+        out: dict = {"name": self.name}
+        if self.start_ns is not None:
+            out["start_time"] = _timestamp_json(self.start_ns)
+        if self.end_ns is not None:
+            out["end_time"] = _timestamp_json(self.end_ns)
+        if self.duration_ns is not None:
+            out["duration"] = _duration_json(self.duration_ns)
+        if self.attributes:
+            out["attributes"] = self.attributes
+        if self.children:
+            out["child_spans"] = [c.to_dict() for c in self.children]
+        return out
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.duration_ns is None else self.duration_ns / 1e6
+
+    @property
+    def kind(self) -> str:
+        """LLM / Tool / Callback / Guardrail / VAD / ASR / TTS, or the name itself."""
+        for kind in SPAN_KINDS:
+            if self.name.lower() == kind.lower() or self.name.lower().startswith(kind.lower() + " "):
+                return kind
+        return self.name
+
+    def walk(self, depth: int = 0) -> Iterable[tuple[int, "Span"]]:
+        """Depth-first (depth, span) pairs, iteratively."""
+        stack = [(depth, self)]
+        while stack:
+            d, span = stack.pop()
+            yield d, span
+            stack.extend((d + 1, c) for c in reversed(span.children))
+
+
+@dataclass
+class Turn:
+    """One exchange: what the user sent, everything the agent answered, and the diagnostics."""
+
+    index: int = 0
+    inputs: list[UserInput] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    root_span: Span | None = None
+    completed: bool = False
+    partial: bool = False
+    error: str | None = None
+    events: list[dict] = field(default_factory=list)  # bidi-only: recognition results, barge-in, go_away
+    audio_encoding: str = "LINEAR16"
+    audio_sample_rate: int = 16000
+
+    # -- building ------------------------------------------------------------------
+
+    @classmethod
+    def from_outputs(cls, outputs: Iterable[Any], inputs: Iterable[Any] = ()) -> "Turn":
+        """From SessionOutput protos (or their dicts), e.g. a RunSessionResponse's outputs."""
+        turn = cls(inputs=[i for i in (UserInput.from_dict(_as_dict(x)) for x in inputs) if i is not None])
+        for raw in outputs:
+            turn.add_output(_as_dict(raw))
+        return turn
+
+    @classmethod
+    def from_bidi(cls, messages: Iterable[Any], inputs: Iterable[Any] = ()) -> "Turn":
+        """From BidiSessionServerMessages: session outputs plus recognition, barge-in and go_away events."""
+        turn = cls(inputs=[i for i in (UserInput.from_dict(_as_dict(x)) for x in inputs) if i is not None])
+        for raw in messages:
+            turn.add_bidi_message(_as_dict(raw))
+        return turn
+
+    @classmethod
+    def from_conversation_turn(cls, conversation_turn: Any, index: int = 0) -> "Turn":
+        """From a stored Conversation.Turn: its messages and root_span are all there is,
+        so the user's chunks become inputs and the agent's chunks become outputs."""
+        d = _as_dict(conversation_turn)
+        turn = cls(index=index, completed=True)
+        turn.messages = [Message.from_dict(m) for m in _get(d, "messages") or []]
+        if _get(d, "root_span"):
+            turn.root_span = Span.from_dict(_get(d, "root_span"))
+        turn.inputs, turn.outputs = _io_from_messages(turn.messages, index)
+        if turn.outputs:
+            turn.outputs[-1].turn_completed = True
+        return turn
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Turn":
+        """From the transcript format, or a JSON SessionOutput list / Conversation.Turn from the wild."""
+        if isinstance(d, list):
+            return cls.from_outputs(d)
+        if not _has(d, "outputs") and _has(d, "messages"):
+            return cls.from_conversation_turn(d, int(_get(d, "turn_index", 0) or 0))
+        turn = cls.from_outputs(_get(d, "outputs") or [], _get(d, "inputs") or [])
+        if _has(d, "turn_index"):
+            turn.index = int(_get(d, "turn_index") or 0)
+        if _has(d, "messages") and not turn.messages:
+            turn.messages = [Message.from_dict(m) for m in _get(d, "messages") or []]
+        if _get(d, "root_span") and turn.root_span is None:
+            turn.root_span = Span.from_dict(_get(d, "root_span"))
+        turn.completed = bool(_get(d, "completed", turn.completed))
+        turn.partial = bool(_get(d, "partial", False))
+        turn.error = _get(d, "error")
+        turn.events = list(_get(d, "events") or [])
+        audio = _get(d, "audio") or {}
+        turn.audio_encoding = _get(audio, "encoding", turn.audio_encoding)
+        turn.audio_sample_rate = int(_get(audio, "sample_rate_hertz", turn.audio_sample_rate))
+        return turn
+
+    def add_output(self, d: dict) -> Output | None:
+        """Fold one SessionOutput (as a dict) into the turn; returns the Output it held, if any."""
+        output = Output.from_dict(d)
+        if output is not None:
+            self.outputs.append(output)
+        index = int(_get(d, "turn_index", 0) or 0)
+        if index:
+            self.index = index
+        if _get(d, "turn_completed"):
+            self.completed = True
+            if output is not None:
+                output.turn_completed = True
+        diagnostic = _get(d, "diagnostic_info")
+        if diagnostic:
+            self.messages = [Message.from_dict(m) for m in _get(diagnostic, "messages") or []]
+            if _get(diagnostic, "root_span"):
+                self.root_span = Span.from_dict(_get(diagnostic, "root_span"))
+        return output
+
+    def add_bidi_message(self, d: dict) -> Output | None:
+        if _has(d, "session_output"):
+            return self.add_output(_get(d, "session_output"))
+        for kind in ("recognition_result", "interruption_signal", "end_session", "go_away"):
+            if _has(d, kind):
+                self.events.append({kind: _get(d, kind) or {}})
+        return None
+
+    # -- reading -------------------------------------------------------------------
+
+    def of_kind(self, kind: str) -> list:
+        return [o.value for o in self.outputs if o.kind == kind]
+
+    @property
+    def text(self) -> str:
+        """The agent's text. Streamed fragments join as they are; whole messages
+        (one ends a sentence, the next starts afresh) become paragraphs."""
+        out = ""
+        for piece in self.of_kind("text"):
+            if out and out[-1] in ".!?:)" and piece and not piece[0].isspace():
+                out += "\n\n"
+            out += piece
+        return out
+
+    @property
+    def user_text(self) -> str:
+        return " ".join(str(i.value) for i in self.inputs if i.kind in ("text", "dtmf"))
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [c for calls in self.of_kind("tool_calls") for c in calls]
+
+    @property
+    def citations(self) -> list[Citation]:
+        return [c for cs in self.of_kind("citations") for c in cs]
+
+    @property
+    def payloads(self) -> list[dict]:
+        return self.of_kind("payload")
+
+    @property
+    def audio(self) -> bytes:
+        return b"".join(self.of_kind("audio"))
+
+    @property
+    def end_session(self) -> dict | None:
+        ends = self.of_kind("end_session")
+        return ends[-1] if ends else None
+
+    @property
+    def ended(self) -> bool:
+        return self.end_session is not None
+
+    @property
+    def transfers(self) -> list[dict]:
+        return [c.value for m in self.messages for c in m.chunks if c.kind == "agent_transfer"]
+
+    @property
+    def perceived_latency_ms(self) -> float | None:
+        if self.root_span is None:
+            return None
+        value = self.root_span.attributes.get("perceived latency (ms)")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    # -- writing -------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        out: dict = {
+            "turn_index": self.index,
+            "completed": self.completed,
+            "partial": self.partial,
+            "error": self.error,
+            "inputs": [i.to_dict() for i in self.inputs],
+            "outputs": [o.to_dict() for o in self.outputs],
+            "messages": [m.to_dict() for m in self.messages],
+            "root_span": self.root_span.to_dict() if self.root_span else None,
+            "audio": {"encoding": self.audio_encoding, "sample_rate_hertz": self.audio_sample_rate},
+        }
+        if self.events:
+            out["events"] = self.events
+        return out
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        from .render.html import turn_html
+        from .render.text import turn_text
+
+        return {"text/plain": turn_text(self), "text/html": turn_html(self)}
+
+    def __repr__(self) -> str:
+        from .render.text import turn_text
+
+        return turn_text(self)
+
+
+def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInput], list[Output]]:
+    inputs: list[UserInput] = []
+    outputs: list[Output] = []
+    for message in messages:
+        for chunk in message.chunks:
+            if message.role.lower() == "user":
+                if chunk.kind in ("text", "transcript"):
+                    inputs.append(UserInput("text", chunk.value))
+                elif chunk.kind in ("image", "blob"):
+                    inputs.append(UserInput(chunk.kind, chunk.value))
+                elif chunk.kind == "tool_response":
+                    inputs.append(UserInput("tool_responses", [chunk.value]))
+                elif chunk.kind in ("updated_variables", "default_variables") and chunk.value:
+                    inputs.append(UserInput("variables", chunk.value))
+                continue
+            if chunk.kind in ("text", "transcript"):
+                outputs.append(Output("text", chunk.value, index))
+            elif chunk.kind == "tool_call":
+                outputs.append(Output("tool_calls", [chunk.value], index))
+            elif chunk.kind == "payload":
+                outputs.append(Output("payload", chunk.value, index))
+    return inputs, outputs
+
+
+def _as_dict(message: Any) -> dict:
+    """A proto-plus message, a raw protobuf message, or already a dict -> the JSON-shaped dict."""
+    if isinstance(message, dict):
+        return message
+    from google.protobuf import json_format
+    from google.protobuf.message import Message as PbMessage
+
+    pb = message if isinstance(message, PbMessage) else type(message).pb(message)
+    return json_format.MessageToDict(pb, preserving_proto_field_name=True)
+
+
+@dataclass
+class Transcript:
+    """A session's turns, savable to JSON and loadable with no server."""
+
+    turns: list[Turn] = field(default_factory=list)
+    session: str = ""
+    app: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "session": self.session,
+            "app": self.app,
+            "metadata": self.metadata,
+            "turns": [t.to_dict() for t in self.turns],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | list) -> "Transcript":
+        """The transcript format, a Conversation (JSON), or a bare list of turns."""
+        if isinstance(d, list):
+            return cls([Turn.from_dict(t) for t in d])
+        if _has(d, "turns") and _get(d, "format") != FORMAT:  # a Conversation from the wild
+            turns = [Turn.from_conversation_turn(t, i) for i, t in enumerate(_get(d, "turns") or [], start=1)]
+            meta = {k: _get(d, k) for k in ("start_time", "end_time", "source", "channel_type", "entry_agent") if _has(d, k)}
+            name = _get(d, "name", "")
+            return cls(turns, session=name, app=name.split("/conversations/")[0], metadata=meta)
+        version = _get(d, "version", VERSION)
+        if version > VERSION:
+            raise ValueError(f"transcript format version {version} is newer than this ces_nb reads ({VERSION}); upgrade ces_nb")
+        return cls([Turn.from_dict(t) for t in _get(d, "turns") or []], _get(d, "session", ""), _get(d, "app", ""), _get(d, "metadata") or {})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Transcript":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON ({exc}); save one with session.save(path)") from exc
+        return cls.from_dict(data)
+
+    @property
+    def ended(self) -> bool:
+        return any(t.ended for t in self.turns)
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def __getitem__(self, i):
+        return self.turns[i]
+
+    def __iter__(self):
+        return iter(self.turns)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        from .render.html import transcript_html
+        from .render.text import transcript_text
+
+        return {"text/plain": transcript_text(self), "text/html": transcript_html(self)}
+
+    def __repr__(self) -> str:
+        from .render.text import transcript_text
+
+        return transcript_text(self)

@@ -1,0 +1,1 @@
+"""Turn -> static HTML and plain text (widgets and plots build on these)."""

@@ -1,0 +1,271 @@
+"""Turn -> self-contained static HTML: readable with no kernel and no JavaScript.
+
+Every string from the agent, a tool, a citation or the user goes through
+`html.escape` (or markdown + nh3 for agent text). Google search suggestion HTML
+is only ever placed, escaped, in a sandboxed iframe's srcdoc. Collapsing uses
+<details>, so nbconvert/nbviewer exports work. Ids come from a counter.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from functools import lru_cache
+from html import escape
+from importlib import resources
+from typing import Any
+
+from ..model import SPAN_KINDS, Span, Transcript, Turn, UserInput
+from .markdown import markdown_html
+from .text import input_text, transcript_text, turn_text
+
+_ids = itertools.count(1)
+_SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+KEY_ATTRIBUTES = ("name", "agent", "model", "stage", "tool call id", "input token count", "output token count",
+                  "time to first chunk (ms)", "voice")
+MAX_ATTR_TEXT = 80
+
+
+def next_id(prefix: str = "ces") -> str:
+    """Deterministic element ids: a per-process counter, never uuid or time."""
+    return f"{prefix}-{next(_ids)}"
+
+
+@lru_cache(maxsize=1)
+def stylesheet() -> str:
+    return resources.files("ces_nb.render").joinpath("static/ces.css").read_text(encoding="utf-8")
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _safe_url(uri: str) -> str | None:
+    u = uri.strip()
+    return u if u.lower().startswith(("http://", "https://")) else None
+
+
+def _link(uri: str, text: str | None = None) -> str:
+    url = _safe_url(uri)
+    label = _e(text if text is not None else uri)
+    if url is None:
+        return label
+    return f'<a href="{_e(url)}" target="_blank" rel="noopener noreferrer nofollow">{label}</a>'
+
+
+# -- JSON ------------------------------------------------------------------------
+
+def json_tree_html(value: Any, open_levels: int = 1, _depth: int = 0) -> str:
+    """A collapsible, escaped JSON tree (<details> per object/array)."""
+    if isinstance(value, dict) or isinstance(value, list):
+        if not value:
+            return "{}" if isinstance(value, dict) else "[]"
+        if _depth > 40:
+            return f'<span class="ces-s">{_e(json.dumps(value, ensure_ascii=False))}</span>'
+        # Sorted: protobuf Struct maps come back in a per-process order, and output must not.
+        items = sorted(value.items(), key=lambda kv: str(kv[0])) if isinstance(value, dict) else enumerate(value)
+        brackets = ("{", "}") if isinstance(value, dict) else ("[", "]")
+        rows = []
+        for k, v in items:
+            key = f'<span class="ces-k">{_e(json.dumps(k, ensure_ascii=False) if isinstance(k, str) else k)}</span>: '
+            rows.append(f'<div class="ces-row">{key}{json_tree_html(v, open_levels, _depth + 1)}</div>')
+        opened = " open" if _depth < open_levels else ""
+        return (f"<details{opened}><summary>{brackets[0]} {len(value)} {'keys' if isinstance(value, dict) else 'items'}"
+                f"</summary>{''.join(rows)}{brackets[1]}</details>")
+    if isinstance(value, str):
+        return f'<span class="ces-s">{_e(json.dumps(value, ensure_ascii=False))}</span>'
+    return f'<span class="ces-n">{_e(json.dumps(value))}</span>'
+
+
+def _pre_json(value: Any) -> str:
+    return f'<pre class="ces-pre">{_e(json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True))}</pre>'
+
+
+# -- pieces of a turn ---------------------------------------------------------------
+
+def input_html(item: UserInput) -> str:
+    v = item.value
+    if item.kind == "text":
+        return f"<span>{_e(v)}</span>"
+    if item.kind in ("dtmf", "event"):
+        return f'<span class="ces-chip">{item.kind}</span><span>{_e(v)}</span>'
+    if item.kind == "variables":
+        return f'<span class="ces-chip">variables</span><code>{_e(json.dumps(v, ensure_ascii=False, sort_keys=True))}</code>'
+    if item.kind == "image":
+        mime, data = v
+        if mime in _SAFE_IMAGES:
+            b64 = base64.b64encode(data).decode("ascii")
+            return f'<span class="ces-chip">image</span><img class="ces-thumb" alt="image input" src="data:{mime};base64,{b64}">'
+        return f'<span class="ces-chip">image</span>{_e(mime)}, {len(data)} bytes'
+    if item.kind == "blob":
+        return f'<span class="ces-chip">blob</span>{_e(v[0])}, {len(v[1])} bytes'
+    if item.kind == "audio":
+        return f'<span class="ces-chip">audio</span>{len(v)} bytes'
+    if item.kind == "tool_responses":
+        rows = "".join(
+            f"<tr><td>{_e(r.id)}</td><td>{_e(r.display_name or r.tool.rsplit('/', 1)[-1])}</td><td>{_pre_json(r.response)}</td></tr>"
+            for r in v
+        )
+        return ('<span class="ces-chip">tool responses</span><table class="ces-table"><tr><th>id</th><th>tool</th>'
+                f"<th>response</th></tr>{rows}</table>")
+    return f'<span class="ces-chip">{_e(item.kind)}</span>'
+
+
+def tool_calls_html(turn: Turn) -> str:
+    calls = turn.tool_calls
+    if not calls:
+        return ""
+    rows = "".join(f"<tr><td>{_e(c.id)}</td><td>{_e(c.name)}</td><td>{_pre_json(c.args)}</td></tr>" for c in calls)
+    return (f'<div class="ces-section ces-tools"><span class="ces-label">tool calls</span>'
+            f'<table class="ces-table"><tr><th>id</th><th>tool</th><th>args</th></tr>{rows}</table></div>')
+
+
+def citations_html(turn: Turn) -> str:
+    cards = []
+    for i, c in enumerate(turn.citations, 1):
+        attribution = '<div class="ces-attr">attribution required</div>' if c.requires_attribution else ""
+        cards.append(
+            f'<div class="ces-card"><div><b>[{i}]</b> {_link(c.uri, c.title or c.uri)}</div>'
+            f'<div class="ces-uri">{_e(c.uri)}</div><div>{_e(c.text)}</div>{attribution}</div>'
+        )
+    return f'<div class="ces-cards">{"".join(cards)}</div>' if cards else ""
+
+
+def suggestions_html(turn: Turn) -> str:
+    parts = []
+    for s in turn.of_kind("google_search_suggestions"):
+        for h in s.htmls:
+            # Never inline: the search entry point's HTML lives, escaped, in a script-less sandbox.
+            parts.append(f'<iframe class="ces-suggest" sandbox="" title="Google search suggestions" srcdoc="{_e(h)}"></iframe>')
+        if s.queries:
+            parts.append('<div class="ces-events">searched: ' + ", ".join(_link(q["uri"], q["query"]) for q in s.queries) + "</div>")
+    return f'<div class="ces-section">{"".join(parts)}</div>' if parts else ""
+
+
+def audio_html(turn: Turn) -> str:
+    data = turn.audio
+    if not data:
+        return ""
+    from ..audio import to_wav
+
+    try:
+        wav = to_wav(data, turn.audio_encoding, turn.audio_sample_rate)
+    except Exception as exc:  # undecodable audio must not hide the rest of the turn
+        return f'<div class="ces-error">audio ({len(data)} bytes) could not be decoded: {_e(exc)}</div>'
+    b64 = base64.b64encode(wav).decode("ascii")
+    return f'<div class="ces-section"><audio controls preload="none" src="data:audio/wav;base64,{b64}"></audio></div>'
+
+
+def span_tree_html(root: Span, open_depth: int = 1) -> str:
+    """One row per span: name, key attributes, duration, and a bar scaled to the root.
+
+    Built iteratively so a 10 000-span (or very deep) tree renders fast and never
+    hits the recursion limit."""
+    origin = root.start_ns
+    total = root.duration_ns or 0
+    out: list[str] = []
+    append = out.append
+    # (span, depth) to open, or None meaning "close a <details>"
+    stack: list[Any] = [(root, 0)]
+    while stack:
+        item = stack.pop()
+        if item is None:
+            append("</details>")
+            continue
+        span, depth = item
+        row = _span_row(span, origin, total, root is span)
+        kind = f"ces-k-{span.kind.lower()}" if span.kind in SPAN_KINDS else "ces-k-other"
+        if span.children:
+            append(f'<details class="{kind}"{" open" if depth < open_depth else ""}><summary>{row}</summary>')
+            stack.append(None)
+            stack.extend((c, depth + 1) for c in reversed(span.children))
+        else:
+            append(f'<div class="ces-sl {kind}">{row}</div>')
+    return f'<div class="ces-spans">{"".join(out)}</div>'
+
+
+def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
+    attrs = span.attributes
+    shown = []
+    for key in KEY_ATTRIBUTES:
+        if key in attrs and attrs[key] not in ("", None):
+            value = attrs[key]
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            if len(text) > MAX_ATTR_TEXT:
+                text = text[: MAX_ATTR_TEXT - 1] + "…"
+            shown.append(f"{key}={text}")
+    extra = ""
+    if is_root and isinstance(attrs.get("perceived latency (ms)"), (int, float)):
+        extra = f'<span class="ces-pl">perceived latency {attrs["perceived latency (ms)"]:.1f} ms</span>'
+    duration = span.duration_ns
+    bar = ""
+    if total and duration is not None:
+        offset = ((span.start_ns - origin) / total * 100) if (span.start_ns is not None and origin is not None) else 0.0
+        bar = f'<span class="ces-bar"><i style="--o:{offset:.1f};--w:{duration / total * 100:.1f}"></i></span>'
+    dur = f"{duration / 1e6:.1f} ms" if duration is not None else ""
+    return (f'<span class="ces-sn">{_e(span.name)}</span>{extra}<span class="ces-sa">{_e(" ".join(shown))}</span>'
+            f'<span class="ces-sd">{dur}</span>{bar}')
+
+
+# -- whole objects -------------------------------------------------------------------
+
+def _wrap(body: str, fallback: str, *, css: bool = True) -> str:
+    style = f"<style>{stylesheet()}</style>" if css else ""
+    return f'<div class="ces-root" id="{next_id()}">{style}<pre class="ces-fallback">{_e(fallback)}</pre>{body}</div>'
+
+
+def turn_body_html(turn: Turn) -> str:
+    status = "partial" if turn.partial else ("completed" if turn.completed else "waiting for tool responses" if turn.tool_calls else "open")
+    badge_class = "ces-badge ces-partial" if turn.partial else "ces-badge"
+    parts = [f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b><span class="{badge_class}">{_e(status)}</span></div>']
+    if turn.inputs:
+        parts.append('<div class="ces-user"><span class="ces-label">user</span>' + " ".join(input_html(i) for i in turn.inputs) + "</div>")
+    text = turn.text
+    if text:
+        parts.append(f'<div class="ces-agent"><span class="ces-label">agent</span><div class="ces-md">{markdown_html(text)}</div></div>')
+    for transfer in turn.transfers:
+        parts.append(f'<div class="ces-transfer">→ transferred to {_e(transfer.get("display_name") or transfer.get("target_agent"))}</div>')
+    parts.append(audio_html(turn))
+    parts.append(tool_calls_html(turn))
+    parts.append(citations_html(turn))
+    parts.append(suggestions_html(turn))
+    for payload in turn.payloads:
+        parts.append(f'<div class="ces-section ces-json"><span class="ces-label">payload</span>{json_tree_html(payload)}</div>')
+    if turn.end_session is not None:
+        meta = f" {_pre_json(turn.end_session)}" if turn.end_session else ""
+        parts.append(f'<div class="ces-end">■ session ended{meta}</div>')
+    if turn.events:
+        parts.append('<div class="ces-events">' + "<br>".join(_e(json.dumps(e, ensure_ascii=False, sort_keys=True)) for e in turn.events) + "</div>")
+    if turn.error:
+        parts.append(f'<div class="ces-error">{_e(turn.error)}</div>')
+    if turn.root_span is not None:
+        parts.append(f'<details class="ces-section"><summary>spans</summary>{span_tree_html(turn.root_span)}</details>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def turn_html(turn: Turn) -> str:
+    return _wrap(turn_body_html(turn), turn_text(turn))
+
+
+def transcript_html(transcript: Transcript) -> str:
+    head = f'<div class="ces-head"><b>Transcript</b><span>{_e(transcript.session or "(unsaved)")}</span><span>{len(transcript.turns)} turn(s)</span></div>'
+    return _wrap(head + "".join(turn_body_html(t) for t in transcript.turns), transcript_text(transcript))
+
+
+def client_html(client) -> str:
+    kind = "emulator" if client.emulator else "CES"
+    body = (f'<div class="ces-turn"><div class="ces-head"><b>ces_nb client</b><span class="ces-badge">{kind}</span></div>'
+            f'<div>endpoint <code>{_e(client.target)}</code></div><div>app <code>{_e(client.app or "(none)")}</code></div></div>')
+    return _wrap(body, repr(client))
+
+
+def session_html(session) -> str:
+    pending = session.pending
+    state = "ended" if session.ended else (f"{len(pending)} tool call(s) pending" if pending else "open")
+    config = {k: v for k, v in session.config.items() if v not in (None, "", [], {})}
+    conf = f"<div>config <code>{_e(json.dumps(config, default=str, sort_keys=True))}</code></div>" if config else ""
+    body = (f'<div class="ces-turn"><div class="ces-head"><b>session</b><span class="ces-badge">{_e(state)}</span>'
+            f"<span>{len(session.turns)} turn(s)</span></div><div><code>{_e(session.name)}</code></div>{conf}</div>")
+    return _wrap(body, repr(session))

@@ -1,0 +1,195 @@
+"""%ces / %%ces through a real InteractiveShell against the live emulator: every flag, every UsageError."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from traitlets.config import Config
+
+from ces_nb.model import Transcript, Turn
+
+from conftest import APP, EmulatorProcess
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+
+@pytest.fixture(scope="module")
+def shell():
+    config = Config()
+    config.HistoryAccessor.enabled = False
+    return InteractiveShell.instance(config=config)
+
+
+@pytest.fixture
+def ip(shell, emulator):
+    shell.extension_manager.load_extension("ces_nb")
+    shell.run_line_magic("config", f"CesMagics.emulator_address = {emulator.address!r}")
+    shell.run_line_magic("config", "CesMagics.app = 'skyway'")
+    shell.run_line_magic("config", "CesMagics.stream = False")
+    yield shell
+    shell.extension_manager.unload_extension("ces_nb")
+
+
+def magics(ip):
+    from ces_nb.magics import _instances
+
+    return _instances[id(ip)]
+
+
+def test_loading_registers_line_and_cell_magic_and_unload_removes_it(shell):
+    assert "ces" not in shell.magics_manager.magics["line"]
+    shell.extension_manager.load_extension("ces_nb")
+    assert "ces" in shell.magics_manager.magics["line"] and "ces" in shell.magics_manager.magics["cell"]
+    shell.extension_manager.unload_extension("ces_nb")
+    assert "ces" not in shell.magics_manager.magics["line"]
+
+
+def test_text_turn_is_returned_and_auto_connects(ip):
+    turn = ip.run_line_magic("ces", "Hello, it's me")  # an apostrophe needs no quoting
+    assert isinstance(turn, Turn) and turn.index == 1 and "traveler" in turn.text
+    m = magics(ip)
+    assert m.client.target == m.emulator_address and m.session.app.endswith("/apps/skyway")
+    assert turn.inputs[0].value == "Hello, it's me"
+
+
+def test_every_send_flag(ip, tmp_path):
+    image, blob = tmp_path / "photo.png", tmp_path / "doc.pdf"
+    image.write_bytes(PNG)
+    blob.write_bytes(b"%PDF-1.4")
+    assert ip.run_line_magic("ces", "--dtmf 12#").inputs[0].value == "12#"
+    assert ip.run_line_magic("ces", "--event welcome").inputs[0].value == "welcome"
+    turn = ip.run_line_magic("ces", """--vars '{"customer_name": "Ada"}' Hello""")
+    assert [i.kind for i in turn.inputs] == ["variables", "text"] and "Ada" in turn.text
+    assert ip.run_line_magic("ces", f"--image {image} What is this?").inputs[1].value == ("image/png", PNG)
+    assert ip.run_line_magic("ces", f"--blob={blob}").inputs[0].value == ("application/pdf", b"%PDF-1.4")
+    assert ip.run_line_magic("ces", "-- history please").inputs[0].value == "history please"
+
+
+def test_stream_flag_and_setting_use_one_display_handle(ip):
+    with capture_output() as captured:
+        turn = ip.run_line_magic("ces", "--stream How many bags can I check?")
+    assert turn.completed and turn.citations
+    assert len(captured.outputs) >= 3  # the live view, its updates, and its final clearing
+    assert any("text/html" in o.data for o in captured.outputs)
+    ip.run_line_magic("config", "CesMagics.stream = True")
+    with capture_output() as captured:
+        turn = ip.run_line_magic("ces", "Can I bring my cat on the plane?")
+    assert turn.completed and len(captured.outputs) >= 2
+    with capture_output() as captured:
+        ip.run_line_magic("ces", "--no-stream Hello")
+    assert captured.outputs == []
+
+
+def test_cell_magic_sends_the_body_as_one_message(ip):
+    turn = ip.run_cell_magic("ces", "", "What's the status\nof flight SW12?\n")
+    assert turn.inputs[0].value == "What's the status\nof flight SW12?" and "SW12" in turn.text
+
+
+def test_script_sends_one_turn_per_line(ip):
+    with capture_output() as captured:
+        result = ip.run_cell_magic("ces", "--script", "# a comment\nHello\n\n--dtmf 1\nWhat is my loyalty tier?\n")
+    assert result is None
+    turns = magics(ip).session.turns
+    assert [t.inputs[0].value for t in turns] == ["Hello", "1", "What is my loyalty tier?"]
+    assert sum("text/html" in o.data for o in captured.outputs) == 3
+
+
+def test_connect_new_history_save_load(ip, emulator, tmp_path):
+    client = ip.run_line_magic("ces", f"connect --endpoint {emulator.address}")
+    assert client.target == emulator.address
+    client = ip.run_line_magic("ces", "connect --emulator skyway")
+    assert client.app.endswith("/apps/skyway")
+    session = ip.run_line_magic("ces", """new --session-id magic-new-1 --entry-agent 'Booking Agent' --time-zone Europe/Paris --vars '{"customer_name": "Grace"}' --stream""")
+    assert session.id == "magic-new-1" and session.config == {"entry_agent": "Booking Agent", "time_zone": "Europe/Paris"}
+    with capture_output():
+        turn = ip.run_line_magic("ces", "Hello")
+    assert turn.inputs[0].kind == "variables" and turn.inputs[0].value == {"customer_name": "Grace"}
+    ip.run_line_magic("ces", "What's the status of flight SW34?")
+    assert ip.run_line_magic("ces", "new --app skyway --use-tool-fakes").config == {"use_tool_fakes": True}
+    ip.run_line_magic("ces", "Hello")
+    history = ip.run_line_magic("ces", "history")
+    assert isinstance(history, Transcript) and len(history) == 1
+    path = tmp_path / "t.json"
+    with capture_output() as captured:
+        ip.run_line_magic("ces", f"save {path}")
+    assert "saved 1 turn(s)" in captured.stdout and json.loads(path.read_text())["format"] == "ces_nb.transcript"
+    loaded = ip.run_line_magic("ces", f"load {path}")
+    assert loaded == history
+
+
+def test_config_traitlets(ip):
+    m = magics(ip)
+    ip.run_line_magic("config", "CesMagics.stream = True")
+    assert m.stream is True
+    ip.run_line_magic("config", "CesMagics.app = 'projects/x/locations/us/apps/skyway'")
+    assert m.app == "projects/x/locations/us/apps/skyway"
+
+
+def test_help_is_the_docstring(ip):
+    doc = ip.find_line_magic("ces").__doc__
+    for word in ("--dtmf", "--event", "--vars", "--image", "--blob", "--stream", "--script", "connect", "new", "history", "save", "load", "CesMagics.stream"):
+        assert word in doc
+    with capture_output() as captured:
+        ip.run_line_magic("ces", "help")
+    assert "%%ces --script" in captured.stdout
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("", "type a message"),
+        ("--colour red hi", "unknown option --colour"),
+        ("-x hi", "unknown option -x"),
+        ("--vars notjson", "--vars takes JSON"),
+        ("--vars '[1, 2]'", "JSON object"),
+        ("--dtmf", "--dtmf needs a value"),
+        ("--event 'unclosed", "unbalanced quotes"),
+        ("--image /no/such/file.png", "no image file"),
+        ("--script hi", "%%ces --script"),
+        ("history extra", "takes no arguments"),
+        ("save", "the following arguments are required: path"),
+        ("load /no/such/transcript.json", "%ces save"),
+        ("connect --endpoint", "expected one argument"),
+        ("connect --emulator --endpoint h:1", "not allowed with"),
+        ("new --bogus", "unrecognized arguments"),
+        ("new --vars '{bad'", "--vars takes JSON"),
+    ],
+)
+def test_usage_errors_say_what_to_type(ip, line, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        ip.run_line_magic("ces", line)
+
+
+def test_unknown_app_is_a_usage_error_naming_it(ip):
+    ip.run_line_magic("ces", "new --app nosuchapp")
+    with pytest.raises(UsageError, match="not found.*nosuchapp"):
+        ip.run_line_magic("ces", "hi")
+
+
+def test_usage_errors_without_a_session(ip):
+    with pytest.raises(UsageError, match="no session yet"):
+        ip.run_line_magic("ces", "history")
+    with pytest.raises(UsageError, match="no session yet"):
+        ip.run_line_magic("ces", "save x.json")
+    with pytest.raises(UsageError, match="put the text in the cell"):
+        ip.run_cell_magic("ces", "hello", "world")
+    with pytest.raises(UsageError, match="no lines to send"):
+        ip.run_cell_magic("ces", "--script", "# only a comment\n")
+
+
+def test_unreachable_emulator_is_a_usage_error_that_says_what_to_run(ip):
+    ip.run_line_magic("ces", "connect --endpoint 127.0.0.1:1 projects/p/locations/us/apps/skyway")
+    with pytest.raises(UsageError, match="ces-nb emulator"):
+        ip.run_line_magic("ces", "hi")
+
+
+def test_bad_transcript_file_is_a_usage_error(ip, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="is not JSON"):
+        ip.run_line_magic("ces", f"load {path}")
