@@ -1,4 +1,5 @@
-"""`ces-nb` command line: `ces-nb emulator` runs the embedded CES emulator."""
+"""`ces-nb` command line: `ces-nb emulator` runs the embedded CES emulator;
+`ces-nb demo` runs it behind JupyterLab on the tutorial notebooks."""
 
 from __future__ import annotations
 
@@ -41,6 +42,35 @@ def _emulator(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from .local_emulator import ensure_emulator
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        print("ces-nb demo: JupyterLab is not installed; pip install 'ces_nb[demo]' (or run `make demo`)", file=sys.stderr)
+        return 2
+    notebooks = Path(args.notebooks).resolve()
+    if not notebooks.is_dir():
+        print(f"ces-nb demo: no notebooks folder at {notebooks}; pass --notebooks PATH", file=sys.stderr)
+        return 2
+    address = ensure_emulator(f"127.0.0.1:{args.port}")  # stopped when this command exits
+    print(f"ces-nb demo: CES emulator at {address}; starting JupyterLab on {notebooks} (open the URL below)", flush=True)
+    env = {**os.environ, "CES_NB_EMULATOR": address}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.root_dir={notebooks}", f"--ServerApp.port={args.lab_port}", *args.lab_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and CI machines run as root
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ces-nb", description="ces_nb: explore CES agent sessions in Jupyter")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="a real model id (e.g. gemini-2.5-flash, needs GOOGLE_API_KEY) instead of the offline playback model")
     emu.add_argument("--log-level", default="WARNING", help="server log level (default WARNING)")
     emu.set_defaults(func=_emulator)
+    demo = sub.add_parser("demo", help="start the emulator and JupyterLab on the tutorial notebooks")
+    demo.add_argument("--notebooks", default="notebooks", help="folder to open (default ./notebooks)")
+    demo.add_argument("--port", type=int, default=50551, help="emulator port (default 50551; reused if one listens there)")
+    demo.add_argument("--lab-port", type=int, default=8888, help="JupyterLab port (default 8888)")
+    demo.add_argument("lab_args", nargs="*", help="more JupyterLab options, after --")
+    demo.set_defaults(func=_demo, log_level="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -221,7 +221,7 @@ class CesMagics(Magics):
         return turn
 
     def _stream(self, session, text: str, options: dict[str, Any], show: bool):
-        handle = display({"text/plain": "…"}, raw=True, display_id=True) if show else None
+        handle = display({"text/plain": ""}, raw=True, display_id=True) if show else None
 
         def update(turn) -> None:
             if handle is not None:
@@ -332,6 +332,23 @@ class CesMagics(Magics):
             raise UsageError(str(exc)) from None
 
 
+_QUESTION = re.compile(r"^(\s*)((?:[\w.\[\], ]+?\s*=\s*)?)%ces\s+(.*\S.*\?)\s*$")
+
+
+def keep_questions(lines: list[str]) -> list[str]:
+    """IPython reads a line ending in `?` as a help request (`%ces Can I check bags?` would
+    look up `bags`). A %ces line is a message, so it is run as a magic call instead.
+    `%ces?` alone still shows the help."""
+    out = []
+    for line in lines:
+        match = _QUESTION.match(line)
+        if match:
+            indent, target, text = match.groups()
+            line = f"{indent}{target}get_ipython().run_line_magic('ces', {text!r})\n"
+        out.append(line)
+    return out
+
+
 _instances: dict[int, CesMagics] = {}
 
 
@@ -339,9 +356,13 @@ def load(ipython) -> None:
     magics = CesMagics(ipython)
     _instances[id(ipython)] = magics
     ipython.register_magics(magics)
+    if keep_questions not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(keep_questions)
 
 
 def unload(ipython) -> None:
+    if keep_questions in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(keep_questions)
     magics = _instances.pop(id(ipython), None)
     if magics is not None:
         for kind in ("line", "cell"):

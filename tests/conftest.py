@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
-import time
 
 import grpc
 import pytest
@@ -16,36 +13,9 @@ from google.cloud.ces_v1.services.agent_service.transports import AgentServiceGr
 from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
 from google.cloud.ces_v1.services.tool_service.transports import ToolServiceGrpcTransport
 
+from emulator_process import EmulatorProcess  # noqa: F401  (tests import it from here)
+
 APP = "projects/test-project/locations/us/apps/skyway"
-
-
-class EmulatorProcess:
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ces_nb", "emulator", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 60
-        self.address = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if "listening on" in line:
-                self.address = line.split("listening on ", 1)[1].split()[0]
-                break
-        if not self.address:
-            self.proc.kill()
-            raise RuntimeError(f"emulator did not start: {self.proc.stderr.read()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -193,3 +193,21 @@ def test_bad_transcript_file_is_a_usage_error(ip, tmp_path):
     path.write_text("{not json")
     with pytest.raises(UsageError, match="is not JSON"):
         ip.run_line_magic("ces", f"load {path}")
+
+
+def test_a_question_is_a_message_not_a_help_request(ip):
+    ip.user_ns.pop("answer", None)
+    with capture_output() as captured:
+        result = ip.run_cell("%ces How many bags can I check?")
+    assert result.success and "not found" not in captured.stdout
+    assert isinstance(result.result, Turn) and result.result.citations
+    result = ip.run_cell("answer = %ces What's the status of flight SW12?")
+    assert result.success and "SW12" in ip.user_ns["answer"].text
+    with capture_output() as captured:
+        ip.run_cell("%ces?")  # help on the magic itself still works
+    assert "%%ces --script" in captured.stdout
+    ip.extension_manager.unload_extension("ces_nb")
+    from ces_nb.magics import keep_questions
+
+    assert keep_questions not in ip.input_transformers_cleanup
+    ip.extension_manager.load_extension("ces_nb")

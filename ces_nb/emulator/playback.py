@@ -270,9 +270,10 @@ class PlaybackLlm(BaseLlm):
                 for back in (1, 2):
                     if len(users) > back and i >= back:
                         context += similarity(users[-1 - back], script.turns[i - back].user) / 2
-                planned = [_call_name(g[-1]) for g in turn.groups[: len(done)] if g]
-                in_step = 1.0 if planned == done else 0.0
-                speaker = turn.groups[len(done)][0].agent if len(done) < len(turn.groups) and turn.groups[len(done)] else ""
+                own = _planned_progress(done, turn)
+                planned = [_call_name(g[-1]) for g in turn.groups[: len(own)] if g]
+                in_step = 1.0 if planned == own else 0.0
+                speaker = turn.groups[len(own)][0].agent if len(own) < len(turn.groups) and turn.groups[len(own)] else ""
                 agent_ok = 1.0 if speaker == self.agent_display_name else 0.0
                 score = match + 0.25 * context + 0.5 * in_step + 0.2 * agent_ok - 0.01 * abs(i - (len(users) - 1))
                 if best is None or score > best.score:
@@ -286,13 +287,19 @@ class PlaybackLlm(BaseLlm):
         if choice is None:
             return [types.Part(text=self.fallback_text)], []
         last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
-        done = sum(1 for s in steps[last_user + 1:] if s.kind == "call")
+        done = len(_planned_progress([s.name for s in steps[last_user + 1:] if s.kind == "call"], choice.script.turns[choice.turn]))
         groups = choice.script.turns[choice.turn].groups
         if done >= len(groups):
             return [], []
+        call_count = sum(1 for s in steps if s.kind == "call")
+        speaker = groups[done][0].agent if groups[done] else ""
+        if done == 0 and speaker and speaker != self.agent_display_name and speaker in self.agent_names:
+            # The example's next step belongs to another agent (say, a concierge tool asked of the
+            # booking agent): hand over first, as a real model would, then that agent plays it.
+            args = {"agent_name": self.agent_names[speaker]}
+            return [types.Part(function_call=types.FunctionCall(id=f"call_{call_count + 1}", name=TRANSFER_TOOL, args=args))], []
         latest_user = next((s.text for s in reversed(steps) if s.kind == "user"), "")
         latest_response = next((s.data for s in reversed(steps) if s.kind == "response" and isinstance(s.data, dict)), {})
-        call_count = sum(1 for s in steps if s.kind == "call")
         parts: list[types.Part] = []
         payloads: list[dict] = []
         for step in groups[done]:
@@ -310,6 +317,16 @@ class PlaybackLlm(BaseLlm):
                     args = fill_placeholders(args, latest_response)
                 parts.append(types.Part(function_call=types.FunctionCall(id=f"call_{call_count}", name=name, args=args)))
         return parts, payloads
+
+
+def _planned_progress(done: list[str], turn) -> list[str]:
+    """The calls made this turn that advance `turn`'s plan: a hand-over the example
+    did not plan (made to reach the agent that owns the step) does not count."""
+    first_planned = next((_call_name(g[-1]) for g in turn.groups if g), "")
+    own = list(done)
+    while own and own[0] == TRANSFER_TOOL and first_planned != TRANSFER_TOOL:
+        own.pop(0)
+    return own
 
 
 _VALUE_TOKEN = re.compile(r"[\w.@+-]+")
