@@ -376,6 +376,29 @@ class Span:
         return root
 
     @classmethod
+    def from_pb(cls, pb: Any) -> "Span":
+        """From a google.cloud.ces.v1.Span protobuf (or proto-plus) message, iteratively."""
+        from google.protobuf import json_format
+
+        def one(m) -> "Span":
+            start = m.start_time.ToNanoseconds() if m.HasField("start_time") else None
+            end = m.end_time.ToNanoseconds() if m.HasField("end_time") else None
+            duration = m.duration.ToNanoseconds() if m.HasField("duration") else (end - start if start is not None and end is not None else None)
+            attributes = json_format.MessageToDict(m.attributes) if m.HasField("attributes") else {}
+            return cls(m.name, start, end, duration, attributes)
+
+        pb = _pb(pb)
+        root = one(pb)
+        stack = [(root, pb)]
+        while stack:
+            span, raw = stack.pop()
+            for child_pb in raw.child_spans:
+                child = one(child_pb)
+                span.children.append(child)
+                stack.append((child, child_pb))
+        return root
+
+    @classmethod
     def _one(cls, d: dict) -> "Span":
         start, end = _timestamp_ns(_get(d, "start_time")), _timestamp_ns(_get(d, "end_time"))
         duration = _duration_ns(_get(d, "duration"))
@@ -441,7 +464,7 @@ class Turn:
         """From SessionOutput protos (or their dicts), e.g. a RunSessionResponse's outputs."""
         turn = cls(inputs=[i for i in (UserInput.from_dict(_as_dict(x)) for x in inputs) if i is not None])
         for raw in outputs:
-            turn.add_output(_as_dict(raw))
+            turn.add_output(raw if isinstance(raw, dict) else _output_dict(raw))
         return turn
 
     @classmethod
@@ -504,8 +527,11 @@ class Turn:
         diagnostic = _get(d, "diagnostic_info")
         if diagnostic:
             self.messages = [Message.from_dict(m) for m in _get(diagnostic, "messages") or []]
-            if _get(diagnostic, "root_span"):
-                self.root_span = Span.from_dict(_get(diagnostic, "root_span"))
+            root = _get(diagnostic, "root_span")
+            if isinstance(root, Span):
+                self.root_span = root
+            elif root:
+                self.root_span = Span.from_dict(root)
         return output
 
     def add_bidi_message(self, d: dict) -> Output | None:
@@ -624,6 +650,33 @@ def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInp
             elif chunk.kind == "payload":
                 outputs.append(Output("payload", chunk.value, index))
     return inputs, outputs
+
+
+def _pb(message: Any):
+    from google.protobuf.message import Message as PbMessage
+
+    return message if isinstance(message, PbMessage) else type(message).pb(message)
+
+
+def _output_dict(output: Any) -> dict:
+    """A SessionOutput proto -> its dict, with the root span built straight from the proto:
+    the span tree is most of a turn's bytes, and a JSON detour through its timestamps costs."""
+    from google.protobuf import json_format
+
+    pb = _pb(output)
+    d: dict = {"turn_index": pb.turn_index, "turn_completed": pb.turn_completed}
+    kind = pb.WhichOneof("output_type")
+    if kind in ("text", "audio"):
+        d[kind] = getattr(pb, kind)
+    elif kind is not None:
+        d[kind] = json_format.MessageToDict(getattr(pb, kind), preserving_proto_field_name=True)
+    if pb.HasField("diagnostic_info"):
+        info = pb.diagnostic_info
+        d["diagnostic_info"] = {
+            "messages": [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in info.messages],
+            "root_span": Span.from_pb(info.root_span) if info.HasField("root_span") else None,
+        }
+    return d
 
 
 def _as_dict(message: Any) -> dict:

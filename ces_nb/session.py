@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .errors import CesError, explain
 from .inputs import build_inputs
-from .model import ToolCall, Transcript, Turn
+from .model import ToolCall, Transcript, Turn, _output_dict
 
 CONFIG_FIELDS = (
     "entry_agent",
@@ -86,7 +86,7 @@ class Session:
             )
             for response in stream:
                 for output in response.outputs:
-                    turn.add_output(_dict(output))
+                    turn.add_output(_output_dict(output))
                 if on_output is not None:
                     on_output(turn)
         except Exception as exc:
@@ -156,13 +156,6 @@ class Session:
         from .render.html import session_html
 
         return {"text/plain": repr(self), "text/html": session_html(self)}
-
-
-def _dict(output) -> dict:
-    from google.cloud import ces_v1
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(ces_v1.SessionOutput.pb(output), preserving_proto_field_name=True)
 
 
 __all__ = ["Session", "CesError"]

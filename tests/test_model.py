@@ -182,3 +182,11 @@ def test_any_args_and_text_survive_save_and_load(tmp_path_factory, args, text):
                                        {"tool_calls": {"tool_calls": [{"id": "c", "tool": "t", "args": args}]}, "turn_index": 1}]})
     path = tmp_path_factory.mktemp("rt") / "t.json"
     assert Transcript.load(Transcript([turn]).save(path)) == Transcript([turn])
+
+
+def test_proto_fast_path_matches_the_json_path():
+    from google.protobuf import json_format
+
+    protos = full_outputs()
+    dicts = [json_format.MessageToDict(ces_v1.SessionOutput.pb(o)) for o in protos]  # camelCase, as on the wire in JSON
+    assert Turn.from_outputs(protos) == Turn.from_outputs(dicts)
