@@ -351,6 +351,7 @@ class Message:
 
 
 SPAN_KINDS = ("LLM", "Tool", "Callback", "Guardrail", "VAD", "ASR", "TTS")
+_SPAN_KIND_BY_WORD = {k.lower(): k for k in SPAN_KINDS}
 
 
 @dataclass
@@ -427,10 +428,7 @@ class Span:
     @property
     def kind(self) -> str:
         """LLM / Tool / Callback / Guardrail / VAD / ASR / TTS, or the name itself."""
-        for kind in SPAN_KINDS:
-            if self.name.lower() == kind.lower() or self.name.lower().startswith(kind.lower() + " "):
-                return kind
-        return self.name
+        return _SPAN_KIND_BY_WORD.get(self.name.split(" ", 1)[0].lower(), self.name)
 
     def walk(self, depth: int = 0) -> Iterable[tuple[int, "Span"]]:
         """Depth-first (depth, span) pairs, iteratively."""
@@ -620,7 +618,8 @@ class Turn:
         from .render.html import turn_html
         from .render.text import turn_text
 
-        return {"text/plain": turn_text(self), "text/html": turn_html(self)}
+        text = turn_text(self)
+        return {"text/plain": text, "text/html": turn_html(self, text)}
 
     def __repr__(self) -> str:
         from .render.text import turn_text
@@ -754,7 +753,8 @@ class Transcript:
         from .render.html import transcript_html
         from .render.text import transcript_text
 
-        return {"text/plain": transcript_text(self), "text/html": transcript_html(self)}
+        text = transcript_text(self)
+        return {"text/plain": text, "text/html": transcript_html(self, text)}
 
     def __repr__(self) -> str:
         from .render.text import transcript_text

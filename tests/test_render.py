@@ -142,3 +142,18 @@ def test_transcript_renders_every_turn():
     bundle = t._repr_mimebundle_()
     assert bundle["text/html"].count('class="ces-turn"') == 2 and "2 turn(s)" in bundle["text/plain"]
     assert bundle["text/html"].count("<style>") == 1
+
+
+def test_plain_paragraph_shortcut_matches_markdown():
+    import nh3
+
+    from ces_nb.render import markdown as md
+
+    plain = ["Flight SW12 is delayed 25 minutes. It departs from gate A13 at 18:24.",
+             "You're in seat 2A for 340 USD. Shall I charge it?", 'He said "hello" to me', "Source: Checked and carry-on baggage."]
+    for text in plain:
+        assert md._MARKUP.search(text) is None
+        assert md.markdown_html(text).strip() == nh3.clean(md._parser().render(text), url_schemes=md.SAFE_SCHEMES).strip()
+    # anything that could be markup goes through the parser
+    for text in ["**bold**", "1. first", "- item", "a\nb", "[x](https://e.example)", "<b>x</b>", "a & b", "# title"]:
+        assert md._MARKUP.search(text) is not None

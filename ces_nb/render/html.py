@@ -191,7 +191,12 @@ def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
     for key in KEY_ATTRIBUTES:
         if key in attrs and attrs[key] not in ("", None):
             value = attrs[key]
-            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            if isinstance(value, str):
+                text = value
+            elif type(value) in (int, float):
+                text = str(value)
+            else:
+                text = json.dumps(value, ensure_ascii=False)
             if len(text) > MAX_ATTR_TEXT:
                 text = text[: MAX_ATTR_TEXT - 1] + "…"
             shown.append(f"{key}={text}")
@@ -245,13 +250,14 @@ def turn_body_html(turn: Turn) -> str:
     return "".join(parts)
 
 
-def turn_html(turn: Turn) -> str:
-    return _wrap(turn_body_html(turn), turn_text(turn))
+def turn_html(turn: Turn, text: str | None = None) -> str:
+    """`text`: the turn's text/plain, when the caller has it already (the hidden fallback)."""
+    return _wrap(turn_body_html(turn), turn_text(turn) if text is None else text)
 
 
-def transcript_html(transcript: Transcript) -> str:
+def transcript_html(transcript: Transcript, text: str | None = None) -> str:
     head = f'<div class="ces-head"><b>Transcript</b><span>{_e(transcript.session or "(unsaved)")}</span><span>{len(transcript.turns)} turn(s)</span></div>'
-    return _wrap(head + "".join(turn_body_html(t) for t in transcript.turns), transcript_text(transcript))
+    return _wrap(head + "".join(turn_body_html(t) for t in transcript.turns), transcript_text(transcript) if text is None else text)
 
 
 def client_html(client) -> str:
