@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from emulator_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -32,11 +32,6 @@ def test_start_script_ends_with_exec():
     assert os.access(ROOT / "binder/start", os.X_OK) and os.access(ROOT / "binder/postBuild", os.X_OK)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_emulated_binder_build_runs_the_notebooks(tmp_path):
     repo = tmp_path / "repo"
@@ -57,7 +52,7 @@ def test_emulated_binder_build_runs_the_notebooks(tmp_path):
 
     run(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", *deps)
     run("binder/postBuild")
-    env["CES_NB_PORT"] = str(_free_port())
+    env["CES_NB_PORT"] = str(free_port())
     env["CES_NB_LOG"] = str(tmp_path / "emulator.log")
     # -o addopts= drops the repo's own nbval emulator plugin: the notebooks must use the one start launched.
     try:

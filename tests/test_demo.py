@@ -11,17 +11,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from emulator_process import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_demo_serves_the_notebooks_against_the_emulator():
-    emulator_port, lab_port = _free_port(), _free_port()
+    emulator_port, lab_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ces_nb", "demo", "--notebooks", str(ROOT / "notebooks"), "--port", str(emulator_port),
          "--lab-port", str(lab_port)],
