@@ -25,6 +25,8 @@ _LAZY = {
     "Transcript": ("ces_nb.model", "Transcript"),
     "Span": ("ces_nb.model", "Span"),
     "CesError": ("ces_nb.errors", "CesError"),
+    "client_tool": ("ces_nb.magics", "client_tool"),
+    "ToolCallForm": ("ces_nb.render.tool_form", "ToolCallForm"),
 }
 
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]

@@ -69,6 +69,54 @@ class Client:
         base = self.app.split("/apps/")[0] if self.app else EMULATOR_PARENT
         return f"{base}/apps/{app}"
 
+    # -- tools -------------------------------------------------------------------
+
+    def tools_of(self, app: str | None = None) -> dict[str, Any]:
+        """The app's Tool protos by resource name and by display name, fetched once per app."""
+        app = self.resolve_app(app)
+        cache = self.__dict__.setdefault("_tool_cache", {})
+        if app not in cache:
+            try:
+                tools = list(self.agents.list_tools(parent=app))
+            except Exception as exc:
+                raise explain(exc, target=self.target, app=app) from exc
+            index: dict[str, Any] = {}
+            for tool in tools:
+                index[tool.name] = tool
+                index.setdefault(tool.name.rsplit("/", 1)[-1], tool)
+                if tool.display_name:
+                    index.setdefault(tool.display_name, tool)
+            cache[app] = index
+        return cache[app]
+
+    def tool_name(self, app: str, name: str) -> str:
+        """A tool's resource name from its display name, id or resource name."""
+        if name.startswith("projects/"):
+            return name
+        try:
+            tool = self.tools_of(app).get(name)
+        except CesError:
+            tool = None
+        return tool.name if tool is not None else f"{app}/tools/{name}"
+
+    def tool_schema(self, app: str, call_tool: str) -> dict:
+        """{"parameters": ..., "response": ..., "description": ...} for a client function, as plain dicts
+        (empty when the tool or its schemas are unknown)."""
+        from google.protobuf import json_format
+
+        try:
+            tool = self.tools_of(app).get(call_tool) or self.tools_of(app).get(call_tool.rsplit("/", 1)[-1])
+        except CesError:
+            return {}
+        if tool is None or "client_function" not in tool:
+            return {}
+        fn = type(tool).pb(tool).client_function
+        out = {"description": fn.description}
+        for key in ("parameters", "response"):
+            if fn.HasField(key):
+                out[key] = json_format.MessageToDict(getattr(fn, key), preserving_proto_field_name=True)
+        return out
+
     # -- sessions ----------------------------------------------------------------
 
     def session(self, app: str | None = None, session_id: str | None = None, **config: Any):

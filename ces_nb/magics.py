@@ -37,6 +37,14 @@ Connecting and sessions:
   %ces connect projects/P/locations/L/apps/A    real CES (Application Default Credentials)
   %ces new [--app A] [--session-id S] [--entry-agent A] [--time-zone TZ] [--vars JSON] [--stream]
 
+Client tools:
+  %ces tools pending                       calls still waiting for a response
+  %ces tools log                           every tool call: args, response, how answered, latency
+  %ces break NAME  /  %ces break --clear [NAME]      stop before a handler's answer is sent
+  %ces mock TOOL --args '{"city": "Paris"}' --response '{"temp": 21}' [--unmatched FAIL|PASS_THROUGH]
+  %ces tool run NAME key=value ...         run a tool through ToolService.ExecuteTool
+  (handlers: @ces_nb.client_tool("NAME") def fn(**args): ... answers calls automatically)
+
 History and files:
   %ces history                             the session so far
   %ces save PATH                           write the session as a transcript (JSON)
@@ -46,7 +54,7 @@ Settings: %config CesMagics.stream = True · CesMagics.app = "skyway" ·
           CesMagics.emulator_address = "127.0.0.1:50551"
 """
 
-SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help")
+SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help", "tools", "break", "mock", "tool")
 VALUE_FLAGS = {"--dtmf": "dtmf", "--event": "event", "--vars": "variables", "--image": "image", "--blob": "blob"}
 BOOL_FLAGS = {"--stream": ("stream", True), "--no-stream": ("stream", False), "--script": ("script", True)}
 _FLAG = re.compile(r"\s*(--[A-Za-z][\w-]*)(?:=|(?=\s)|$)")
@@ -162,7 +170,10 @@ class CesMagics(Magics):
     ).tag(config=True)
 
     def __init__(self, shell=None, **kwargs):
+        from .client_tools import ClientTools
+
         super().__init__(shell=shell, **kwargs)
+        self.tools = ClientTools()  # handlers, breakpoints and mocks shared by this kernel's sessions
         self.client = None
         self.session = None
         self.pending_variables: dict[str, Any] = {}
@@ -225,7 +236,7 @@ class CesMagics(Magics):
 
         def update(turn) -> None:
             if handle is not None:
-                handle.update(turn)
+                handle.update(turn._repr_mimebundle_(), raw=True)
 
         turn = session.stream(text or None, on_output=update, **options)
         if handle is not None:
@@ -276,7 +287,7 @@ class CesMagics(Magics):
         from .errors import CesError
 
         try:
-            return self.client.session(app or self.app or None, session_id=session_id, **config)
+            return self.client.session(app or self.app or None, session_id=session_id, tools=self.tools, **config)
         except CesError as exc:
             raise UsageError(str(exc)) from None
 
@@ -309,6 +320,50 @@ class CesMagics(Magics):
             raise UsageError("no session yet: send a message first, e.g. %ces Hello (or %ces new)")
         return self.session
 
+    def _cmd_tools(self, arg: str):
+        what = arg.strip()
+        if what == "pending":
+            import pandas as pd
+
+            session = self._require_session()
+            rows = [{"turn": r.turn, "id": r.id, "tool": r.tool, "args": r.args}
+                    for cid, r in self.tools.records.items() if cid in session.pending]
+            return pd.DataFrame(rows, columns=["turn", "id", "tool", "args"])
+        if what == "log":
+            return self._require_session().tool_calls
+        raise UsageError("%ces tools takes pending or log: %ces tools pending · %ces tools log")
+
+    def _cmd_break(self, arg: str) -> None:
+        args = _parse(_break_parser(), arg)
+        if args.clear:
+            self.tools.clear_break(args.name)
+            print(f"breakpoint on {args.name} cleared" if args.name else "all breakpoints cleared")
+            return
+        if not args.name:
+            raise UsageError("name the tool: %ces break select_seat (or %ces break --clear)")
+        self.tools.break_on(args.name)
+        print(f"breakpoint on {args.name}: its handler's or mock's answer waits in the form for you to send")
+
+    def _cmd_mock(self, arg: str) -> None:
+        args = _parse(_mock_parser(), arg)
+        response = _json_arg(args.response, "--response")
+        pattern = _json_arg(args.args, "--args") if args.args else None
+        self.tools.mock(args.tool, response, pattern, args.unmatched)
+        print(f"mocked {args.tool}" + (f" for args matching {json.dumps(pattern)}" if pattern else " for every call")
+              + f"; unmatched calls: {self.tools.unmatched}")
+
+    def _cmd_tool(self, arg: str):
+        words = shlex.split(arg) if arg.strip() else []
+        if len(words) < 2 or words[0] != "run":
+            raise UsageError("run a tool with %ces tool run NAME key=value ..., e.g. %ces tool run get_flight_status flight_number=SW12")
+        session = self._session()
+        from .errors import CesError
+
+        try:
+            return session.run_tool(words[1], **_tool_args(words[2:]))
+        except CesError as exc:
+            raise UsageError(str(exc)) from None
+
     def _cmd_history(self, arg: str):
         if arg.strip():
             raise UsageError("%ces history takes no arguments; it shows the current session")
@@ -332,6 +387,37 @@ class CesMagics(Magics):
             raise UsageError(str(exc)) from None
 
 
+def _mock_parser() -> MagicArgumentParser:
+    p = _parser("mock", "Answer calls to TOOL whose args match with a fixed response.")
+    p.add_argument("tool", help="tool display name or id")
+    p.add_argument("--args", help="JSON object: an args pattern (strings are regexes); omit to match every call")
+    p.add_argument("--response", required=True, help="JSON object: the response to give")
+    p.add_argument("--unmatched", choices=["FAIL", "PASS_THROUGH"], type=str.upper,
+                   help="what a call no mock matches does (ExecuteTool); default PASS_THROUGH")
+    return p
+
+
+def _break_parser() -> MagicArgumentParser:
+    p = _parser("break", "Stop before the answer to NAME is sent; the form shows it, editable.")
+    p.add_argument("name", nargs="?", help="tool display name")
+    p.add_argument("--clear", action="store_true", help="remove the breakpoint on NAME (all when no NAME)")
+    return p
+
+
+def _tool_args(pairs: list[str]) -> dict[str, Any]:
+    """key=value pairs; a value that parses as JSON is taken as JSON (numbers, true, objects)."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"tool args are key=value pairs, got {pair!r}; e.g. %ces tool run get_flight_status flight_number=SW12")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
+
+
 _QUESTION = re.compile(r"^(\s*)((?:[\w.\[\], ]+?\s*=\s*)?)%ces\s+(.*\S.*\?)\s*$")
 
 
@@ -350,6 +436,19 @@ def keep_questions(lines: list[str]) -> list[str]:
 
 
 _instances: dict[int, CesMagics] = {}
+
+
+def client_tool(name: str):
+    """Decorator for the %ces magics' sessions: `@ces_nb.client_tool("select_seat")`
+    answers that tool's calls with the function (sync or async)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    magics = _instances.get(id(shell)) if shell is not None else None
+    if magics is None:
+        raise RuntimeError("ces_nb.client_tool needs the extension: run %load_ext ces_nb first "
+                           "(or register on a session: @session.client_tool(name))")
+    return magics.tools.handler(name)
 
 
 def load(ipython) -> None:

@@ -454,6 +454,11 @@ class Turn:
     events: list[dict] = field(default_factory=list)  # bidi-only: recognition results, barge-in, go_away
     audio_encoding: str = "LINEAR16"
     audio_sample_rate: int = 16000
+    # Live-session extras, not part of the record: the turn that answered this one's tool
+    # calls automatically, notes on how, and the session (for tool-call forms).
+    continuation: "Turn | None" = field(default=None, compare=False, repr=False)
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)
+    session: Any = field(default=None, compare=False, repr=False)
 
     # -- building ------------------------------------------------------------------
 
@@ -614,17 +619,43 @@ class Turn:
             out["events"] = self.events
         return out
 
+    @property
+    def chain(self) -> list["Turn"]:
+        """This turn and the turns that answered its tool calls automatically."""
+        turns, turn = [self], self.continuation
+        while turn is not None and len(turns) < 100:
+            turns.append(turn)
+            turn = turn.continuation
+        return turns
+
+    @property
+    def last(self) -> "Turn":
+        return self.chain[-1]
+
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         from .render.html import turn_html
-        from .render.text import turn_text
+        from .render.text import chain_text
 
-        text = turn_text(self)
+        text = chain_text(self)
         return {"text/plain": text, "text/html": turn_html(self, text)}
 
-    def __repr__(self) -> str:
-        from .render.text import turn_text
+    def _ipython_display_(self) -> None:
+        """The static turn, then (live sessions, unanswered client calls) the tool-call form
+        as its own output, so exports without widgets keep the static table."""
+        from IPython.display import display
 
-        return turn_text(self)
+        display(self._repr_mimebundle_(), raw=True)
+        if self.session is not None:
+            from .render.tool_form import form_panel
+
+            panel = form_panel(self.last)
+            if panel is not None:
+                display(panel)
+
+    def __repr__(self) -> str:
+        from .render.text import chain_text
+
+        return chain_text(self)
 
 
 def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInput], list[Output]]:
@@ -687,6 +718,49 @@ def _as_dict(message: Any) -> dict:
 
     pb = message if isinstance(message, PbMessage) else type(message).pb(message)
     return json_format.MessageToDict(pb, preserving_proto_field_name=True)
+
+
+@dataclass
+class ToolResult:
+    """What ToolService.ExecuteTool answered."""
+
+    tool: str
+    args: dict
+    response: dict
+    citations: list[Citation] = field(default_factory=list)
+    search_suggestions: SearchSuggestions | None = None
+    variables: dict = field(default_factory=dict)
+    mocked: bool = False
+
+    @classmethod
+    def from_response(cls, response: Any, args: dict, mocked: bool = False) -> "ToolResult":
+        d = _as_dict(response)
+        suggestions = _get(d, "google_search_suggestions")
+        return cls(
+            tool=_tool_id(d),
+            args=dict(args),
+            response=_get(d, "response") or {},
+            citations=[Citation.from_dict(c) for c in _get(_get(d, "citations") or {}, "cited_chunks") or []],
+            search_suggestions=SearchSuggestions.from_dict(suggestions) if suggestions else None,
+            variables=_get(d, "variables") or {},
+            mocked=mocked,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.tool.rsplit("/", 1)[-1]
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        from .render.html import tool_result_html
+        from .render.text import tool_result_text
+
+        text = tool_result_text(self)
+        return {"text/plain": text, "text/html": tool_result_html(self, text)}
+
+    def __repr__(self) -> str:
+        from .render.text import tool_result_text
+
+        return tool_result_text(self)
 
 
 @dataclass

@@ -6,9 +6,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from .client_tools import ClientTools
 from .errors import CesError, explain
-from .inputs import build_inputs
-from .model import ToolCall, Transcript, Turn, _output_dict
+from .inputs import build_inputs, tool_responses_list
+from .model import ToolCall, ToolResult, Transcript, Turn, _output_dict
+
+MAX_AUTO_ANSWERS = 20  # handler -> agent -> handler ... stops here, whatever the handlers do
 
 CONFIG_FIELDS = (
     "entry_agent",
@@ -31,7 +34,7 @@ class Session:
     remote_dialogflow_query_parameters (and the audio configs).
     """
 
-    def __init__(self, client, app: str, session_id: str | None = None, **config: Any):
+    def __init__(self, client, app: str, session_id: str | None = None, *, tools: ClientTools | None = None, **config: Any):
         unknown = set(config) - set(CONFIG_FIELDS)
         if unknown:
             raise TypeError(f"unknown SessionConfig field(s) {sorted(unknown)}; the fields are {', '.join(CONFIG_FIELDS)}")
@@ -41,6 +44,9 @@ class Session:
         self.name = f"{app}/sessions/{self.id}"
         self.config = dict(config)
         self.turns: list[Turn] = []
+        self.tools = tools or ClientTools()
+        self.auto_answer = True
+        self._how: dict[str, str] = {}
 
     # -- config --------------------------------------------------------------------
 
@@ -63,12 +69,13 @@ class Session:
     def send(self, text: str | None = None, **inputs: Any) -> Turn:
         """One turn through RunSession. Inputs: text, dtmf=, event=, variables=, image=, blob=, tool_responses=."""
         request_inputs = self._inputs(text, inputs)
+        self._mark_answered(request_inputs)
         try:
             response = self.client.sessions.run_session(request={"config": self.session_config(), "inputs": request_inputs})
         except Exception as exc:
             raise explain(exc, target=self.client.target, app=self.app) from exc
         turn = Turn.from_outputs(response.outputs, request_inputs)
-        return self._keep(turn)
+        return self._after(self._keep(turn), stream=False)
 
     def stream(self, text: str | None = None, *, on_output: Callable[[Turn], None] | None = None, **inputs: Any) -> Turn:
         """One turn through StreamRunSession; `on_output(turn_so_far)` runs as each output arrives.
@@ -78,6 +85,7 @@ class Session:
         from google.cloud import ces_v1
 
         request_inputs = self._inputs(text, inputs)
+        self._mark_answered(request_inputs)
         turn = Turn.from_outputs([], request_inputs)
         self._audio_format(turn)
         try:
@@ -94,11 +102,114 @@ class Session:
             if not turn.outputs:
                 raise error from exc
             turn.partial, turn.error = True, str(error)
-        return self._keep(turn)
+        return self._after(self._keep(turn), stream=True, on_output=on_output)
 
-    def respond(self, responses: Any, **more: Any) -> Turn:
-        """Answer pending client tool calls: {call_id: response_dict}, or a list of ToolResponses."""
+    def respond(self, responses: Any, *, how: str = "manual", stream: bool = False, **more: Any) -> Turn:
+        """Answer pending client tool calls: {call_id: response_dict}, or a list of ToolResponses.
+        `how` is what the tool-call log records (form, handler, mock, manual)."""
+        for r in tool_responses_list(responses, self.pending):
+            self._how[r.id] = how
+        if stream:
+            return self.stream(tool_responses=responses, **more)
         return self.send(tool_responses=responses, **more)
+
+    # -- client tools: handlers, breakpoints, mocks, direct execution ---------------------
+
+    def client_tool(self, name: str):
+        """Decorator: calls to tool `name` are answered with fn(**args) (sync or async)."""
+        return self.tools.handler(name)
+
+    def break_on(self, name: str) -> None:
+        """Stop before a handler's or mock's answer to `name` is sent: the form shows it to edit."""
+        self.tools.break_on(name)
+
+    def clear_break(self, name: str | None = None) -> None:
+        self.tools.clear_break(name)
+
+    def mock(self, tool: str, response: dict, args: dict | None = None, unmatched: str | None = None):
+        """Answer calls to `tool` whose args match `args` (a pattern; None matches all) with `response`.
+        Used for client tool calls in this session and sent as MockConfig with run_tool;
+        `unmatched` (PASS_THROUGH or FAIL) says what happens to a call no mock matches."""
+        return self.tools.mock(tool, response, args, unmatched)
+
+    def run_tool(self, name: str, /, **args: Any) -> ToolResult:
+        """Run one tool directly through ToolService.ExecuteTool (mocks apply)."""
+        from google.cloud import ces_v1
+
+        tool = self.client.tool_name(self.app, name)
+        request = ces_v1.ExecuteToolRequest(parent=self.app, tool=tool, args=args)
+        mocked = any(m.matches(ToolCall("", tool, name, args)) for m in self.tools.mocks)
+        if self.tools.mocks:
+            request.mock_config = self.tools.mock_config()
+        try:
+            response = self.client.tools.execute_tool(request=request)
+        except Exception as exc:
+            raise explain(exc, target=self.client.target, app=self.app) from exc
+        return ToolResult.from_response(response, args, mocked=mocked)
+
+    @property
+    def tool_calls(self):
+        """Every tool call of the session as a DataFrame: turn, id, tool, args, response,
+        how it was answered (form / handler / mock / manual; fake or server for tools the
+        server ran) and latency_ms from receiving the call to sending the response."""
+        known = set(self.tools.records)
+        fake = bool(self.config.get("use_tool_fakes"))
+        server = []
+        for turn in self.turns:
+            if turn.root_span is None:
+                continue
+            for _, span in turn.root_span.walk():
+                call_id = span.attributes.get("tool call id")
+                if span.kind == "Tool" and call_id and call_id not in known:
+                    server.append({"turn": turn.index, "id": call_id, "tool": span.attributes.get("name", ""),
+                                   "args": _json_attr(span.attributes.get("args")), "response": _json_attr(span.attributes.get("response")),
+                                   "how": "fake" if fake else "server", "latency_ms": span.duration_ms})
+        return self.tools.frame(server)
+
+    def _mark_answered(self, request_inputs: list) -> None:
+        for item in request_inputs:
+            for response in item.tool_responses.tool_responses if "tool_responses" in item else []:
+                from google.protobuf import json_format
+
+                body = json_format.MessageToDict(type(response).pb(response).response)
+                self.tools.answered(response.id, body, self._how.pop(response.id, "manual"))
+
+    def _after(self, turn: Turn, stream: bool, on_output=None, depth: int = 0) -> Turn:
+        """Log the turn's tool calls and answer those a mock or handler can, unless a breakpoint holds one."""
+        turn.session = self
+        calls = turn.tool_calls
+        for call in calls:
+            self.tools.received(turn.index, call)
+        if not self.auto_answer or not calls or turn.partial:
+            return turn
+        pending = self.pending
+        waiting = [c for c in calls if c.id in pending]
+        proposals = {c.id: self.tools.propose(c) for c in waiting}
+        for call in waiting:
+            p = proposals[call.id]
+            if p.error:
+                who = "handler" if p.how == "handler" else "mock"
+                turn.notes.append(f"{who} for {call.name}: {p.error}; the agent gets {{'error': ...}}")
+            if p.hold and p.response is not None:
+                turn.notes.append(f"breakpoint on {call.name}: the {p.how}'s response waits in the form for you to send")
+        if not waiting or any(p.response is None or p.hold for p in proposals.values()) or depth >= MAX_AUTO_ANSWERS:
+            return turn
+        answers = {cid: p.response for cid, p in proposals.items()}
+        for cid, p in proposals.items():
+            self._how[cid] = p.how or "manual"
+        turn.notes.append("answered by " + ", ".join(f"{p.how} ({next(c.name for c in waiting if c.id == cid)})" for cid, p in proposals.items()))
+        continuation = self._continue(answers, stream, on_output, depth)
+        turn.continuation = continuation
+        return turn
+
+    def _continue(self, answers: dict, stream: bool, on_output, depth: int) -> Turn:
+        saved, self.auto_answer = self.auto_answer, False  # one level at a time, counted here
+        try:
+            turn = self.stream(tool_responses=answers, on_output=on_output) if stream else self.send(tool_responses=answers)
+        finally:
+            self.auto_answer = saved
+        return self._after(turn, stream, on_output, depth + 1)
+
 
     @property
     def pending(self) -> dict[str, ToolCall]:
@@ -156,6 +267,18 @@ class Session:
         from .render.html import session_html
 
         return {"text/plain": repr(self), "text/html": session_html(self)}
+
+
+def _json_attr(value: Any) -> Any:
+    """Span attributes carry args/responses as JSON text or as objects."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 __all__ = ["Session", "CesError"]

@@ -211,3 +211,58 @@ def test_a_question_is_a_message_not_a_help_request(ip):
 
     assert keep_questions not in ip.input_transformers_cleanup
     ip.extension_manager.load_extension("ces_nb")
+
+
+BOOK = "I'd like to book a seat on flight SW123"
+
+
+def test_client_tool_decorator_break_mock_and_tool_magics(ip):
+    import ces_nb
+
+    @ces_nb.client_tool("select_seat")
+    def pick(**args):
+        return {"seat": "11K", "confirmed": True, "price": 64.0}
+
+    turn = ip.run_line_magic("ces", BOOK)
+    assert "11K" in turn.last.text and "answered by handler" in turn.notes[0]
+    with capture_output() as captured:
+        ip.run_line_magic("ces", "break select_seat")
+    assert "breakpoint on select_seat" in captured.stdout
+    held = ip.run_line_magic("ces", BOOK)
+    assert held.continuation is None
+    pending = ip.run_line_magic("ces", "tools pending")
+    assert list(pending.tool) == ["select_seat"] and list(pending.columns) == ["turn", "id", "tool", "args"]
+    with capture_output():
+        ip.run_line_magic("ces", "break --clear")
+        ip.run_line_magic("ces", """mock get_flight_status --args '{"flight_number": "SW4.*"}' --response '{"status": "diverted"}'""")
+    result = ip.run_line_magic("ces", "tool run get_flight_status flight_number=SW45")
+    assert result.response == {"status": "diverted"} and result.mocked
+    real = ip.run_line_magic("ces", "tool run get_flight_status flight_number=SW12")
+    assert real.response["flight_number"] == "SW12"
+    log = ip.run_line_magic("ces", "tools log")
+    assert {"handler"} <= set(log.how) and "select_seat" in set(log.tool)
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("tools", "pending or log"),
+        ("break", "name the tool"),
+        ("mock select_seat", "the following arguments are required: --response"),
+        ("mock select_seat --response notjson", "--response takes JSON"),
+        ("mock select_seat --response '{}' --unmatched SOMETIMES", "invalid choice"),
+        ("tool", "%ces tool run NAME"),
+        ("tool run get_flight_status flight_number", "key=value"),
+        ("tool run no_such_tool", "not in app"),
+    ],
+)
+def test_client_tool_usage_errors(ip, line, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        ip.run_line_magic("ces", line)
+
+
+def test_client_tool_decorator_needs_the_extension(shell):
+    import ces_nb
+
+    with pytest.raises(RuntimeError, match="%load_ext ces_nb"):
+        ces_nb.client_tool("x")

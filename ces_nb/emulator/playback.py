@@ -38,7 +38,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 _PREAMBLE = "For context:"
 _SAID = re.compile(r"^\[(?P<agent>[^\]]+)\] said:\s*(?P<body>.*)$", re.S)
-_CALLED = re.compile(r"^\[(?P<agent>[^\]]+)\] called tool `(?P<name>[^`]+)`")
+_CALLED = re.compile(r"^\[(?P<agent>[^\]]+)\] called tool `(?P<name>[^`]+)`(?: with parameters:\n(?P<body>.*))?", re.S)
 _RETURNED = re.compile(r"^\[(?P<agent>[^\]]+)\] `(?P<name>[^`]+)` tool returned result:\s*(?P<body>.*)$", re.S)
 _QUOTE_MARKERS = re.compile(r"<<<(BEGIN|END)_QUOTED_AGENT_CONTENT>>>")
 
@@ -117,14 +117,16 @@ def compile_example(example: ces_v1.Example, root_agent: str) -> Script:
                 continue
             if not turns:  # the agent speaks first: an empty user turn (session start)
                 turns.append(ScriptTurn(user="", tokens=frozenset()))
+            if group and group[-1].kind == "call" and kind in ("text", "payload"):
+                close_group()  # words after a call belong to the step after its response
             if kind == "text":
                 group.append(Step("text", text=chunk.text, agent=agent))
             elif kind == "payload":
                 group.append(Step("payload", data=_struct(pb.payload), agent=agent))
             elif kind == "tool_call":
+                # Calls in a row, before any response, are one step: parallel function calls.
                 call = chunk.tool_call
                 group.append(Step("call", name=call.tool or call.display_name, data=_struct(pb.tool_call.args), agent=agent))
-                close_group()
             elif kind == "agent_transfer":
                 target = chunk.agent_transfer.target_agent or chunk.agent_transfer.display_name
                 group.append(Step("transfer", name=target, agent=agent))
@@ -174,7 +176,8 @@ def _read_presented(parts: list[types.Part]) -> list[Step]:
     for part in parts:
         text = part.text or ""
         if m := _CALLED.match(text):
-            steps.append(Step("call", name=m["name"], agent=m["agent"]))
+            args = _literal(_QUOTE_MARKERS.sub("", m["body"]).strip()) if m["body"] else None
+            steps.append(Step("call", name=m["name"], data=args if isinstance(args, dict) else None, agent=m["agent"]))
         elif m := _RETURNED.match(text):
             steps.append(Step("response", name=m["name"], data=_literal(_QUOTE_MARKERS.sub("", m["body"]).strip()), agent=m["agent"]))
         elif m := _SAID.match(text):
@@ -259,7 +262,7 @@ class PlaybackLlm(BaseLlm):
     def choose(self, steps: list[Step]) -> Choice | None:
         users = [s.text for s in steps if s.kind == "user"]
         last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
-        done = [s.name for s in steps[last_user + 1:] if s.kind == "call"]
+        done = [(s.name, s.data) for s in steps[last_user + 1:] if s.kind == "call"]
         latest = users[-1] if users else ""
         latest_tokens = tokens(latest)
         best: Choice | None = None
@@ -270,10 +273,9 @@ class PlaybackLlm(BaseLlm):
                 for back in (1, 2):
                     if len(users) > back and i >= back:
                         context += similarity(users[-1 - back], script.turns[i - back].user) / 2
-                own = _planned_progress(done, turn)
-                planned = [_call_name(g[-1]) for g in turn.groups[: len(own)] if g]
-                in_step = 1.0 if planned == own else 0.0
-                speaker = turn.groups[len(own)][0].agent if len(own) < len(turn.groups) and turn.groups[len(own)] else ""
+                groups_done, explained = _progress(done, turn, self.agent_names)
+                in_step = 1.0 if explained else 0.0
+                speaker = turn.groups[groups_done][0].agent if groups_done < len(turn.groups) and turn.groups[groups_done] else ""
                 agent_ok = 1.0 if speaker == self.agent_display_name else 0.0
                 score = match + 0.25 * context + 0.5 * in_step + 0.2 * agent_ok - 0.01 * abs(i - (len(users) - 1))
                 if best is None or score > best.score:
@@ -287,7 +289,8 @@ class PlaybackLlm(BaseLlm):
         if choice is None:
             return [types.Part(text=self.fallback_text)], []
         last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
-        done = len(_planned_progress([s.name for s in steps[last_user + 1:] if s.kind == "call"], choice.script.turns[choice.turn]))
+        done_calls = [(s.name, s.data) for s in steps[last_user + 1:] if s.kind == "call"]
+        done = _progress(done_calls, choice.script.turns[choice.turn], self.agent_names)[0]
         groups = choice.script.turns[choice.turn].groups
         if done >= len(groups):
             return [], []
@@ -319,14 +322,32 @@ class PlaybackLlm(BaseLlm):
         return parts, payloads
 
 
-def _planned_progress(done: list[str], turn) -> list[str]:
-    """The calls made this turn that advance `turn`'s plan: a hand-over the example
-    did not plan (made to reach the agent that owns the step) does not count."""
-    first_planned = next((_call_name(g[-1]) for g in turn.groups if g), "")
-    own = list(done)
-    while own and own[0] == TRANSFER_TOOL and first_planned != TRANSFER_TOOL:
-        own.pop(0)
-    return own
+def _progress(done: list[tuple[str, dict | None]], turn, agent_names: dict[str, str]) -> tuple[int, bool]:
+    """How many of `turn`'s step groups the calls made this turn complete, and whether those
+    groups explain every call. A hand-over the plan does not make (one made to reach the
+    agent that owns a step) is passed over. Another agent's calls may reach us without
+    args (None): a transfer there is taken as the planned one."""
+    i = groups_done = 0
+    for group in turn.groups:
+        needed = [s for s in group if s.kind in ("call", "transfer")]
+        if not needed:
+            break
+        matched = 0
+        while i < len(done) and matched < len(needed):
+            name, args = done[i]
+            planned = needed[matched]
+            i += 1
+            if name == TRANSFER_TOOL and not (
+                planned.kind == "transfer"
+                and (args is None or agent_names.get(planned.name, adk_name(planned.name)) == args.get("agent_name"))
+            ):
+                continue
+            matched += 1
+        if matched < len(needed):
+            break
+        groups_done += 1
+    skipped_handovers_only = all(name == TRANSFER_TOOL for name, _ in done[i:])
+    return groups_done, skipped_handovers_only
 
 
 _VALUE_TOKEN = re.compile(r"[\w.@+-]+")

@@ -16,7 +16,7 @@ from html import escape
 from importlib import resources
 from typing import Any
 
-from ..model import SPAN_KINDS, Span, Transcript, Turn, UserInput
+from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
 from .markdown import markdown_html
 from .text import input_text, transcript_text, turn_text
 
@@ -244,6 +244,8 @@ def turn_body_html(turn: Turn) -> str:
         parts.append('<div class="ces-events">' + "<br>".join(_e(json.dumps(e, ensure_ascii=False, sort_keys=True)) for e in turn.events) + "</div>")
     if turn.error:
         parts.append(f'<div class="ces-error">{_e(turn.error)}</div>')
+    for note in turn.notes:
+        parts.append(f'<div class="ces-transfer">{_e(note)}</div>')
     if turn.root_span is not None:
         parts.append(f'<details class="ces-section"><summary>spans</summary>{span_tree_html(turn.root_span)}</details>')
     parts.append("</div>")
@@ -251,8 +253,25 @@ def turn_body_html(turn: Turn) -> str:
 
 
 def turn_html(turn: Turn, text: str | None = None) -> str:
-    """`text`: the turn's text/plain, when the caller has it already (the hidden fallback)."""
-    return _wrap(turn_body_html(turn), turn_text(turn) if text is None else text)
+    """The turn, then any turns that answered its tool calls automatically.
+    `text`: the text/plain, when the caller has it already (the hidden fallback)."""
+    body = "".join(turn_body_html(t) for t in turn.chain)
+    return _wrap(body, "\n".join(turn_text(t) for t in turn.chain) if text is None else text)
+
+
+def tool_result_html(result: ToolResult, text: str) -> str:
+    mocked = '<span class="ces-badge">mocked</span>' if result.mocked else ""
+    fake = Turn(outputs=[])
+    if result.citations:
+        from ..model import Output
+
+        fake.outputs.append(Output("citations", result.citations))
+    body = (f'<div class="ces-turn"><div class="ces-head"><b>tool</b><code>{_e(result.name)}</code>{mocked}</div>'
+            f'<table class="ces-table"><tr><th>args</th><td>{_pre_json(result.args)}</td></tr>'
+            f'<tr><th>response</th><td class="ces-json">{json_tree_html(result.response, open_levels=2)}</td></tr>'
+            + (f"<tr><th>variables</th><td>{_pre_json(result.variables)}</td></tr>" if result.variables else "")
+            + f"</table>{citations_html(fake)}</div>")
+    return _wrap(body, text)
 
 
 def transcript_html(transcript: Transcript, text: str | None = None) -> str:

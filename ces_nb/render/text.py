@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..model import Transcript, Turn, UserInput
+from ..model import ToolResult, Transcript, Turn, UserInput
 
 
 def _json(value) -> str:
@@ -53,6 +53,8 @@ def turn_text(turn: Turn) -> str:
         lines.append(f"  event: {_json(event)}")
     if turn.error:
         lines.append(f"  error: {turn.error}")
+    for note in turn.notes:
+        lines.append(f"  note: {note}")
     if turn.root_span is not None:
         kinds: dict[str, int] = {}
         for _, span in turn.root_span.walk():
@@ -75,3 +77,18 @@ def _ms(value: float | None) -> str:
 def transcript_text(transcript: Transcript) -> str:
     head = f"Transcript {transcript.session or '(unsaved)'}: {len(transcript.turns)} turn(s)"
     return "\n\n".join([head, *(turn_text(t) for t in transcript.turns)])
+
+
+def chain_text(turn: Turn) -> str:
+    """A turn and the turns that answered its tool calls automatically."""
+    return "\n".join(turn_text(t) for t in turn.chain)
+
+
+def tool_result_text(result: ToolResult) -> str:
+    lines = [f"Tool {result.name}({_json(result.args)})" + (" [mocked]" if result.mocked else "")]
+    lines.append(f"  response: {_json(result.response)}")
+    for i, c in enumerate(result.citations, 1):
+        lines.append(f"  [{i}] {c.title} <{c.uri}>")
+    if result.variables:
+        lines.append(f"  variables: {_json(result.variables)}")
+    return "\n".join(lines)
