@@ -385,7 +385,7 @@ class Span:
             start = m.start_time.ToNanoseconds() if m.HasField("start_time") else None
             end = m.end_time.ToNanoseconds() if m.HasField("end_time") else None
             duration = m.duration.ToNanoseconds() if m.HasField("duration") else (end - start if start is not None and end is not None else None)
-            attributes = json_format.MessageToDict(m.attributes) if m.HasField("attributes") else {}
+            attributes = sorted_keys(json_format.MessageToDict(m.attributes)) if m.HasField("attributes") else {}
             return cls(m.name, start, end, duration, attributes)
 
         pb = _pb(pb)
@@ -682,6 +682,16 @@ def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInp
     return inputs, outputs
 
 
+def sorted_keys(value: Any) -> Any:
+    """Dicts with their keys sorted, all the way down. Protobuf Structs come back in a
+    per-process order; sorting makes every view of a turn the same from run to run."""
+    if isinstance(value, dict):
+        return {k: sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(v) for v in value]
+    return value
+
+
 def _pb(message: Any):
     from google.protobuf.message import Message as PbMessage
 
@@ -699,11 +709,11 @@ def _output_dict(output: Any) -> dict:
     if kind in ("text", "audio"):
         d[kind] = getattr(pb, kind)
     elif kind is not None:
-        d[kind] = json_format.MessageToDict(getattr(pb, kind), preserving_proto_field_name=True)
+        d[kind] = sorted_keys(json_format.MessageToDict(getattr(pb, kind), preserving_proto_field_name=True))
     if pb.HasField("diagnostic_info"):
         info = pb.diagnostic_info
         d["diagnostic_info"] = {
-            "messages": [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in info.messages],
+            "messages": [sorted_keys(json_format.MessageToDict(m, preserving_proto_field_name=True)) for m in info.messages],
             "root_span": Span.from_pb(info.root_span) if info.HasField("root_span") else None,
         }
     return d
@@ -717,7 +727,7 @@ def _as_dict(message: Any) -> dict:
     from google.protobuf.message import Message as PbMessage
 
     pb = message if isinstance(message, PbMessage) else type(message).pb(message)
-    return json_format.MessageToDict(pb, preserving_proto_field_name=True)
+    return sorted_keys(json_format.MessageToDict(pb, preserving_proto_field_name=True))
 
 
 @dataclass

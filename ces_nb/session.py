@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .client_tools import ClientTools
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
-from .model import ToolCall, ToolResult, Transcript, Turn, _output_dict
+from .model import ToolCall, ToolResult, Transcript, Turn, _output_dict, sorted_keys
 
 MAX_AUTO_ANSWERS = 20  # handler -> agent -> handler ... stops here, whatever the handlers do
 
@@ -171,7 +171,7 @@ class Session:
             for response in item.tool_responses.tool_responses if "tool_responses" in item else []:
                 from google.protobuf import json_format
 
-                body = json_format.MessageToDict(type(response).pb(response).response)
+                body = sorted_keys(json_format.MessageToDict(type(response).pb(response).response))
                 self.tools.answered(response.id, body, self._how.pop(response.id, "manual"))
 
     def _after(self, turn: Turn, stream: bool, on_output=None, depth: int = 0) -> Turn:

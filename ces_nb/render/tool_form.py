@@ -9,6 +9,7 @@ continuation renders under the form.
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 from typing import Any, Callable
 
@@ -79,6 +80,8 @@ class Field:
             self._get = lambda: _parse_json(self.widget.value, self.name)
         if self.kind in ("INTEGER", "NUMBER", "BOOLEAN") and not enum:
             self.widget.observe(self._touch, "value")
+        # A stable hook for styling and browser tests: .ces-field-seat, .ces-field-flight-number …
+        self.widget.add_class("ces-field-" + re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-"))
 
     def _touch(self, change) -> None:
         self.touched = True
@@ -153,6 +156,9 @@ def _parse_json(text: str, name: str) -> Any:
 class ToolCallForm(w.VBox):
     """One pending call: what was asked (args read-only, or edited and replayed through the
     handler), and a response editor built from the tool's response schema, with a raw-JSON tab."""
+
+    def __repr__(self) -> str:
+        return f"ToolCallForm({self.call.name}, id {self.call.id})"
 
     def __init__(self, call: ToolCall, schema: dict | None = None, proposed: dict | None = None,
                  handler: Callable[..., Any] | None = None, **kwargs):
@@ -245,6 +251,10 @@ class ToolCallPanel(w.VBox):
         self.send_button.on_click(lambda _: self.send())
         self.cancel_button.on_click(lambda _: self.cancel())
         super().__init__([*self.forms, w.HBox([self.send_button, self.cancel_button]), self.status, self.output], **kwargs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{f.call.name} ({f.call.id})" for f in self.forms)
+        return f"ToolCallPanel({len(self.forms)} pending call(s): {names}; fill the form and press Send)"
 
     def send(self) -> Turn | None:
         responses: dict[str, dict] = {}
