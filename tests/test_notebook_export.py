@@ -11,17 +11,26 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01-quickstart
 
 
 class _Scripts(HTMLParser):
+    """Counts <script> elements inside our turn containers (div.ces-root), tracking div depth."""
+
     def __init__(self):
         super().__init__()
-        self.inside_turn = 0
+        self.depth = 0  # >0: inside a div.ces-root
         self.scripts_in_turns = 0
+        self.turns = 0
 
     def handle_starttag(self, tag, attrs):
-        classes = dict(attrs).get("class") or ""
-        if "ces-root" in classes.split():
-            self.inside_turn += 1
-        if tag == "script" and self.inside_turn:
+        if tag == "div":
+            if self.depth:
+                self.depth += 1
+            elif "ces-root" in (dict(attrs).get("class") or "").split():
+                self.depth, self.turns = 1, self.turns + 1
+        if tag == "script" and self.depth:
             self.scripts_in_turns += 1
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self.depth:
+            self.depth -= 1
 
 
 def test_nbconvert_html_shows_turns_without_javascript():
@@ -32,4 +41,4 @@ def test_nbconvert_html_shows_turns_without_javascript():
         assert piece in html, piece
     parser = _Scripts()
     parser.feed(html)
-    assert parser.scripts_in_turns == 0
+    assert parser.turns > 10 and parser.scripts_in_turns == 0

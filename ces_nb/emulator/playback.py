@@ -19,6 +19,7 @@ import ast
 import difflib
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, AsyncGenerator
 
 from google.adk.models.base_llm import BaseLlm
@@ -82,8 +83,13 @@ def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[s
     if not ta or not tb:
         return 1.0 if a.strip().lower() == b.strip().lower() else 0.0
     dice = 2 * len(ta & tb) / (len(ta) + len(tb))
-    chars = difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
-    return 0.75 * dice + 0.25 * chars
+    return 0.75 * dice + 0.25 * _char_ratio(a.lower(), b.lower())
+
+
+@lru_cache(maxsize=8192)
+def _char_ratio(a: str, b: str) -> float:
+    # Every model call of a turn compares the same utterances again: remember them.
+    return difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def _struct(msg) -> dict:
