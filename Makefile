@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/client_overhead.py
 	$(BIN)/python benchmarks/render_speed.py
 	$(BIN)/python benchmarks/import_time.py
+	$(BIN)/python benchmarks/tool_roundtrip.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
