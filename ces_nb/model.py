@@ -379,13 +379,11 @@ class Span:
     @classmethod
     def from_pb(cls, pb: Any) -> "Span":
         """From a google.cloud.ces.v1.Span protobuf (or proto-plus) message, iteratively."""
-        from google.protobuf import json_format
-
         def one(m) -> "Span":
             start = m.start_time.ToNanoseconds() if m.HasField("start_time") else None
             end = m.end_time.ToNanoseconds() if m.HasField("end_time") else None
             duration = m.duration.ToNanoseconds() if m.HasField("duration") else (end - start if start is not None and end is not None else None)
-            attributes = sorted_keys(json_format.MessageToDict(m.attributes)) if m.HasField("attributes") else {}
+            attributes = struct_to_dict(m.attributes) if m.HasField("attributes") else {}
             return cls(m.name, start, end, duration, attributes)
 
         pb = _pb(pb)
@@ -692,6 +690,24 @@ def sorted_keys(value: Any) -> Any:
     return value
 
 
+def struct_to_dict(struct: Any) -> dict:
+    """A google.protobuf.Struct as a dict with sorted keys, the way MessageToDict reads it,
+    without its generic reflection (a turn holds dozens of these)."""
+    fields = struct.fields
+    return {k: _value_to_py(fields[k]) for k in sorted(fields)}
+
+
+def _value_to_py(value: Any) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_py(v) for v in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
+
+
 def _pb(message: Any):
     from google.protobuf.message import Message as PbMessage
 
@@ -708,12 +724,23 @@ def _output_dict(output: Any) -> dict:
     kind = pb.WhichOneof("output_type")
     if kind in ("text", "audio"):
         d[kind] = getattr(pb, kind)
+    elif kind == "payload":
+        d[kind] = struct_to_dict(pb.payload)
+    elif kind == "tool_calls" and not any(c.HasField("toolset_tool") for c in pb.tool_calls.tool_calls):
+        d[kind] = {"tool_calls": [{"id": c.id, "tool": c.tool, "display_name": c.display_name, "args": struct_to_dict(c.args)}
+                                  for c in pb.tool_calls.tool_calls]}
+    elif kind == "citations":
+        d[kind] = {"cited_chunks": [{"uri": c.uri, "title": c.title, "text": c.text, "requires_attribution": c.requires_attribution}
+                                    for c in pb.citations.cited_chunks]}
+    elif kind == "end_session":
+        d[kind] = {"metadata": struct_to_dict(pb.end_session.metadata)}
     elif kind is not None:
         d[kind] = sorted_keys(json_format.MessageToDict(getattr(pb, kind), preserving_proto_field_name=True))
     if pb.HasField("diagnostic_info"):
         info = pb.diagnostic_info
         d["diagnostic_info"] = {
-            "messages": [sorted_keys(json_format.MessageToDict(m, preserving_proto_field_name=True)) for m in info.messages],
+            # Not key-sorted: messages are never drawn key by key, and saving sorts anyway.
+            "messages": [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in info.messages],
             "root_span": Span.from_pb(info.root_span) if info.HasField("root_span") else None,
         }
     return d
