@@ -2,7 +2,7 @@
 completed, answered by a Python handler (no UI), vs a plain text turn; same emulator,
 interleaved; the text turn is likewise a session's second turn, one model call. Goal: <= 1.2x.
 
-    python benchmarks/tool_roundtrip.py [--rounds 40]
+    python benchmarks/tool_roundtrip.py [--rounds 100]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ BOOK = "I'd like to book a seat on flight SW123"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args()
     server = EmulatorProcess("--db", ":memory:")
     try:
