@@ -27,6 +27,11 @@ _LAZY = {
     "CesError": ("ces_nb.errors", "CesError"),
     "client_tool": ("ces_nb.magics", "client_tool"),
     "ToolCallForm": ("ces_nb.render.tool_form", "ToolCallForm"),
+    "SpanTree": ("ces_nb.render.span_tree", "SpanTree"),
+    "plot_spans": ("ces_nb.render.plots", "plot_spans"),
+    "plot_latency": ("ces_nb.render.plots", "plot_latency"),
+    "frames": ("ces_nb.frames", None),
+    "adk": ("ces_nb.adk", None),
 }
 
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
@@ -43,7 +48,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = importlib.import_module(module)
+        value = value if attr is None else getattr(value, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'ces_nb' has no attribute {name!r}")

@@ -69,6 +69,25 @@ class Client:
         base = self.app.split("/apps/")[0] if self.app else EMULATOR_PARENT
         return f"{base}/apps/{app}"
 
+    # -- conversations -------------------------------------------------------------
+
+    def conversations(self, app: str | None = None, since: Any = None, source: str | None = None, details: bool = False,
+                      max_workers: int = 8, progress: bool | None = None):
+        """Stored conversations of an app as a DataFrame (newest first); `since="7d"`,
+        `source="LIVE"`; `details=True` also fetches each one into a `transcript` column."""
+        from .explore.conversations import list_conversations
+
+        return list_conversations(self, self.resolve_app(app), since=since, source=source, details=details,
+                                  max_workers=max_workers, progress=progress)
+
+    def conversation(self, name: str):
+        """One conversation (full name, or an id in the default app) as a Transcript."""
+        from .explore.conversations import get_conversation
+
+        if "/conversations/" not in name:
+            name = f"{self.resolve_app(None)}/conversations/{name}"
+        return get_conversation(self, name)
+
     # -- tools -------------------------------------------------------------------
 
     def tools_of(self, app: str | None = None) -> dict[str, Any]:

@@ -45,6 +45,12 @@ Client tools:
   %ces tool run NAME key=value ...         run a tool through ToolService.ExecuteTool
   (handlers: @ces_nb.client_tool("NAME") def fn(**args): ... answers calls automatically)
 
+Exploring:
+  %ces conversations [--since 7d] [--source LIVE] [--app A]    stored conversations, a DataFrame
+  %ces show NAME                           one conversation (name or id), rendered like live turns
+  %ces fork N                              a new session that starts from turns 1..N of this one
+  %ces spans [N]                           the interactive span tree of turn N (default: the last)
+
 History and files:
   %ces history                             the session so far
   %ces save PATH                           write the session as a transcript (JSON)
@@ -54,7 +60,8 @@ Settings: %config CesMagics.stream = True · CesMagics.app = "skyway" ·
           CesMagics.emulator_address = "127.0.0.1:50551"
 """
 
-SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help", "tools", "break", "mock", "tool")
+SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help", "tools", "break", "mock", "tool",
+               "conversations", "show", "fork", "spans")
 VALUE_FLAGS = {"--dtmf": "dtmf", "--event": "event", "--vars": "variables", "--image": "image", "--blob": "blob"}
 BOOL_FLAGS = {"--stream": ("stream", True), "--no-stream": ("stream", False), "--script": ("script", True)}
 _FLAG = re.compile(r"\s*(--[A-Za-z][\w-]*)(?:=|(?=\s)|$)")
@@ -363,6 +370,66 @@ class CesMagics(Magics):
             return session.run_tool(words[1], **_tool_args(words[2:]))
         except CesError as exc:
             raise UsageError(str(exc)) from None
+
+    def _cmd_conversations(self, arg: str):
+        p = _parser("conversations", "Stored conversations of the app.")
+        p.add_argument("--since", help="e.g. 7d, 12h, 30m, or an ISO date")
+        p.add_argument("--source", help="LIVE, SIMULATOR, EVAL ...")
+        p.add_argument("--app", help="app id or full name (default: the current one)")
+        args = _parse(p, arg)
+        if self.client is None:
+            self._connect(self.app or None)
+        from .errors import CesError
+
+        try:
+            return self.client.conversations(args.app or (self.session.app if self.session else None), since=args.since, source=args.source)
+        except (CesError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+
+    def _cmd_show(self, arg: str):
+        name = arg.strip()
+        if not name or len(name.split()) != 1:
+            raise UsageError("name one conversation: %ces show NAME (a full name or an id from %ces conversations)")
+        if self.client is None:
+            self._connect(self.app or None)
+        from .errors import CesError
+
+        try:
+            if "/conversations/" not in name and self.session is not None:
+                name = f"{self.session.app}/conversations/{name}"
+            return self.client.conversation(name)
+        except CesError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _cmd_fork(self, arg: str):
+        session = self._require_session()
+        try:
+            at = int(arg.strip())
+        except ValueError:
+            raise UsageError("fork at a turn number: %ces fork 2 (turns so far: "
+                             f"{', '.join(str(t.index) for t in session.turns) or 'none'})") from None
+        try:
+            self.session = session.fork(at)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return self.session
+
+    def _cmd_spans(self, arg: str):
+        from .render.span_tree import SpanTree
+
+        session = self._require_session()
+        turns = [t for t in session.turns if t.root_span is not None]
+        if not turns:
+            raise UsageError("no turn with spans yet: send a message first, e.g. %ces Hello")
+        if arg.strip():
+            try:
+                wanted = int(arg.strip())
+            except ValueError:
+                raise UsageError("%ces spans takes a turn number, e.g. %ces spans 2") from None
+            turns = [t for t in turns if t.index == wanted]
+            if not turns:
+                raise UsageError(f"no turn {wanted} with spans; turns: {', '.join(str(t.index) for t in session.turns)}")
+        return SpanTree(turns[-1])
 
     def _cmd_history(self, arg: str):
         if arg.strip():

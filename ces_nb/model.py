@@ -656,9 +656,34 @@ class Turn:
         return chain_text(self)
 
 
+def _io_messages(turn: "Turn") -> list[Message]:
+    """A turn's inputs and outputs as CES Messages, for turns without diagnostic messages."""
+    user = Message("user")
+    for item in turn.inputs:
+        if item.kind in ("text", "dtmf", "event"):
+            user.chunks.append(Chunk("text", item.value if item.kind == "text" else f"{item.kind}: {item.value}"))
+        elif item.kind == "variables":
+            user.chunks.append(Chunk("updated_variables", item.value))
+        elif item.kind in ("image", "blob"):
+            user.chunks.append(Chunk(item.kind, item.value))
+        elif item.kind == "tool_responses":
+            user.chunks.extend(Chunk("tool_response", r) for r in item.value)
+    agent = Message("agent")
+    for output in turn.outputs:
+        if output.kind == "text":
+            agent.chunks.append(Chunk("text", output.value))
+        elif output.kind == "tool_calls":
+            agent.chunks.extend(Chunk("tool_call", c) for c in output.value)
+        elif output.kind == "payload":
+            agent.chunks.append(Chunk("payload", output.value))
+    return [m for m in (user, agent) if m.chunks]
+
+
 def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInput], list[Output]]:
     inputs: list[UserInput] = []
     outputs: list[Output] = []
+    # A call answered inside an agent message ran on the server; only client calls are outputs.
+    server_ids = {c.value.id for m in messages if m.role.lower() != "user" for c in m.chunks if c.kind == "tool_response"}
     for message in messages:
         for chunk in message.chunks:
             if message.role.lower() == "user":
@@ -673,7 +698,7 @@ def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInp
                 continue
             if chunk.kind in ("text", "transcript"):
                 outputs.append(Output("text", chunk.value, index))
-            elif chunk.kind == "tool_call":
+            elif chunk.kind == "tool_call" and chunk.value.id not in server_ids:
                 outputs.append(Output("tool_calls", [chunk.value], index))
             elif chunk.kind == "payload":
                 outputs.append(Output("payload", chunk.value, index))
@@ -850,6 +875,18 @@ class Transcript:
     @property
     def ended(self) -> bool:
         return any(t.ended for t in self.turns)
+
+    @classmethod
+    def from_conversation(cls, conversation: Any) -> "Transcript":
+        """From an AgentService Conversation (proto or JSON)."""
+        return cls.from_dict(_as_dict(conversation))
+
+    def diff(self, other: "Transcript", tolerance: float = 0.5, min_ms: float = 5.0):
+        """What differs, turn by turn: text, tool calls and args, and span durations (beyond
+        `tolerance` relative and `min_ms` absolute). HTML in a notebook; `.frame` is a DataFrame."""
+        from .diff import TranscriptDiff
+
+        return TranscriptDiff(self, other, tolerance, min_ms)
 
     def __len__(self) -> int:
         return len(self.turns)

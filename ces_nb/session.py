@@ -46,6 +46,7 @@ class Session:
         self.turns: list[Turn] = []
         self.tools = tools or ClientTools()
         self.auto_answer = True
+        self.forked_from: tuple[str, int] | None = None
         self._how: dict[str, str] = {}
 
     # -- config --------------------------------------------------------------------
@@ -245,6 +246,56 @@ class Session:
             turn.audio_encoding = getattr(encoding, "name", encoding) or turn.audio_encoding
             turn.audio_sample_rate = int(get("sample_rate_hertz", 0) or turn.audio_sample_rate)
 
+    # -- fork and replay -----------------------------------------------------------
+
+    def history_messages(self, at_turn: int | None = None) -> list[dict]:
+        """Turns 1..at_turn as CES Messages (JSON), for SessionConfig.historical_contexts."""
+        from .model import Message, _io_messages
+
+        turns = [t for t in self.turns if at_turn is None or t.index <= at_turn]
+        messages: list[dict] = []
+        for turn in turns:
+            source = turn.messages or _io_messages(turn)
+            messages.extend(m.to_dict() if isinstance(m, Message) else m for m in source)
+        return messages
+
+    def fork(self, at_turn: int, session_id: str | None = None, **config: Any) -> "Session":
+        """A new session whose historical_contexts reproduce turns 1..at_turn of this one."""
+        if not any(t.index == at_turn for t in self.turns):
+            raise ValueError(f"no turn {at_turn} to fork at; this session has turns {[t.index for t in self.turns]}")
+        merged = {**self.config, **config, "historical_contexts": self.history_messages(at_turn)}
+        fork = Session(self.client, self.app, session_id=session_id, tools=self.tools, **merged)
+        fork.forked_from = (self.name, at_turn)
+        return fork
+
+    def replay(self, transcript: Transcript) -> Transcript:
+        """Send a transcript's user inputs again, in order; answer tool calls with the responses
+        it recorded (matched by tool name, in order). Returns this session's new transcript."""
+        recorded: dict[str, list[dict]] = {}
+        names = {c.id: c.name for t in transcript.turns for c in t.tool_calls}
+        for turn in transcript.turns:
+            for item in turn.inputs:
+                if item.kind == "tool_responses":
+                    for r in item.value:
+                        recorded.setdefault(names.get(r.id) or r.display_name or r.tool.rsplit("/", 1)[-1], []).append(r.response)
+        start = len(self.turns)
+        for turn in transcript.turns:
+            inputs = _replayable(turn)
+            if not inputs:
+                continue  # a turn of tool responses: answered below, as calls come
+            live = self.send(**inputs)
+            while live is not None and self.pending:
+                answers = {}
+                for call_id, call in self.pending.items():
+                    queue = recorded.get(call.name) or []
+                    if not queue:
+                        break
+                    answers[call_id] = queue.pop(0)
+                if len(answers) != len(self.pending):
+                    break  # no recorded answer: leave the calls pending, as the original did
+                live = self.respond(answers, how="replay")
+        return Transcript(self.turns[start:], session=self.name, app=self.app)
+
     # -- history -------------------------------------------------------------------
 
     @property
@@ -267,6 +318,24 @@ class Session:
         from .render.html import session_html
 
         return {"text/plain": repr(self), "text/html": session_html(self)}
+
+
+def _replayable(turn: Turn) -> dict[str, Any]:
+    """A recorded turn's user inputs as send() keyword arguments (tool responses left out)."""
+    inputs: dict[str, Any] = {}
+    texts = []
+    for item in turn.inputs:
+        if item.kind == "text":
+            texts.append(item.value)
+        elif item.kind in ("dtmf", "event"):
+            inputs[item.kind] = item.value
+        elif item.kind == "variables":
+            inputs["variables"] = {**inputs.get("variables", {}), **item.value}
+        elif item.kind in ("image", "blob"):
+            inputs[item.kind] = item.value
+    if texts:
+        inputs["text"] = " ".join(texts)
+    return inputs
 
 
 def _json_attr(value: Any) -> Any:

@@ -188,7 +188,48 @@ class AppRuntime:
         if entry and entry != self.app.app.root_agent:
             # The runner continues with the agent that spoke last: start there.
             await self.session_service.append_event(session, Event(author=self.agent_names[entry], invocation_id="ces-entry"))
+        if config.historical_contexts:
+            await self._replay_history(session, config.historical_contexts, entry or self.app.app.root_agent)
         return session
+
+    async def _replay_history(self, session: Session, messages, agent: str) -> None:
+        """historical_contexts become the session's opening events, so the agents (and the
+        playback model) carry on from them as if they had happened here."""
+        for n, message in enumerate(messages):
+            parts: list[types.Part] = []
+            delta: dict[str, Any] = {}
+            role = "user" if message.role.lower() == "user" else "model"
+            for chunk in message.chunks:
+                kind = ces_v1.Chunk.pb(chunk).WhichOneof("data")
+                if kind in ("text", "transcript"):
+                    parts.append(types.Part(text=getattr(chunk, kind)))
+                elif kind == "tool_call":
+                    name = self._tool_adk_name(chunk.tool_call.display_name or chunk.tool_call.tool)
+                    args = json_format.MessageToDict(ces_v1.ToolCall.pb(chunk.tool_call).args)
+                    parts.append(types.Part(function_call=types.FunctionCall(id=chunk.tool_call.id or None, name=name, args=args)))
+                elif kind == "tool_response":
+                    name = self._tool_adk_name(chunk.tool_response.display_name or chunk.tool_response.tool)
+                    body = json_format.MessageToDict(ces_v1.ToolResponse.pb(chunk.tool_response).response)
+                    parts.append(types.Part(function_response=types.FunctionResponse(id=chunk.tool_response.id or None, name=name, response=body)))
+                elif kind == "agent_transfer":
+                    target = (chunk.agent_transfer.display_name or chunk.agent_transfer.target_agent).rsplit("/", 1)[-1]
+                    target = next((d for d in self.app.agents if d == target or adk_name(d) == adk_name(target)), agent)
+                    parts.append(types.Part(function_call=types.FunctionCall(name=TRANSFER_TOOL, args={"agent_name": self.agent_names[target]})))
+                    agent = target
+                elif kind in ("updated_variables", "default_variables"):
+                    delta.update(json_format.MessageToDict(getattr(ces_v1.Chunk.pb(chunk), kind)))
+            if not parts and not delta:
+                continue
+            author = "user" if role == "user" else self.agent_names.get(agent, adk_name(agent))
+            await self.session_service.append_event(session, Event(
+                author=author, invocation_id=f"ces-history-{n}",
+                content=types.Content(role=role, parts=parts) if parts else None,
+                actions=EventActions(state_delta=delta),
+            ))
+
+    def _tool_adk_name(self, tool: str) -> str:
+        short = tool.rsplit("/", 1)[-1]
+        return next((t.name for d, t in self.tools.items() if short in (d, t.name)), adk_name(short))
 
     # -- turns --------------------------------------------------------------------
 

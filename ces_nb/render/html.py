@@ -294,3 +294,21 @@ def session_html(session) -> str:
     body = (f'<div class="ces-turn"><div class="ces-head"><b>session</b><span class="ces-badge">{_e(state)}</span>'
             f"<span>{len(session.turns)} turn(s)</span></div><div><code>{_e(session.name)}</code></div>{conf}</div>")
     return _wrap(body, repr(session))
+
+
+def diff_html(diff, text: str) -> str:
+    """Two runs side by side, one row per difference."""
+    def cell(value) -> str:
+        if isinstance(value, str):
+            return f"<td>{_e(value)}</td>"
+        return f"<td>{_pre_json(value)}</td>"
+
+    left, right = diff.left.session or "left", diff.right.session or "right"
+    if not diff.differences:
+        body = f'<div class="ces-turn">no differences across {len(diff.left.turns)} turn(s)</div>'
+    else:
+        rows = "".join(f"<tr><td>{d.turn}</td><td>{_e(d.field)}</td>{cell(d.left)}{cell(d.right)}</tr>" for d in diff.differences)
+        body = (f'<div class="ces-turn"><div class="ces-head"><b>diff</b><span>{len(diff.differences)} difference(s)</span></div>'
+                f'<table class="ces-table"><tr><th>turn</th><th>what</th><th>{_e(left.rsplit("/", 1)[-1])}</th>'
+                f"<th>{_e(right.rsplit('/', 1)[-1])}</th></tr>{rows}</table></div>")
+    return _wrap(body, text)

@@ -1,0 +1,1 @@
+"""Stored sessions: CES conversations (AgentService) and ADK session services."""

@@ -1,0 +1,153 @@
+"""frames, latency_summary, plots and the SpanTree widget, from known span trees."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from matplotlib.collections import PolyCollection  # noqa: F401  (matplotlib present)
+from matplotlib.patches import Rectangle
+
+from ces_nb import frames
+from ces_nb.model import Transcript, Turn
+from ces_nb.render.plots import KIND_COLOURS, plot_latency, plot_spans
+from ces_nb.render.span_tree import SpanTree
+
+T0 = "2026-11-22T10:00:00Z"
+
+
+def span_json(camel: bool = False) -> dict:
+    """root 100 ms: LLM 10-40 (agent A), Tool 40-70 (name t1), LLM 70-95 with a Callback child 70-75."""
+    def at(ms: float) -> str:
+        return f"2026-11-22T10:00:00.{int(ms * 1000):06d}Z"
+
+    def span(name, start, end, attributes=None, children=None):
+        d = {"name": name, "start_time": at(start), "end_time": at(end), "attributes": attributes or {}}
+        if children:
+            d["child_spans"] = children
+        return d
+
+    tree = span("root", 0, 100, {"perceived latency (ms)": 42.0}, [
+        span("LLM", 10, 40, {"agent": "A", "model": "m"}),
+        span("Tool", 40, 70, {"name": "t1", "agent": "A", "args": '{"x": 1}'}),
+        span("LLM", 70, 95, {"agent": "B"}, [span("Callback", 70, 75, {"agent": "B", "stage": "before_model"})]),
+    ])
+    return _camel(tree) if camel else tree
+
+
+def _camel(value):
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            key = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k) if k in ("start_time", "end_time", "child_spans") else k
+            out[key] = _camel(v) if k != "attributes" else v
+        return out
+    if isinstance(value, list):
+        return [_camel(v) for v in value]
+    return value
+
+
+def transcript(camel: bool = False, n: int = 2) -> dict:
+    key = "rootSpan" if camel else "root_span"
+    return {"format": "ces_nb.transcript", "version": 1, "session": "s1",
+            "turns": [{"turn_index": i, "completed": True, "outputs": [{"text": f"answer {i}", "turn_index": i}],
+                       "inputs": [{"text": f"q{i}"}], key: span_json(camel)} for i in range(1, n + 1)]}
+
+
+@pytest.mark.parametrize("camel", [False, True])
+def test_spans_frame_from_known_tree_in_both_key_cases(camel):
+    frame = frames.spans_frame(transcript(camel))
+    assert list(frame.columns[:9]) == frames.SPAN_COLUMNS
+    first = frame[frame.turn == 1]
+    assert list(first.span) == ["root", "LLM", "Tool", "LLM", "Callback"]
+    assert list(first.depth) == [0, 1, 1, 1, 2]
+    assert list(first.parent.astype("object").where(first.parent.notna(), None)) == [None, 0, 0, 0, 3]
+    assert list(first.start_ms) == [0, 10, 40, 70, 70]
+    assert list(first.duration_ms.round(3)) == [100, 30, 30, 25, 5]
+    assert first.iloc[2]["name"] == "t1" and first.iloc[4]["stage"] == "before_model"
+    assert first.iloc[0]["perceived latency (ms)"] == 42.0
+    assert list(frame[frame.turn == 2]["parent"].dropna()) == [5, 5, 5, 8]  # rows of the second tree
+
+
+def test_turns_outputs_and_tool_calls_frames():
+    t = transcript()
+    turns = frames.turns_frame(t)
+    assert list(turns.turn) == [1, 2] and list(turns.agent) == ["answer 1", "answer 2"] and list(turns.duration_ms) == [100, 100]
+    assert list(turns.perceived_latency_ms) == [42.0, 42.0] and list(turns.spans) == [5, 5]
+    outputs = frames.outputs_frame(t)
+    assert list(outputs.kind) == ["text", "text"] and list(outputs.value) == ["answer 1", "answer 2"]
+    calls = frames.tool_calls_frame(t)
+    assert list(calls.tool) == ["t1", "t1"] and list(calls.side) == ["server", "server"] and calls.args[0] == {"x": 1}
+
+
+def test_latency_summary_percentiles():
+    turns = []
+    for i, ms in enumerate([10, 20, 30, 40, 100], start=1):
+        d = span_json()
+        d["child_spans"][0]["end_time"] = f"2026-11-22T10:00:00.{(10 + ms) * 1000:06d}Z"
+        turns.append({"turn_index": i, "root_span": d, "outputs": []})
+    summary = frames.latency_summary({"format": "ces_nb.transcript", "turns": turns})
+    llm = summary.loc[("kind", "LLM")]
+    # LLM durations: the first LLM (10..100 ms) and the second (25 ms) in each turn
+    values = sorted([10, 20, 30, 40, 100] + [25] * 5)
+    import numpy as np
+
+    assert llm["count"] == 10 and llm["p50"] == pytest.approx(np.percentile(values, 50))
+    assert llm["p90"] == pytest.approx(np.percentile(values, 90)) and llm["p99"] == pytest.approx(np.percentile(values, 99))
+    assert summary.loc[("tool", "t1")]["p50"] == 30 and summary.loc[("agent", "B")]["count"] == 10
+    assert summary.loc[("turn", "turn")]["max"] == 100
+
+
+def test_plot_spans_has_a_bar_per_span_coloured_by_kind_and_the_perceived_latency():
+    turn = Turn.from_dict({"turn_index": 1, "root_span": span_json(), "outputs": []})
+    fig = plot_spans(turn)
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(bars) == 5
+    assert [round(b.get_width(), 3) for b in bars] == [100, 30, 30, 25, 5]
+    assert [round(b.get_x(), 3) for b in bars] == [0, 10, 40, 70, 70]
+    from matplotlib.colors import to_hex
+
+    assert to_hex(bars[1].get_facecolor()) == KIND_COLOURS["LLM"] and to_hex(bars[2].get_facecolor()) == KIND_COLOURS["Tool"]
+    assert [t.get_text() for t in ax.get_yticklabels()][4] == "    Callback · B"
+    assert any(line.get_xdata()[0] == 42.0 for line in ax.get_lines())
+
+
+def test_plot_latency_stacks_kinds_per_turn_and_plots_distributions():
+    t1 = Transcript.from_dict(transcript())
+    t2 = Transcript.from_dict(transcript(n=3))
+    t2.session = "s2"
+    fig = plot_latency([t1, t2])
+    bars_ax, dist_ax = fig.axes
+    rects = [p for p in bars_ax.patches if isinstance(p, Rectangle)]
+    assert len(rects) == 5 * 2  # 5 turns x (LLM, Tool): depth-1 kinds
+    assert {t.get_text() for t in bars_ax.get_legend().get_texts()} == {"LLM", "Tool"}
+    assert len(dist_ax.get_xticklabels()) == 2  # one box per conversation
+
+
+def test_span_tree_widget_expands_shows_searches_and_flags_slow_spans():
+    turn = Turn.from_dict({"turn_index": 1, "root_span": span_json(), "outputs": []})
+    tree = SpanTree(turn, open_depth=1)
+    labels = [label for label, _ in tree.list.options]
+    assert len(labels) == 4 and labels[3].strip().startswith("▸ LLM")  # the Callback is folded away
+    tree.toggle(3)
+    assert len(tree.list.options) == 5 and "Callback" in tree.list.options[4][0]
+    tree.list.value = 2
+    assert "<th>args</th>" in tree.details.value and "&quot;x&quot;: 1" in tree.details.value
+    tree.search.value = "before_model"
+    assert [i for _, i in tree.list.options] == [0, 3, 4]  # the match and its ancestors
+    tree.search.value = ""
+    tree.threshold.value = 30
+    slow = [label for label, _ in tree.list.options if "⚠ slow" in label]
+    assert len(slow) == 3  # root 100, LLM 30, Tool 30
+    tree.collapse_all()
+    assert len(tree.list.options) == 1
+    tree.expand_all()
+    assert len(tree.list.options) == 5
+
+
+def test_span_tree_escapes_attributes():
+    hostile = '<script>alert(1)</script>'
+    turn = Turn.from_dict({"turn_index": 1, "root_span": {"name": hostile, "attributes": {hostile: hostile}}, "outputs": []})
+    tree = SpanTree(turn)
+    assert "<script" not in tree.details.value and "&lt;script&gt;" in tree.details.value
