@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/render_speed.py
 	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/tool_roundtrip.py
+	$(BIN)/python benchmarks/frames.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

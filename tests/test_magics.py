@@ -266,3 +266,49 @@ def test_client_tool_decorator_needs_the_extension(shell):
 
     with pytest.raises(RuntimeError, match="%load_ext ces_nb"):
         ces_nb.client_tool("x")
+
+
+def test_conversations_show_fork_and_spans_magics(ip):
+    from ces_nb.render.span_tree import SpanTree
+
+    ip.run_line_magic("ces", "Hello")
+    turn = ip.run_line_magic("ces", "What's the status of flight SW12?")
+    listing = ip.run_line_magic("ces", "conversations --since 1h")
+    session = magics(ip).session
+    assert session.name.replace("/sessions/", "/conversations/") in set(listing.name)
+    shown = ip.run_line_magic("ces", f"show {session.id}")
+    assert [t.text for t in shown.turns][-1] == turn.text
+    tree = ip.run_line_magic("ces", "spans")
+    assert isinstance(tree, SpanTree) and tree.root == turn.root_span
+    assert ip.run_line_magic("ces", "spans 1").root == session.turns[0].root_span
+    fork = ip.run_line_magic("ces", "fork 1")
+    assert magics(ip).session is fork and fork.forked_from == (session.name, 1)
+    assert ip.run_line_magic("ces", "What is my loyalty tier?").index == 1
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("show", "name one conversation"),
+        ("show a b", "name one conversation"),
+        ("conversations --since yesterday", "'7d'"),
+        ("conversations --source NOWHERE", "LIVE"),
+    ],
+)
+def test_exploring_usage_errors(ip, line, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        ip.run_line_magic("ces", line)
+
+
+def test_fork_and_spans_need_a_session_and_a_turn(ip):
+    with pytest.raises(UsageError, match="no session yet"):
+        ip.run_line_magic("ces", "fork 1")
+    ip.run_line_magic("ces", "Hello")
+    with pytest.raises(UsageError, match="fork at a turn number"):
+        ip.run_line_magic("ces", "fork one")
+    with pytest.raises(UsageError, match="no turn 5"):
+        ip.run_line_magic("ces", "fork 5")
+    with pytest.raises(UsageError, match="no turn 7 with spans"):
+        ip.run_line_magic("ces", "spans 7")
+    with pytest.raises(UsageError, match="not found"):
+        ip.run_line_magic("ces", "show no-such-conversation")

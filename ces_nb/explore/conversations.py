@@ -51,7 +51,7 @@ def list_conversations(client, app: str, since: Any = None, source: str | None =
     bound = parse_since(since)
     request = ces_v1.ListConversationsRequest(parent=app, page_size=page_size)
     if bound is not None:
-        request.filter = f'start_time >= "{bound.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}"'
+        request.filter = f'start_time >= "{bound.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}"'
     if source:
         try:
             request.source = ces_v1.Conversation.Source[source.upper()]

@@ -49,6 +49,10 @@ class SpanTree(w.VBox):
         self.refresh()
         self.show(0)
 
+    def __repr__(self) -> str:
+        duration = "" if self.root.duration_ms is None else f", root {self.root.duration_ms:.1f} ms"
+        return f"SpanTree({len(self.nodes)} spans{duration})"
+
     # -- state -------------------------------------------------------------------------
 
     def matches(self, i: int) -> bool:

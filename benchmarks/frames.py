@@ -1,0 +1,92 @@
+"""Frames at scale, measured side by side in one run:
+
+1. 100 000 synthetic turns with 10 spans each -> spans_frame (goal <= 5 s), next to the
+   naive build (a dict per row, then pd.DataFrame) of the same table;
+2. listing 1 000 conversations from the emulator: client.conversations() throughput,
+   next to paging ListConversations with the raw official client.
+
+    python benchmarks/frames.py [--turns 100000] [--conversations 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from emulator_process import EmulatorProcess  # noqa: E402
+
+import ces_nb  # noqa: E402
+from ces_nb import frames  # noqa: E402
+from ces_nb.model import Span, Transcript, Turn  # noqa: E402
+
+APP = "projects/bench/locations/us/apps/skyway"
+
+
+def synthetic(turns: int) -> Transcript:
+    start = 1_763_800_000_000_000_000
+    out = []
+    for i in range(turns):
+        t0 = start + i * 1_000_000_000
+        root = Span("root", t0, t0 + 90_000_000, 90_000_000, {"perceived latency (ms)": 40.0 + i % 7})
+        for j in range(9):  # 9 children + the root = 10 spans
+            kind = ("LLM", "Tool", "Callback")[j % 3]
+            attrs = {"agent": "SkyWay Concierge", "model": "playback"} if kind == "LLM" else (
+                {"name": f"tool_{j}", "agent": "SkyWay Concierge", "args": {"q": i}} if kind == "Tool" else {"stage": "before_model"})
+            root.children.append(Span(kind, t0 + j * 9_000_000, None, 8_000_000 + (i * j) % 1_000_000, attrs))
+        out.append(Turn(index=i % 20 + 1, root_span=root, completed=True))
+    return Transcript(out, session="bench")
+
+
+def naive_spans_frame(transcript: Transcript):
+    import pandas as pd
+
+    rows = []
+    for turn in transcript.turns:
+        origin = turn.root_span.start_ns
+        for depth, span in turn.root_span.walk():
+            rows.append({"conversation": transcript.session, "turn": turn.index, "depth": depth, "span": span.name,
+                         "kind": span.kind, "start_ms": (span.start_ns - origin) / 1e6, "duration_ms": span.duration_ns / 1e6,
+                         **span.attributes})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--turns", type=int, default=100_000)
+    parser.add_argument("--conversations", type=int, default=1000)
+    args = parser.parse_args()
+
+    data = synthetic(args.turns)
+    t0 = time.perf_counter()
+    frame = frames.spans_frame(data)
+    t1 = time.perf_counter()
+    naive = naive_spans_frame(data)
+    t2 = time.perf_counter()
+    ours, base = t1 - t0, t2 - t1
+    print(f"spans_frame: {args.turns} turns x 10 spans = {len(frame)} rows in {ours:.2f} s "
+          f"= {ours / 5:.2f} of the 5 s budget; {ours / base:.2f}x the naive dict-per-row build ({base:.2f} s, {len(naive)} rows)")
+
+    server = EmulatorProcess("--db", ":memory:")
+    try:
+        client = ces_nb.connect(APP, endpoint=server.address)
+        for _ in range(args.conversations):
+            client.session().send("Hello")
+        from google.cloud import ces_v1
+
+        t0 = time.perf_counter()
+        listing = client.conversations()
+        t1 = time.perf_counter()
+        raw = [c.name for c in client.agents.list_conversations(request=ces_v1.ListConversationsRequest(parent=APP, page_size=100))]
+        t2 = time.perf_counter()
+    finally:
+        server.stop()
+    ours, base = t1 - t0, t2 - t1
+    print(f"conversations: {len(listing)} listed at {len(listing) / ours:.0f}/s into a DataFrame; "
+          f"{ours / base:.2f}x paging ListConversations with the raw client ({len(raw) / base:.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
