@@ -157,3 +157,26 @@ def test_captured_otel_spans_map_to_the_same_span_model():
     assert root.children[1].attributes["name"] == "save_note" and root.children[0].attributes["agent"] == "notes"
     frame = frames.spans_frame(root)
     assert list(frame.depth) == [0, 1, 1] and frame.duration_ms.notna().all()
+
+
+def test_the_emulators_own_store_reads_as_adk_sessions(tmp_path):
+    import ces_nb
+    from conftest import EmulatorProcess
+
+    db = tmp_path / "emulator.db"
+    server = EmulatorProcess("--db", str(db))
+    try:
+        client = ces_nb.connect("projects/p/locations/us/apps/skyway", endpoint=server.address)
+        session = client.session()
+        session.send("Hello")
+        session.send("What's the status of flight SW12?")
+        client.close()
+    finally:
+        server.stop()
+    service = DatabaseSessionService(db_url=f"sqlite+aiosqlite:///{db}")
+    frame = adk.sessions(service, "skyway", "ces")
+    assert session.id in set(frame.id)
+    stored = asyncio.run(service.get_session(app_name="skyway", user_id="ces", session_id=session.id))
+    t = adk.transcript(stored)
+    assert [turn.user_text for turn in t.turns if turn.user_text][:2] == ["Hello", "What's the status of flight SW12?"]
+    assert "SW12" in " ".join(turn.text for turn in t.turns)
