@@ -22,7 +22,7 @@ def _emulator(args: argparse.Namespace) -> int:
         return 2
 
     async def serve() -> int:
-        server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model)
+        server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace)
         try:
             address = await server.start()
         except OSError as exc:
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="session store: a SQLite file, any SQLAlchemy URL, or :memory: (default: ~/.local/share/ces_nb/emulator.db)")
     emu.add_argument("--model", default=None,
                      help="a real model id (e.g. gemini-2.5-flash, needs GOOGLE_API_KEY) instead of the offline playback model")
+    emu.add_argument("--audio-pace", type=float, default=1.0,
+                     help="agent audio goes out at this fraction of its playing time: 1 = as spoken, so users can "
+                          "barge in (default); 0 = as fast as possible")
     emu.add_argument("--log-level", default="WARNING", help="server log level (default WARNING)")
     emu.set_defaults(func=_emulator)
     demo = sub.add_parser("demo", help="start the emulator and JupyterLab on the tutorial notebooks")

@@ -40,7 +40,8 @@ def default_db_path() -> str:
 
 class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 db: str | None = None, model: str | None = None):
+                 db: str | None = None, model: str | None = None, audio_pace: float = 1.0):
+        self.audio_pace = audio_pace
         self.apps = apps if apps is not None else [load_export(str(demo_app_path()))]
         self.host = host
         self.port = port
@@ -57,7 +58,7 @@ class EmulatorServer:
     async def start(self) -> str:
         """Binds and starts serving; returns host:port (the real port when port=0)."""
         self.registry = AppRegistry(self.apps, session_service_for(self.db), self.model)
-        self.sessions = SessionService(self.registry)
+        self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

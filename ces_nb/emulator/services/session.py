@@ -11,15 +11,19 @@ from google.cloud import ces_v1
 from .. import names
 from ..errors import EmulatorError
 from ..registry import AppRegistry
-from . import abort_for, unary
+from ... import audio
+from ..voice import OUT_CHUNK_MS, Voice, audio_formats, decode_input, voice_span
+from . import abort_for, log, unary
 
 SERVICE = "google.cloud.ces.v1.SessionService"
 
 
 class SessionService:
-    def __init__(self, registry: AppRegistry):
+    def __init__(self, registry: AppRegistry, audio_pace: float = 1.0):
         self.registry = registry
+        self.audio_pace = audio_pace  # agent audio goes out at this fraction of its playing time
         self._bidi_streams: set[asyncio.Queue] = set()
+        self._voices: dict[str, Voice] = {}
 
     def _target(self, config: ces_v1.SessionConfig):
         name = names.parse("session", config.session, "config.session")
@@ -67,17 +71,51 @@ class SessionService:
                 )
             config = first.config
             runtime, name = self._target(config)
+            in_fmt, out_fmt = audio_formats(config)  # a bad audio config is INVALID_ARGUMENT naming the field
+            voice = self._voice(runtime) if (in_fmt or out_fmt) else None
+            endpointer = voice.endpointer() if (voice and in_fmt) else None
+            if endpointer is not None:
+                endpointer.fmt = in_fmt
+            backlog: list = []  # messages read while agent audio was playing
             while True:
-                message = await inbox.get()
+                message = backlog.pop(0) if backlog else await inbox.get()
                 if message is None or isinstance(message, Exception):
+                    utterance = endpointer.flush() if endpointer else None
+                    if utterance and utterance.transcript:
+                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer):
+                            yield out
                     return  # half-close: the client is done
                 if message == "go_away":
                     yield ces_v1.BidiSessionServerMessage(go_away=ces_v1.GoAway())
                     return
                 if ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") != "realtime_input":
                     raise EmulatorError.invalid_argument("config may only be sent once, in the first message; send realtime_input")
+                item = message.realtime_input
+                if ces_v1.SessionInput.pb(item).WhichOneof("input_type") == "audio":
+                    if endpointer is None:
+                        raise EmulatorError.invalid_argument(
+                            "audio input needs config.input_audio_config (audio_encoding LINEAR16, MULAW or ALAW and "
+                            "sample_rate_hertz) in the first BidiRunSession message"
+                        )
+                    try:
+                        samples = decode_input(item.audio, in_fmt)
+                    except EmulatorError as exc:  # one bad chunk: say so in the log, keep the stream
+                        log.warning("BidiRunSession %s: %s", name.id, exc.message)
+                        continue
+                    partials, utterance, _started = endpointer.feed(samples)
+                    for text in partials:
+                        yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=text))
+                    if utterance is not None and utterance.transcript:
+                        yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=utterance.transcript))
+                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer):
+                            yield out
+                    continue
+                if out_fmt is not None:  # text, DTMF or events in a voice session: answered aloud
+                    async for out in self._voice_turn(runtime, name, config, item, None, voice, out_fmt, inbox, backlog, endpointer):
+                        yield out
+                    continue
                 started = time.time_ns()
-                async for output in runtime.run_turn(name.id, config, [message.realtime_input], turn_started_ns=started):
+                async for output in runtime.run_turn(name.id, config, [item], turn_started_ns=started):
                     yield ces_v1.BidiSessionServerMessage(session_output=output)
                     if "end_session" in output:
                         yield ces_v1.BidiSessionServerMessage(end_session=output.end_session)
@@ -86,6 +124,90 @@ class SessionService:
         finally:
             self._bidi_streams.discard(inbox)
             reader.cancel()
+
+    def _voice(self, runtime) -> Voice:
+        voice = self._voices.get(runtime.app.app_id)
+        if voice is None:
+            voice = self._voices[runtime.app.app_id] = Voice(runtime.app)
+        return voice
+
+    async def _voice_turn(self, runtime, name, config, said, utterance, voice, out_fmt, inbox, backlog, endpointer):
+        """One spoken (or typed) turn: the agent's outputs, then its reply as audio paced in real
+        time (stopped by barge-in), then the completion with VAD / ASR / TTS spans."""
+        item = ces_v1.SessionInput(text=said) if isinstance(said, str) else said
+        started = utterance.speech_ended_ns if utterance else time.time_ns()
+        outputs = [o async for o in runtime.run_turn(name.id, config, [item], turn_started_ns=started)]
+        if not outputs:
+            return
+        final = outputs[-1]
+        diagnostic = ces_v1.SessionOutput.DiagnosticInfo(final.diagnostic_info)
+        turn_index = final.turn_index
+        body = ces_v1.SessionOutput(final)
+        body.turn_completed = False
+        ces_v1.SessionOutput.pb(body).ClearField("diagnostic_info")
+        texts = []
+        for output in [*outputs[:-1], body]:
+            kind = ces_v1.SessionOutput.pb(output).WhichOneof("output_type")
+            if kind is None:
+                continue
+            if kind == "text":
+                texts.append(output.text)
+            yield ces_v1.BidiSessionServerMessage(session_output=output)
+            if kind == "end_session":
+                yield ces_v1.BidiSessionServerMessage(end_session=output.end_session)
+        root = diagnostic.root_span
+        if utterance is not None:
+            root.child_spans.append(voice_span("VAD", utterance.speech_started_ns, utterance.speech_ended_ns, {"audio duration (ms)": len(utterance.samples) / 16}))
+            asr_end = utterance.speech_ended_ns + int(utterance.asr_ms * 1e6)
+            root.child_spans.append(voice_span("ASR", utterance.speech_ended_ns, asr_end, {"transcript": utterance.transcript}))
+        spoken = " ".join(t.strip() for t in texts if t.strip())
+        if out_fmt is not None and spoken:
+            tts_start = time.time_ns()
+            data, synth_ms, audio_ms = voice.speak(spoken, out_fmt)
+            first_audio_ns = time.time_ns()
+            root.child_spans.append(voice_span("TTS", tts_start, tts_start + int(synth_ms * 1e6), {
+                "voice": voice.voice, "time to first audio (ms)": (first_audio_ns - started) / 1e6, "audio duration (ms)": audio_ms}))
+            root.attributes["perceived latency (ms)"] = (first_audio_ns - started) / 1e6
+            root.attributes["audio duration (ms)"] = audio_ms
+            for piece in audio.chunks(data, out_fmt.encoding, out_fmt.sample_rate, OUT_CHUNK_MS):
+                yield ces_v1.BidiSessionServerMessage(session_output=ces_v1.SessionOutput(audio=piece, turn_index=turn_index))
+                heard = await self._listen_while_speaking(inbox, backlog, endpointer, self.audio_pace * OUT_CHUNK_MS / 1000)
+                if heard == "barge-in":
+                    yield ces_v1.BidiSessionServerMessage(interruption_signal=ces_v1.InterruptionSignal(barge_in=True))
+                    break
+                if heard == "stop":
+                    break
+        yield ces_v1.BidiSessionServerMessage(session_output=ces_v1.SessionOutput(
+            turn_index=turn_index, turn_completed=True, diagnostic_info=diagnostic))
+
+    async def _listen_while_speaking(self, inbox, backlog, endpointer, seconds: float) -> str | None:
+        """Wait one chunk's playing time, reading what the client sends meanwhile: "barge-in" when
+        the user starts speaking, "stop" when the stream is ending, else None. Audio goes to the
+        endpointer; anything else waits in the backlog for its turn."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not inbox.empty() or seconds > 0:
+            timeout = deadline - asyncio.get_running_loop().time()
+            if timeout <= 0 and inbox.empty():
+                return None
+            try:
+                message = inbox.get_nowait() if timeout <= 0 else await asyncio.wait_for(inbox.get(), timeout)
+            except asyncio.TimeoutError:
+                return None
+            if endpointer is not None and not (message is None or isinstance(message, (Exception, str))) \
+                    and ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") == "realtime_input" \
+                    and ces_v1.SessionInput.pb(message.realtime_input).WhichOneof("input_type") == "audio":
+                try:
+                    samples = decode_input(message.realtime_input.audio, endpointer.fmt)
+                except EmulatorError:
+                    continue
+                _partials, utterance, started = endpointer.feed(samples)
+                if started:
+                    return "barge-in"
+                continue
+            backlog.append(message)
+            if message is None or isinstance(message, Exception) or message == "go_away":
+                return "stop"
+        return None
 
     async def go_away(self) -> None:
         """Tell every open bidi stream to reconnect elsewhere (before shutdown)."""

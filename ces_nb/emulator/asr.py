@@ -1,0 +1,118 @@
+"""Offline speech recognition for the emulator: pocketsphinx with its en-US model (shipped
+in the wheel), constrained by a JSGF grammar built from the app's example user utterances
+and variable values; the full language model takes over when the grammar finds nothing.
+
+The decoder loads once per process; recognizers for different apps share it, each with
+its own named grammar search, under one lock (pocketsphinx is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable
+
+import numpy as np
+
+SAMPLE_RATE = 16000  # the en-US acoustic model's rate
+SILENCE_RMS = 150.0  # below this level an utterance is taken as silence, not guessed at
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d")
+_lock = threading.Lock()
+
+
+def normalize(text: str) -> str:
+    """Words a recognizer can hear: lower case, no punctuation, letters stuck to digits split
+    ("SW123" -> "s w one two three"), digits spoken one by one."""
+    out: list[str] = []
+    for word in text.lower().replace("&", " and ").split():
+        if any(c.isdigit() for c in word):
+            for piece in re.findall(r"[a-z]+|\d", word):
+                if piece.isdigit():
+                    out.append(DIGITS[int(piece)])
+                else:
+                    out.extend(piece)  # letters next to digits are spelled: "sw" -> "s", "w"
+        else:
+            out.extend(_TOKEN.findall(word))
+    return " ".join(out)
+
+
+@dataclass(frozen=True)
+class Recognition:
+    transcript: str
+    source: str  # "grammar" or "language model" (or "" for silence)
+
+
+@lru_cache(maxsize=1)
+def _decoder():
+    from pocketsphinx import Decoder
+
+    return Decoder(loglevel="ERROR")
+
+
+class Recognizer:
+    """Recognizes utterances of one app."""
+
+    _count = 0
+
+    def __init__(self, phrases: Iterable[str]):
+        decoder = _decoder()
+        alternatives = []
+        for phrase in dict.fromkeys(normalize(p) for p in phrases if p):
+            words = phrase.split()
+            if words and all(decoder.lookup_word(w) is not None for w in words):
+                alternatives.append(phrase)
+        with _lock:
+            Recognizer._count += 1
+            self.search = f"app{Recognizer._count}" if alternatives else None
+            if self.search:
+                body = " | ".join(alternatives)
+                decoder.add_jsgf_string(self.search, f"#JSGF V1.0;\ngrammar {self.search};\npublic <utt> = {body} ;\n")
+        self.phrases = alternatives
+
+    def recognize(self, samples: np.ndarray) -> Recognition:
+        """A whole utterance (int16 at 16 kHz) -> its transcript ("" for silence)."""
+        samples = np.asarray(samples, dtype=np.int16)
+        if not len(samples) or float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) < SILENCE_RMS:
+            return Recognition("", "")
+        pcm = samples.tobytes()
+        with _lock:
+            decoder = _decoder()
+            if self.search:
+                text = self._run(decoder, self.search, pcm)
+                if text:
+                    return Recognition(text, "grammar")
+            text = self._run(decoder, "_default", pcm)
+        return Recognition(text, "language model" if text else "")
+
+    @staticmethod
+    def _run(decoder, search: str, pcm: bytes) -> str:
+        decoder.activate_search(search)
+        decoder.start_utt()
+        decoder.process_raw(pcm, False, True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        return hyp.hypstr.strip() if hyp is not None else ""
+
+    def partial(self, samples: np.ndarray) -> str:
+        """The transcript so far of an utterance still being spoken (for recognition_result)."""
+        return self.recognize(samples).transcript
+
+
+def app_phrases(app) -> list[str]:
+    """Example user utterances and variable values of a LoadedApp: what the grammar accepts."""
+    from google.cloud import ces_v1
+
+    phrases: list[str] = []
+    for example in app.examples:
+        for message in example.messages:
+            if message.role != "user":
+                continue
+            for chunk in message.chunks:
+                if ces_v1.Chunk.pb(chunk).WhichOneof("data") == "text":
+                    phrases.append(chunk.text)
+    for declaration in getattr(app.app, "variable_declarations", []) or []:
+        phrases.extend(str(v) for v in declaration.schema.enum)  # e.g. loyalty tiers: "Gold"
+    return phrases

@@ -1,0 +1,186 @@
+"""BidiRunSession with audio: real speech through the emulator's endpointing, ASR and TTS."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+import jiwer
+import numpy as np
+import pytest
+from google.api_core import exceptions
+from google.cloud import ces_v1
+from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
+
+from ces_nb import audio
+from ces_nb.emulator.asr import normalize
+from ces_nb.tts import synthesize
+
+from conftest import APP, EmulatorProcess
+
+
+@pytest.fixture(scope="module")
+def fast_voice():
+    """An emulator that sends agent audio as fast as it can (tests don't wait for playback)."""
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def spoken_voice():
+    """Agent audio paced as spoken, so a user can barge in."""
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "1")
+    yield server
+    server.stop()
+
+
+def client_for(server):
+    return ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=grpc.insecure_channel(server.address)))
+
+
+def speech(text: str, encoding: str, rate: int, silence_ms: int = 900) -> bytes:
+    spoken = synthesize(normalize(text))
+    samples = audio.resample(spoken.samples, spoken.sample_rate, rate)
+    samples = np.concatenate([np.zeros(rate // 5, np.int16), samples, np.zeros(rate * silence_ms // 1000, np.int16)])
+    return audio.encode(samples, encoding, rate)
+
+
+class Stream:
+    """A bidi stream driven from a queue, replies read on a thread."""
+
+    def __init__(self, client, config: dict):
+        self.requests: queue.Queue = queue.Queue()
+        self.requests.put(ces_v1.BidiSessionClientMessage(config=config))
+        self.replies: queue.Queue = queue.Queue()
+        self.client = client
+        # The official client waits for the first reply inside the call: call it on the reader thread.
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for message in self.client.bidi_run_session(requests=iter(self.requests.get, None)):
+                self.replies.put(message)
+        except Exception as exc:
+            self.replies.put(exc)
+        self.replies.put(None)
+
+    def send_audio(self, data: bytes, encoding: str, rate: int, ms: int = 100):
+        for piece in audio.chunks(data, encoding, rate, ms):
+            self.requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(audio=piece)))
+
+    def until_completed(self, timeout: float = 60) -> list:
+        got = []
+        while True:
+            message = self.replies.get(timeout=timeout)
+            if message is None or isinstance(message, Exception):
+                raise AssertionError(f"stream ended early: {message!r}; got {got}")
+            got.append(message)
+            pb = ces_v1.BidiSessionServerMessage.pb(message)
+            if pb.WhichOneof("message_type") == "session_output" and message.session_output.turn_completed:
+                return got
+
+    def close(self):
+        self.requests.put(None)
+
+
+def kind(message) -> str:
+    return ces_v1.BidiSessionServerMessage.pb(message).WhichOneof("message_type")
+
+
+@pytest.mark.parametrize("encoding", ["LINEAR16", "MULAW", "ALAW"])
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_spoken_turn_round_trip(fast_voice, encoding, rate, request):
+    name = f"{APP}/sessions/voice-{encoding}-{rate}"
+    config = {"session": name, "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate},
+              "output_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}}
+    stream = Stream(client_for(fast_voice), config)
+    try:
+        said = "What is my loyalty tier?"
+        stream.send_audio(speech(said, encoding, rate), encoding, rate)
+        got = stream.until_completed()
+    finally:
+        stream.close()
+    transcripts = [m.recognition_result.transcript for m in got if kind(m) == "recognition_result"]
+    assert transcripts and jiwer.wer(normalize(said), transcripts[-1]) <= 0.2
+    texts = " ".join(m.session_output.text for m in got if kind(m) == "session_output" and m.session_output.text)
+    assert "Blue member" in texts
+    reply = b"".join(m.session_output.audio for m in got if kind(m) == "session_output" and m.session_output.audio)
+    samples = audio.decode(reply, encoding, rate)
+    duration_s = len(samples) / rate
+    assert 1.0 < duration_s < 8.0 and audio.rms(samples) > 300  # non-silent, plausible length
+    root = got[-1].session_output.diagnostic_info.root_span
+    names = [c.name for c in root.child_spans]
+    assert {"VAD", "ASR", "TTS"} <= set(names) and "LLM" in names
+    tts = next(c for c in root.child_spans if c.name == "TTS")
+    assert tts.attributes["voice"] == "en-us" and tts.attributes["time to first audio (ms)"] > 0
+    assert root.attributes["perceived latency (ms)"] > 0 and root.attributes["audio duration (ms)"] == pytest.approx(duration_s * 1000, rel=0.05)
+
+
+def test_barge_in_interrupts_the_agent(spoken_voice):
+    rate, encoding = 16000, "LINEAR16"
+    config = {"session": f"{APP}/sessions/barge-in", "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate},
+              "output_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}}
+    stream = Stream(client_for(spoken_voice), config)
+    try:
+        stream.send_audio(speech("Hello, hi there", encoding, rate), encoding, rate)  # a long greeting comes back
+        seen = []
+        while True:  # wait for the agent's voice to start
+            message = stream.replies.get(timeout=60)
+            seen.append(message)
+            if kind(message) == "session_output" and message.session_output.audio:
+                break
+        stream.send_audio(speech("What is my loyalty tier?", encoding, rate, silence_ms=50), encoding, rate)  # talk over it
+        rest = stream.until_completed()
+    finally:
+        stream.close()
+    kinds = [kind(m) for m in rest]
+    assert "interruption_signal" in kinds
+    signal = rest[kinds.index("interruption_signal")]
+    assert signal.interruption_signal.barge_in
+    sent = sum(len(m.session_output.audio) for m in seen + rest if kind(m) == "session_output")
+    assert sent / (2 * rate) < 5.0  # cut short: the whole greeting is longer
+
+
+def test_missing_or_bad_audio_config_is_named(fast_voice):
+    client = client_for(fast_voice)
+    stream = Stream(client, {"session": f"{APP}/sessions/no-audio-config"})
+    stream.send_audio(b"\x00\x00" * 1600, "LINEAR16", 16000)
+    stream.close()
+    replies = []
+    while (m := stream.replies.get(timeout=30)) is not None:
+        replies.append(m)
+    error = replies[-1]
+    assert isinstance(error, exceptions.InvalidArgument) and "config.input_audio_config" in error.message
+    bad = Stream(client, {"session": f"{APP}/sessions/bad-rate", "input_audio_config": {"audio_encoding": "LINEAR16", "sample_rate_hertz": 11025}})
+    bad.close()
+    while (m := bad.replies.get(timeout=30)) is not None:
+        last = m
+    assert isinstance(last, exceptions.InvalidArgument)
+    assert "config.input_audio_config.sample_rate_hertz" in last.message and "11025" in last.message
+
+
+def test_corrupt_audio_is_skipped_and_the_stream_survives(fast_voice):
+    rate, encoding = 16000, "LINEAR16"
+    config = {"session": f"{APP}/sessions/corrupt", "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate},
+              "output_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}}
+    stream = Stream(client_for(fast_voice), config)
+    try:
+        stream.requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(audio=b"\x01\x02\x03")))  # torn sample
+        stream.send_audio(speech("What is my loyalty tier?", encoding, rate), encoding, rate)
+        got = stream.until_completed()
+    finally:
+        stream.close()
+    assert any(kind(m) == "session_output" and "Blue member" in m.session_output.text for m in got)
+
+
+def test_dtmf_ends_a_turn_in_a_voice_session(fast_voice):
+    config = {"session": f"{APP}/sessions/dtmf-voice", "output_audio_config": {"audio_encoding": "LINEAR16", "sample_rate_hertz": 8000}}
+    stream = Stream(client_for(fast_voice), config)
+    try:
+        stream.requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(dtmf="1")))
+        got = stream.until_completed()
+    finally:
+        stream.close()
+    assert any(kind(m) == "session_output" and m.session_output.audio for m in got)
