@@ -102,7 +102,8 @@ class SessionService:
                     except EmulatorError as exc:  # one bad chunk: say so in the log, keep the stream
                         log.warning("BidiRunSession %s: %s", name.id, exc.message)
                         continue
-                    partials, utterance, _started = endpointer.feed(samples)
+                    # Recognition blocks: off the event loop, so other sessions keep flowing.
+                    partials, utterance, _started = await asyncio.to_thread(endpointer.feed, samples)
                     for text in partials:
                         yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=text))
                     if utterance is not None and utterance.transcript:
@@ -163,7 +164,7 @@ class SessionService:
         spoken = " ".join(t.strip() for t in texts if t.strip())
         if out_fmt is not None and spoken:
             tts_start = time.time_ns()
-            data, synth_ms, audio_ms = voice.speak(spoken, out_fmt)
+            data, synth_ms, audio_ms = await asyncio.to_thread(voice.speak, spoken, out_fmt)
             first_audio_ns = time.time_ns()
             root.child_spans.append(voice_span("TTS", tts_start, tts_start + int(synth_ms * 1e6), {
                 "voice": voice.voice, "time to first audio (ms)": (first_audio_ns - started) / 1e6, "audio duration (ms)": audio_ms}))
@@ -200,7 +201,7 @@ class SessionService:
                     samples = decode_input(message.realtime_input.audio, endpointer.fmt)
                 except EmulatorError:
                     continue
-                _partials, utterance, started = endpointer.feed(samples)
+                _partials, utterance, started = await asyncio.to_thread(endpointer.feed, samples)
                 if started:
                     return "barge-in"
                 continue
