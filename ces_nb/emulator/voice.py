@@ -23,7 +23,9 @@ from .errors import EmulatorError
 FRAME_MS = 20
 START_FRAMES = 3          # 60 ms of sound starts an utterance
 END_SILENCE_MS = 600      # this much quiet after speech ends it
-SPEECH_RMS = 500.0        # frame level that counts as speech (int16 scale)
+SPEECH_RMS = 500.0        # frame level that starts speech (int16 scale)
+QUIET_RMS = 120.0         # once speaking, only frames below this count as silence (hysteresis:
+                          # soft consonants like the "t" of "tier" must not end an utterance)
 PARTIAL_EVERY_MS = 400    # recognition_result cadence while speaking
 OUT_CHUNK_MS = 100        # agent audio is sent in pieces this long
 
@@ -68,6 +70,7 @@ class Endpointer:
 
     recognizer: Recognizer
     fmt: AudioFormat | None = None  # the client's input format
+    resampler: object = None        # soxr.ResampleStream from fmt's rate to 16 kHz, kept across chunks
     buffer: list[np.ndarray] = field(default_factory=list)
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
     loud_run: int = 0
@@ -86,7 +89,8 @@ class Endpointer:
         usable = len(data) - len(data) % frame
         for start in range(0, usable, frame):
             chunk = data[start:start + frame]
-            loud = audio.rms(chunk) >= SPEECH_RMS
+            level = audio.rms(chunk)
+            loud = level >= SPEECH_RMS
             if not self.speaking:
                 self.loud_run = self.loud_run + 1 if loud else 0
                 self.buffer.append(chunk)
@@ -96,7 +100,7 @@ class Endpointer:
                     self.started_ns = time.time_ns() - START_FRAMES * FRAME_MS * 1_000_000
                 continue
             self.buffer.append(chunk)
-            self.quiet_ms = 0 if loud else self.quiet_ms + FRAME_MS
+            self.quiet_ms = 0 if level >= QUIET_RMS else self.quiet_ms + FRAME_MS
             self.since_partial_ms += FRAME_MS
             if self.since_partial_ms >= PARTIAL_EVERY_MS and self.quiet_ms == 0:
                 self.since_partial_ms = 0
@@ -135,8 +139,16 @@ class Voice:
         self.voice = voice_for(language, chosen.voice if chosen else None)
         self.rate_wpm = int(170 * (chosen.speaking_rate if chosen and chosen.speaking_rate else 1.0))
 
-    def endpointer(self) -> Endpointer:
-        return Endpointer(self.recognizer)
+    def endpointer(self, fmt: AudioFormat | None = None) -> Endpointer:
+        resampler = None
+        if fmt is not None and fmt.sample_rate != SAMPLE_RATE:
+            import soxr
+
+            resampler = soxr.ResampleStream(fmt.sample_rate, SAMPLE_RATE, 1, dtype="int16")
+        return Endpointer(self.recognizer, fmt, resampler)
+
+    def decode(self, endpointer: Endpointer, data: bytes) -> np.ndarray:
+        return decode_input(data, endpointer.fmt, endpointer.resampler)
 
     def speak(self, text: str, fmt: AudioFormat) -> tuple[bytes, float, float]:
         """(encoded audio, synthesis ms, audio duration ms)."""
@@ -147,8 +159,10 @@ class Voice:
         return data, (time.perf_counter() - t0) * 1000, len(samples) / fmt.sample_rate * 1000
 
 
-def decode_input(data: bytes, fmt: AudioFormat) -> np.ndarray:
-    """A client's audio chunk -> 16 kHz int16 for the recognizer; garbage gets INVALID_ARGUMENT."""
+def decode_input(data: bytes, fmt: AudioFormat, resampler=None) -> np.ndarray:
+    """A client's audio chunk -> 16 kHz int16 for the recognizer; garbage gets INVALID_ARGUMENT.
+    Pass the stream's `resampler` (soxr.ResampleStream): chunks resampled one by one, without
+    the filter's state, would click at every boundary and cost the recognizer words."""
     width = audio.BYTES_PER_SAMPLE[fmt.encoding]
     if len(data) % width:
         raise EmulatorError.invalid_argument(
@@ -159,7 +173,9 @@ def decode_input(data: bytes, fmt: AudioFormat) -> np.ndarray:
         samples = audio.decode(data, fmt.encoding, fmt.sample_rate)
     except Exception as exc:
         raise EmulatorError.invalid_argument(f"audio chunk could not be decoded as {fmt.encoding}: {exc}") from exc
-    return audio.resample(samples, fmt.sample_rate, SAMPLE_RATE)
+    if resampler is None or fmt.sample_rate == SAMPLE_RATE:
+        return audio.resample(samples, fmt.sample_rate, SAMPLE_RATE)
+    return resampler.resample_chunk(samples)
 
 
 def voice_span(name: str, start_ns: int, end_ns: int, attributes: dict) -> ces_v1.Span:

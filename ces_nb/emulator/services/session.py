@@ -73,9 +73,7 @@ class SessionService:
             runtime, name = self._target(config)
             in_fmt, out_fmt = audio_formats(config)  # a bad audio config is INVALID_ARGUMENT naming the field
             voice = self._voice(runtime) if (in_fmt or out_fmt) else None
-            endpointer = voice.endpointer() if (voice and in_fmt) else None
-            if endpointer is not None:
-                endpointer.fmt = in_fmt
+            endpointer = voice.endpointer(in_fmt) if (voice and in_fmt) else None
             backlog: list = []  # messages read while agent audio was playing
             while True:
                 message = backlog.pop(0) if backlog else await inbox.get()
@@ -98,7 +96,7 @@ class SessionService:
                             "sample_rate_hertz) in the first BidiRunSession message"
                         )
                     try:
-                        samples = decode_input(item.audio, in_fmt)
+                        samples = voice.decode(endpointer, item.audio)
                     except EmulatorError as exc:  # one bad chunk: say so in the log, keep the stream
                         log.warning("BidiRunSession %s: %s", name.id, exc.message)
                         continue
@@ -198,7 +196,7 @@ class SessionService:
                     and ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") == "realtime_input" \
                     and ces_v1.SessionInput.pb(message.realtime_input).WhichOneof("input_type") == "audio":
                 try:
-                    samples = decode_input(message.realtime_input.audio, endpointer.fmt)
+                    samples = decode_input(message.realtime_input.audio, endpointer.fmt, endpointer.resampler)
                 except EmulatorError:
                     continue
                 _partials, utterance, started = await asyncio.to_thread(endpointer.feed, samples)
