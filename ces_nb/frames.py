@@ -7,10 +7,9 @@ a Conversation dump). Conversations are named by `Transcript.session`.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
-from .model import Span, Transcript, Turn
+from .model import Span, Transcript, Turn, json_value
 
 SPAN_COLUMNS = ["conversation", "turn", "index", "parent", "depth", "span", "kind", "start_ms", "duration_ms"]
 PERCENTILES = (50, 90, 99)
@@ -111,18 +110,9 @@ def tool_calls_frame(obj: Any):
                 call_id = span.attributes.get("tool call id")
                 if span.kind == "Tool" and call_id not in client_ids:
                     rows.append({"conversation": t.session, "turn": turn.index, "id": call_id, "tool": span.attributes.get("name", ""),
-                                 "args": _json(span.attributes.get("args")), "response": _json(span.attributes.get("response")),
+                                 "args": json_value(span.attributes.get("args")), "response": json_value(span.attributes.get("response")),
                                  "side": "server", "duration_ms": span.duration_ms})
     return pd.DataFrame(rows, columns=["conversation", "turn", "id", "tool", "args", "response", "side", "duration_ms"])
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 def spans_frame(obj: Any):

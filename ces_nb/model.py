@@ -705,6 +705,16 @@ def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInp
     return inputs, outputs
 
 
+def json_value(value: Any) -> Any:
+    """A span attribute that holds JSON text (args, responses) as the value it encodes."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def sorted_keys(value: Any) -> Any:
     """Dicts with their keys sorted, all the way down. Protobuf Structs come back in a
     per-process order; sorting makes every view of a turn the same from run to run."""

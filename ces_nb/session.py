@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .client_tools import ClientTools
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
-from .model import ToolCall, ToolResult, Transcript, Turn, _output_dict, sorted_keys
+from .model import ToolCall, ToolResult, Transcript, Turn, _output_dict, json_value, sorted_keys
 
 MAX_AUTO_ANSWERS = 20  # handler -> agent -> handler ... stops here, whatever the handlers do
 
@@ -163,7 +163,7 @@ class Session:
                 call_id = span.attributes.get("tool call id")
                 if span.kind == "Tool" and call_id and call_id not in known:
                     server.append({"turn": turn.index, "id": call_id, "tool": span.attributes.get("name", ""),
-                                   "args": _json_attr(span.attributes.get("args")), "response": _json_attr(span.attributes.get("response")),
+                                   "args": json_value(span.attributes.get("args")), "response": json_value(span.attributes.get("response")),
                                    "how": "fake" if fake else "server", "latency_ms": span.duration_ms})
         return self.tools.frame(server)
 
@@ -336,18 +336,6 @@ def _replayable(turn: Turn) -> dict[str, Any]:
     if texts:
         inputs["text"] = " ".join(texts)
     return inputs
-
-
-def _json_attr(value: Any) -> Any:
-    """Span attributes carry args/responses as JSON text or as objects."""
-    import json
-
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 __all__ = ["Session", "CesError"]
