@@ -26,6 +26,9 @@ Sending (the first %ces connects to the emulator and starts a session by itself)
   %ces --event NAME                        an event
   %ces --vars '{"customer_name": "Ada"}'   session variables (alone, or with text)
   %ces --image PATH   /  --blob PATH       an image or any file
+  %ces --audio PATH                        a spoken turn over BidiRunSession (WAV, FLAC, OGG ...)
+  %ces say "What is my loyalty tier?"      speak the words (offline TTS) as an audio turn
+  %ces live [--rate 16000 --encoding LINEAR16]   keep one voice stream open (%ces live --close)
   %ces --stream Tell me more               StreamRunSession, drawn as chunks arrive
   %ces -- history                          text that starts like a command or flag
   %%ces                                    the cell body is one message
@@ -61,8 +64,9 @@ Settings: %config CesMagics.stream = True · CesMagics.app = "skyway" ·
 """
 
 SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help", "tools", "break", "mock", "tool",
-               "conversations", "show", "fork", "spans")
-VALUE_FLAGS = {"--dtmf": "dtmf", "--event": "event", "--vars": "variables", "--image": "image", "--blob": "blob"}
+               "conversations", "show", "fork", "spans", "live", "say")
+VALUE_FLAGS = {"--dtmf": "dtmf", "--event": "event", "--vars": "variables", "--image": "image", "--blob": "blob",
+               "--audio": "audio"}
 BOOL_FLAGS = {"--stream": ("stream", True), "--no-stream": ("stream", False), "--script": ("script", True)}
 _FLAG = re.compile(r"\s*(--[A-Za-z][\w-]*)(?:=|(?=\s)|$)")
 _VALUE = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
@@ -165,6 +169,7 @@ def _example(flag: str) -> str:
         "--vars": "%ces --vars '{\"customer_name\": \"Ada\"}'",
         "--image": "%ces --image photo.png What is this?",
         "--blob": "%ces --blob receipt.pdf",
+        "--audio": "%ces --audio question.wav",
     }.get(flag, "%ces?")
 
 
@@ -185,6 +190,7 @@ class CesMagics(Magics):
         self.session = None
         self.pending_variables: dict[str, Any] = {}
         self.session_stream = False
+        self.live = None  # an open LiveSession, from %ces live
 
     # -- the magic -----------------------------------------------------------------
 
@@ -216,6 +222,10 @@ class CesMagics(Magics):
             options["variables"] = _json_arg(options["variables"], "--vars")
         if not text and not options:
             raise UsageError("nothing to send: type a message, e.g. %ces Hello — or see %ces? for --dtmf, --event, --vars, --image, --blob")
+        if "audio" in options:
+            if text or len(options) > 1:
+                raise UsageError("--audio is a turn of its own: %ces --audio question.wav (no text or other flags with it)")
+            return self._audio_turn(options["audio"])
         session = self._session()
         if self.pending_variables:
             options["variables"] = {**self.pending_variables, **options.get("variables", {})}
@@ -430,6 +440,61 @@ class CesMagics(Magics):
             if not turns:
                 raise UsageError(f"no turn {wanted} with spans; turns: {', '.join(str(t.index) for t in session.turns)}")
         return SpanTree(turns[-1])
+
+    def _audio_turn(self, source, spoken_text: str | None = None):
+        from pathlib import Path as _Path
+
+        from .errors import CesError
+
+        if spoken_text is None and not _Path(source).is_file():
+            raise UsageError(f"no audio file at {source}; give a WAV/FLAC/OGG path, or speak text: %ces say \"Hello\"")
+        session = self._session()
+        try:
+            if spoken_text is not None:
+                if self.live is not None:
+                    from .emulator.asr import normalize
+                    from .tts import synthesize
+
+                    speech = synthesize(normalize(spoken_text) or spoken_text)
+                    self.live.send_audio((speech.samples, speech.sample_rate), realtime=False)
+                    return self.live.next_turn()
+                return session.say(spoken_text)
+            if self.live is not None:
+                self.live.send_audio(source, realtime=False)
+                return self.live.next_turn()
+            return session.send_audio(source)
+        except CesError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _cmd_say(self, arg: str):
+        text = arg.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+        if not text:
+            raise UsageError('say what? %ces say "What is my loyalty tier?"')
+        return self._audio_turn(None, spoken_text=text)
+
+    def _cmd_live(self, arg: str):
+        p = _parser("live", "Keep one BidiRunSession voice stream open for %ces say / --audio.")
+        p.add_argument("--rate", type=int, default=16000, help="sample rate (8000, 16000, 24000, 44100, 48000)")
+        p.add_argument("--encoding", default="LINEAR16", type=str.upper, choices=["LINEAR16", "MULAW", "ALAW"])
+        p.add_argument("--close", action="store_true", help="close the open stream")
+        args = _parse(p, arg)
+        if args.close:
+            if self.live is None:
+                raise UsageError("no live stream is open; open one with %ces live")
+            self.live.close()
+            self.live, closed = None, self.live
+            return closed
+        if self.live is not None:
+            self.live.close()
+        fmt = {"audio_encoding": args.encoding, "sample_rate_hertz": args.rate}
+        try:
+            self.live = self._session().live(fmt, fmt)
+        except ValueError as exc:
+            raise UsageError(f"{exc}; e.g. %ces live --rate 16000 --encoding LINEAR16") from None
+        self.live.open()
+        return self.live
 
     def _cmd_history(self, arg: str):
         if arg.strip():

@@ -593,6 +593,16 @@ class Turn:
         return [c.value for m in self.messages for c in m.chunks if c.kind == "agent_transfer"]
 
     @property
+    def heard(self) -> str:
+        """What the recognizer made of the user's audio (its last recognition_result)."""
+        results = [e["recognition_result"].get("transcript", "") for e in self.events if "recognition_result" in e]
+        return results[-1] if results else ""
+
+    @property
+    def interrupted(self) -> bool:
+        return any(e.get("interruption_signal", {}).get("barge_in") for e in self.events)
+
+    @property
     def perceived_latency_ms(self) -> float | None:
         if self.root_span is None:
             return None

@@ -246,6 +246,32 @@ class Session:
             turn.audio_encoding = getattr(encoding, "name", encoding) or turn.audio_encoding
             turn.audio_sample_rate = int(get("sample_rate_hertz", 0) or turn.audio_sample_rate)
 
+    # -- voice ----------------------------------------------------------------------
+
+    def live(self, input_audio: Any = None, output_audio: Any = None, chunk_ms: int = 100):
+        """A BidiRunSession context manager: send_audio / send_text / send_dtmf / send_event,
+        and next_turn() (or iterate) for Turns as they complete. Formats are
+        {"audio_encoding": "LINEAR16" | "MULAW" | "ALAW", "sample_rate_hertz": 8000 ... 48000}."""
+        from .live import LiveSession
+
+        return LiveSession(self, input_audio, output_audio, chunk_ms)
+
+    def say(self, text: str, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> Turn:
+        """Speak `text` (synthesized offline with the same TTS the emulator uses) as one audio turn."""
+        from .tts import synthesize
+        from .emulator.asr import normalize
+
+        speech = synthesize(normalize(text) or text)
+        with self.live(input_audio, output_audio) as live:
+            live.send_audio((speech.samples, speech.sample_rate), realtime=realtime)
+            return live.next_turn()
+
+    def send_audio(self, source: Any, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> Turn:
+        """One audio turn over BidiRunSession from a file, an array or bytes."""
+        with self.live(input_audio, output_audio) as live:
+            live.send_audio(source, realtime=realtime)
+            return live.next_turn()
+
     # -- fork and replay -----------------------------------------------------------
 
     def history_messages(self, at_turn: int | None = None) -> list[dict]:

@@ -101,6 +101,9 @@ def input_html(item: UserInput) -> str:
     if item.kind == "blob":
         return f'<span class="ces-chip">blob</span>{_e(v[0])}, {len(v[1])} bytes'
     if item.kind == "audio":
+        if v[:4] == b"RIFF":  # the client keeps what it sent as WAV
+            b64 = base64.b64encode(v).decode("ascii")
+            return f'<span class="ces-chip">audio</span><audio controls preload="none" src="data:audio/wav;base64,{b64}"></audio>'
         return f'<span class="ces-chip">audio</span>{len(v)} bytes'
     if item.kind == "tool_responses":
         rows = "".join(
@@ -155,6 +158,22 @@ def audio_html(turn: Turn) -> str:
         return f'<div class="ces-error">audio ({len(data)} bytes) could not be decoded: {_e(exc)}</div>'
     b64 = base64.b64encode(wav).decode("ascii")
     return f'<div class="ces-section"><audio controls preload="none" src="data:audio/wav;base64,{b64}"></audio></div>'
+
+
+VOICE_KINDS = ("VAD", "ASR", "TTS")
+
+
+def voice_timeline_html(turn: Turn) -> str:
+    """Under the players: the turn's top-level spans on one time scale, so speech, recognition,
+    the model and synthesis line up with the audio."""
+    root = turn.root_span
+    if root is None or not any(c.kind in VOICE_KINDS for c in root.children):
+        return ""
+    total = root.duration_ns or 0
+    rows = "".join(f'<div class="ces-sl ces-k-{c.kind.lower() if c.kind in SPAN_KINDS else "other"}">'
+                   f"{_span_row(c, root.start_ns, total, False)}</div>"
+                   for c in sorted(root.children, key=lambda c: c.start_ns or 0))
+    return f'<div class="ces-section ces-spans"><span class="ces-label">timeline</span>{rows}</div>'
 
 
 def span_tree_html(root: Span, open_depth: int = 1) -> str:
@@ -224,14 +243,18 @@ def turn_body_html(turn: Turn) -> str:
     status = "partial" if turn.partial else ("completed" if turn.completed else "waiting for tool responses" if turn.tool_calls else "open")
     badge_class = "ces-badge ces-partial" if turn.partial else "ces-badge"
     parts = [f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b><span class="{badge_class}">{_e(status)}</span></div>']
-    if turn.inputs:
-        parts.append('<div class="ces-user"><span class="ces-label">user</span>' + " ".join(input_html(i) for i in turn.inputs) + "</div>")
+    if turn.inputs or turn.heard:
+        heard = f'<div><span class="ces-chip">heard</span>{_e(turn.heard)}</div>' if turn.heard else ""
+        parts.append('<div class="ces-user"><span class="ces-label">user</span>' + " ".join(input_html(i) for i in turn.inputs) + heard + "</div>")
     text = turn.text
     if text:
         parts.append(f'<div class="ces-agent"><span class="ces-label">agent</span><div class="ces-md">{markdown_html(text)}</div></div>')
     for transfer in turn.transfers:
         parts.append(f'<div class="ces-transfer">→ transferred to {_e(transfer.get("display_name") or transfer.get("target_agent"))}</div>')
     parts.append(audio_html(turn))
+    if turn.interrupted:
+        parts.append('<div class="ces-transfer">⏹ barge-in: the user spoke over the agent, which stopped</div>')
+    parts.append(voice_timeline_html(turn))
     parts.append(tool_calls_html(turn))
     parts.append(citations_html(turn))
     parts.append(suggestions_html(turn))
@@ -240,8 +263,9 @@ def turn_body_html(turn: Turn) -> str:
     if turn.end_session is not None:
         meta = f" {_pre_json(turn.end_session)}" if turn.end_session else ""
         parts.append(f'<div class="ces-end">■ session ended{meta}</div>')
-    if turn.events:
-        parts.append('<div class="ces-events">' + "<br>".join(_e(json.dumps(e, ensure_ascii=False, sort_keys=True)) for e in turn.events) + "</div>")
+    events = [e for e in turn.events if "recognition_result" not in e and "interruption_signal" not in e]
+    if events:
+        parts.append('<div class="ces-events">' + "<br>".join(_e(json.dumps(e, ensure_ascii=False, sort_keys=True)) for e in events) + "</div>")
     if turn.error:
         parts.append(f'<div class="ces-error">{_e(turn.error)}</div>')
     for note in turn.notes:

@@ -22,10 +22,21 @@ def input_text(item: UserInput) -> str:
     if item.kind in ("image", "blob"):
         return f"[{item.kind} {v[0]}, {len(v[1])} bytes]"
     if item.kind == "audio":
-        return f"[audio {len(v)} bytes]"
+        return f"[audio {_audio_seconds(v)}]"
     if item.kind == "tool_responses":
         return " ".join(f"[tool response {r.id} {_json(r.response)}]" for r in v)
     return f"[{item.kind}]"
+
+
+def _audio_seconds(data: bytes) -> str:
+    if data[:4] == b"RIFF":
+        import io
+
+        import soundfile
+
+        info = soundfile.info(io.BytesIO(data))
+        return f"{info.frames / info.samplerate:.1f} s"
+    return f"{len(data)} bytes"
 
 
 def turn_text(turn: Turn) -> str:
@@ -33,6 +44,8 @@ def turn_text(turn: Turn) -> str:
     lines = [f"Turn {turn.index} ({status})"]
     if turn.inputs:
         lines.append("user:  " + " ".join(input_text(i) for i in turn.inputs))
+    if turn.heard:
+        lines.append(f"heard: {turn.heard}")
     if turn.text:
         lines.append("agent: " + turn.text.replace("\n", "\n       "))
     for transfer in turn.transfers:
@@ -49,8 +62,11 @@ def turn_text(turn: Turn) -> str:
         lines.append(f"  payload: {_json(payload)}")
     if turn.end_session is not None:
         lines.append(f"  session ended: {_json(turn.end_session)}")
+    if turn.interrupted:
+        lines.append("  barge-in: the user spoke over the agent, which stopped")
     for event in turn.events:
-        lines.append(f"  event: {_json(event)}")
+        if "recognition_result" not in event and "interruption_signal" not in event:
+            lines.append(f"  event: {_json(event)}")
     if turn.error:
         lines.append(f"  error: {turn.error}")
     for note in turn.notes:

@@ -176,6 +176,7 @@ class SessionService:
                     break
                 if heard == "stop":
                     break
+        _cover_children(root)
         yield ces_v1.BidiSessionServerMessage(session_output=ces_v1.SessionOutput(
             turn_index=turn_index, turn_completed=True, diagnostic_info=diagnostic))
 
@@ -230,3 +231,17 @@ class SessionService:
                 ),
             },
         )
+
+
+def _cover_children(root: ces_v1.Span) -> None:
+    """Stretch the root over the voice spans added around the turn (speech before it, TTS after)."""
+    pb = ces_v1.Span.pb(root)
+    starts = [c.start_time.ToNanoseconds() for c in pb.child_spans if c.HasField("start_time")]
+    ends = [c.end_time.ToNanoseconds() for c in pb.child_spans if c.HasField("end_time")]
+    if not starts or not pb.HasField("start_time"):
+        return
+    start = min([pb.start_time.ToNanoseconds(), *starts])
+    end = max([pb.end_time.ToNanoseconds(), *ends])
+    pb.start_time.FromNanoseconds(start)
+    pb.end_time.FromNanoseconds(end)
+    pb.duration.FromNanoseconds(end - start)

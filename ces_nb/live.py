@@ -1,0 +1,246 @@
+"""LiveSession: BidiRunSession for voice (and text) in a notebook.
+
+    with session.live(input_audio={"audio_encoding": "LINEAR16", "sample_rate_hertz": 16000}) as live:
+        live.send_audio("question.wav")      # any file soundfile reads; or an ndarray, or raw bytes
+        turn = live.next_turn()              # a Turn: transcript, text, the agent's audio, spans
+
+Audio is decoded, resampled, encoded and sent in 40-120 ms chunks, paced in real time or
+as fast as possible. When the server says go_away, the stream reconnects with the session's
+history in `historical_contexts`, so no turn is lost.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import audio
+from .errors import CesError, explain
+from .model import Turn, UserInput
+
+DEFAULT_FORMAT = {"audio_encoding": "LINEAR16", "sample_rate_hertz": 16000}
+TRAILING_SILENCE_MS = 800  # what the server's endpointer needs to hear that the user is done
+RECONNECT_SECONDS = 20.0
+
+
+def _format(value: Any) -> dict:
+    if value is None:
+        return dict(DEFAULT_FORMAT)
+    if isinstance(value, tuple):
+        return {"audio_encoding": audio.encoding_name(value[0]), "sample_rate_hertz": int(value[1])}
+    out = dict(DEFAULT_FORMAT)
+    out.update({k: v for k, v in dict(value).items() if v is not None})
+    out["audio_encoding"] = audio.encoding_name(out["audio_encoding"])
+    if int(out["sample_rate_hertz"]) not in audio.SAMPLE_RATES:
+        raise ValueError(f"sample_rate_hertz {out['sample_rate_hertz']} is not one of {', '.join(map(str, audio.SAMPLE_RATES))}")
+    return out
+
+
+class LiveSession:
+    def __init__(self, session, input_audio: Any = None, output_audio: Any = None, chunk_ms: int = 100):
+        if not 40 <= chunk_ms <= 120:
+            raise ValueError("chunk_ms is 40 to 120 (CES clients send 40-120 ms of audio per message)")
+        self.session = session
+        self.input_audio = _format(input_audio)
+        self.output_audio = _format(output_audio)
+        self.chunk_ms = chunk_ms
+        self.turns: "queue.Queue[Turn | BaseException]" = queue.Queue()
+        self.reconnects = 0
+        self._requests: queue.Queue | None = None
+        self._reader: threading.Thread | None = None
+        self._current: Turn | None = None
+        self._pending_inputs: list[UserInput] = []
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> "LiveSession":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self, history: bool = False) -> None:
+        from google.cloud import ces_v1
+
+        config = self.session.session_config()
+        config.input_audio_config = ces_v1.InputAudioConfig(**self.input_audio)
+        config.output_audio_config = ces_v1.OutputAudioConfig(**self.output_audio)
+        if history:
+            from google.protobuf import json_format
+
+            del config.historical_contexts[:]
+            for message in self.session.history_messages():
+                config.historical_contexts.append(ces_v1.Message.wrap(json_format.ParseDict(message, ces_v1.Message.pb()())))
+        requests: queue.Queue = queue.Queue()
+        self._requests = requests
+        first = ces_v1.BidiSessionClientMessage(config=config)
+        retry_until = time.monotonic() + RECONNECT_SECONDS if history else None
+        self._reader = threading.Thread(target=self._read, args=(first, requests, retry_until), daemon=True, name="ces-nb-live")
+        self._reader.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Half-close: the server finishes what it heard, then the stream ends."""
+        self._closing = True
+        if self._requests is not None:
+            self._requests.put(None)
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _put(self, **message) -> None:
+        from google.cloud import ces_v1
+
+        if self._requests is None:
+            raise CesError("the live session is not open: use `with session.live() as live:`")
+        self._requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(**message)))
+
+    def send_audio(self, source: Any, realtime: bool = True, trailing_silence_ms: int = TRAILING_SILENCE_MS) -> None:
+        """Speak: a path (WAV, FLAC, OGG ...), an ndarray at the input rate, (samples, rate), WAV
+        bytes, or raw bytes already in the input encoding. Silence is added after it so the
+        server hears the end of speech."""
+        encoding, rate = self.input_audio["audio_encoding"], int(self.input_audio["sample_rate_hertz"])
+        if isinstance(source, (bytes, bytearray)) and source[:4] != b"RIFF":
+            samples = audio.decode(bytes(source), encoding, rate)
+        elif isinstance(source, np.ndarray):
+            samples = audio.read((source, rate), rate)[0]
+        else:
+            samples, _ = audio.read(source, rate)
+        samples = np.concatenate([samples, np.zeros(rate * trailing_silence_ms // 1000, dtype=np.int16)])
+        with self._lock:
+            self._pending_inputs.append(UserInput("audio", audio.to_wav(audio.encode(samples, "LINEAR16", rate), "LINEAR16", rate)))
+        data = audio.encode(samples, encoding, rate)
+        started = time.monotonic()
+        for n, piece in enumerate(audio.chunks(data, encoding, rate, self.chunk_ms), start=1):
+            self._put(audio=piece)
+            if realtime:  # as a microphone would: one chunk per chunk of time
+                time.sleep(max(0.0, started + n * self.chunk_ms / 1000 - time.monotonic()))
+
+    def send_text(self, text: str) -> None:
+        with self._lock:
+            self._pending_inputs.append(UserInput("text", text))
+        self._put(text=text)
+
+    def send_dtmf(self, digits: str) -> None:
+        with self._lock:
+            self._pending_inputs.append(UserInput("dtmf", digits))
+        self._put(dtmf=digits)
+
+    def send_event(self, name: str) -> None:
+        from google.cloud import ces_v1
+
+        with self._lock:
+            self._pending_inputs.append(UserInput("event", name))
+        self._put(event=ces_v1.Event(event=name))
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def next_turn(self, timeout: float = 60.0) -> Turn:
+        """The next completed turn (it is also added to the session's history)."""
+        try:
+            item = self.turns.get(timeout=timeout)
+        except queue.Empty:
+            raise CesError(f"no turn completed within {timeout:.0f} s; is the audio long enough, "
+                           f"with {TRAILING_SILENCE_MS} ms of silence after it?") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[Turn]:
+        while True:
+            try:
+                yield self.next_turn()
+            except CesError:
+                return
+
+    def _read(self, first, requests: queue.Queue, retry_until: float | None) -> None:
+        from google.api_core import exceptions
+        from google.cloud import ces_v1
+
+        def outgoing():
+            yield first
+            yield from iter(requests.get, None)
+
+        while True:
+            received = False
+            try:
+                # The official client waits for the first reply inside the call, so it runs here.
+                for message in self.session.client.sessions.bidi_run_session(requests=outgoing()):
+                    received = True
+                    kind = ces_v1.BidiSessionServerMessage.pb(message).WhichOneof("message_type")
+                    if kind == "go_away":
+                        self._reconnect(requests)
+                        return
+                    self._on_message(message)
+            except exceptions.ServiceUnavailable as exc:
+                # After go_away the next server may still be starting: keep knocking for a while.
+                if not received and retry_until is not None and time.monotonic() < retry_until:
+                    time.sleep(0.5)
+                    continue
+                self._finish_partial(explain(exc, target=self.session.client.target, app=self.session.app))
+                return
+            except Exception as exc:
+                self._finish_partial(explain(exc, target=self.session.client.target, app=self.session.app))
+                return
+            self._finish_partial(None)
+            return
+
+    def _on_message(self, message) -> None:
+        from .model import _output_dict
+
+        with self._lock:
+            if self._current is None:
+                self._current = Turn(inputs=list(self._pending_inputs))
+                self._pending_inputs = []
+                self._current.audio_encoding = self.output_audio["audio_encoding"]
+                self._current.audio_sample_rate = int(self.output_audio["sample_rate_hertz"])
+            turn = self._current
+        pb = type(message).pb(message)
+        if pb.WhichOneof("message_type") == "session_output":
+            turn.add_output(_output_dict(message.session_output))
+        else:
+            turn.add_bidi_message(_as_message_dict(message))
+        if turn.completed:
+            with self._lock:
+                self._current = None
+            self.turns.put(self.session._after(self.session._keep(turn), stream=True))
+
+    def _finish_partial(self, error: BaseException | None) -> None:
+        with self._lock:
+            turn, self._current = self._current, None
+        if turn is not None and turn.outputs:
+            turn.partial, turn.error = True, str(error) if error else "the stream ended mid-turn"
+            self.turns.put(self.session._keep(turn))
+        elif error is not None and not self._closing:
+            self.turns.put(error)
+
+    def _reconnect(self, old_requests: queue.Queue) -> None:
+        """go_away: open a new stream carrying the history, and keep the client's queue flowing to it."""
+        self._finish_partial(None)
+        self.open(history=True)
+        self.reconnects += 1
+        # Anything the client queued on the old stream goes to the new one.
+        while True:
+            try:
+                item = old_requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and self._requests is not None:
+                self._requests.put(item)
+
+    def __repr__(self) -> str:
+        fmt = f"{self.input_audio['audio_encoding']} {self.input_audio['sample_rate_hertz']} Hz"
+        return f"<ces_nb.LiveSession {self.session.name} ({fmt}; {self.reconnects} reconnect(s))>"
+
+
+def _as_message_dict(message) -> dict:
+    from .model import _as_dict
+
+    return _as_dict(message)

@@ -1,0 +1,124 @@
+"""session.live(): BidiRunSession voice from the notebook client, and the voice magics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+from IPython.core.error import UsageError
+
+import ces_nb
+from ces_nb import audio
+from ces_nb.emulator.asr import normalize
+from ces_nb.tts import synthesize
+
+from conftest import APP
+from emulator_process import EmulatorProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def voice_server():
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(voice_server):
+    c = ces_nb.connect(APP, endpoint=voice_server.address)
+    yield c
+    c.close()
+
+
+def test_live_session_speaks_and_renders_players_transcript_and_timeline(client, tmp_path):
+    speech = synthesize(normalize("What is my loyalty tier?"))
+    wav = tmp_path / "q.wav"
+    soundfile.write(wav, speech.samples, speech.sample_rate)
+    session = client.session()
+    with session.live({"audio_encoding": "MULAW", "sample_rate_hertz": 8000}, ("LINEAR16", 16000)) as live:
+        live.send_audio(str(wav), realtime=False)
+        turn = live.next_turn()
+        live.send_text("How many bags can I check?")
+        second = live.next_turn()
+    assert turn.heard == "what is my loyalty tier" and "Blue member" in turn.text
+    assert turn.inputs[0].kind == "audio" and turn.inputs[0].value[:4] == b"RIFF"
+    samples = audio.decode(turn.audio, "LINEAR16", 16000)
+    assert len(samples) / 16000 > 1.0 and audio.rms(samples) > 300
+    assert session.turns == [turn, second] and "23 kg" in second.text
+    html = turn._repr_mimebundle_()["text/html"]
+    assert html.count("<audio") == 2 and "heard" in html and "timeline" in html
+    plain = turn._repr_mimebundle_()["text/plain"]
+    assert "heard: what is my loyalty tier" in plain and ("[audio 1." in plain or "[audio 2." in plain)
+
+
+def test_say_and_send_audio_shortcuts(client):
+    session = client.session()
+    turn = session.say("That's all, thanks. Goodbye!")
+    assert turn.ended and turn.heard == "that's all thanks goodbye"
+    with pytest.raises(ValueError, match="chunk_ms"):
+        session.live(chunk_ms=500)
+    with pytest.raises(ValueError, match="sample_rate_hertz"):
+        session.live({"sample_rate_hertz": 11025})
+
+
+def test_go_away_reconnects_with_history_and_loses_no_turn():
+    port = free_port()
+    import subprocess
+    import sys
+
+    def start():
+        proc = subprocess.Popen([sys.executable, "-m", "ces_nb", "emulator", "--port", str(port), "--db", ":memory:", "--audio-pace", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        while "listening on" not in (proc.stdout.readline() or "listening on"):
+            pass
+        return proc
+
+    server = start()
+    client = ces_nb.connect(APP, endpoint=f"127.0.0.1:{port}")
+    session = client.session()
+    live = session.live()
+    live.open()
+    try:
+        live.send_text("Hello")
+        assert "traveler" in live.next_turn().text
+        server.terminate()  # SIGTERM: the emulator says go_away to open streams, then exits
+        server.wait(15)
+        server = start()   # a new server at the same address
+        live.send_text("What is my loyalty tier?")
+        turn = live.next_turn(timeout=60)
+        assert "Blue member" in turn.text and live.reconnects == 1
+        assert [t.user_text for t in session.turns] == ["Hello", "What is my loyalty tier?"]
+    finally:
+        live.close(5)
+        server.terminate()
+        server.wait(15)
+        client.close()
+
+
+def test_voice_magics(voice_server, tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.extension_manager.load_extension("ces_nb")
+    try:
+        ip.run_line_magic("config", f"CesMagics.emulator_address = {voice_server.address!r}")
+        ip.run_line_magic("ces", "new --app skyway")
+        turn = ip.run_line_magic("ces", 'say "What is my loyalty tier?"')
+        assert turn.heard == "what is my loyalty tier"
+        speech = synthesize(normalize("How many bags can I check"))
+        wav = tmp_path / "bags.wav"
+        soundfile.write(wav, speech.samples, speech.sample_rate)
+        live = ip.run_line_magic("ces", "live --rate 8000 --encoding ALAW")
+        assert live.input_audio == {"audio_encoding": "ALAW", "sample_rate_hertz": 8000}
+        by_file = ip.run_line_magic("ces", f"--audio {wav}")
+        assert by_file.inputs[0].kind == "audio" and by_file.text
+        goodbye = "say \"That's all, thanks. Goodbye!\""
+        assert ip.run_line_magic("ces", goodbye).ended
+        ip.run_line_magic("ces", "live --close")
+        for line, words in [("say", "say what?"), ("--audio /no/such.wav", "no audio file"),
+                            (f"--audio {wav} and text", "a turn of its own"), ("live --close", "no live stream"),
+                            ("live --rate 11025", "sample_rate_hertz")]:
+            with pytest.raises(UsageError, match=words):
+                ip.run_line_magic("ces", line)
+    finally:
+        ip.extension_manager.unload_extension("ces_nb")
