@@ -184,3 +184,26 @@ def test_dtmf_ends_a_turn_in_a_voice_session(fast_voice):
     finally:
         stream.close()
     assert any(kind(m) == "session_output" and m.session_output.audio for m in got)
+
+
+@pytest.mark.parametrize("encoding", ["LINEAR16", "MULAW", "ALAW"])
+def test_word_error_rate_over_every_demo_utterance(fast_voice, encoding):
+    from ces_nb.emulator.asr import app_phrases
+    from ces_nb.emulator.export import load_export
+    from ces_nb.emulator.server import demo_app_path
+
+    rate = 16000
+    phrases = [p for p in app_phrases(load_export(str(demo_app_path()))) if len(p.split()) > 1]
+    config = {"session": f"{APP}/sessions/wer-{encoding}", "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}}
+    stream = Stream(client_for(fast_voice), config)
+    heard = []
+    try:
+        for phrase in phrases:
+            stream.send_audio(speech(phrase, encoding, rate), encoding, rate)
+            got = stream.until_completed()
+            finals = [m.recognition_result.transcript for m in got if kind(m) == "recognition_result"]
+            heard.append(finals[-1] if finals else "")
+    finally:
+        stream.close()
+    error = jiwer.wer([normalize(p) for p in phrases], heard)
+    assert error <= 0.20, list(zip(phrases, heard))

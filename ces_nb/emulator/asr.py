@@ -72,8 +72,9 @@ class Recognizer:
                 decoder.add_jsgf_string(self.search, f"#JSGF V1.0;\ngrammar {self.search};\npublic <utt> = {body} ;\n")
         self.phrases = alternatives
 
-    def recognize(self, samples: np.ndarray) -> Recognition:
-        """A whole utterance (int16 at 16 kHz) -> its transcript ("" for silence)."""
+    def recognize(self, samples: np.ndarray, snap: bool = True) -> Recognition:
+        """A whole utterance (int16 at 16 kHz) -> its transcript ("" for silence). With `snap`, a
+        transcript off the grammar becomes the nearest grammar phrase when one is close."""
         samples = np.asarray(samples, dtype=np.int16)
         if not len(samples) or float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) < SILENCE_RMS:
             return Recognition("", "")
@@ -82,10 +83,35 @@ class Recognizer:
             decoder = _decoder()
             if self.search:
                 text = self._run(decoder, self.search, pcm)
-                if text:
+                if text in self.phrases:
                     return Recognition(text, "grammar")
+                if text and not snap:
+                    return Recognition(text, "grammar")
+                if text:  # the search ended off the grammar's paths: take the phrase it was on
+                    nearest = self.nearest(text)
+                    if nearest:
+                        return Recognition(nearest, "grammar (nearest)")
             text = self._run(decoder, "_default", pcm)
+        nearest = self.nearest(text) if snap else ""
+        if nearest:
+            return Recognition(nearest, "grammar (nearest)")
         return Recognition(text, "language model" if text else "")
+
+    def nearest(self, text: str, cutoff: float = 0.6) -> str:
+        """The grammar phrase closest to a free transcript, word by word, if it is close enough:
+        the grammar search gives up on an utterance clipped at either end, the language model
+        still hears most of its words."""
+        import difflib
+
+        words = text.split()
+        if not words or not self.phrases:
+            return ""
+        best, score = "", 0.0
+        for phrase in self.phrases:
+            ratio = difflib.SequenceMatcher(None, words, phrase.split(), autojunk=False).ratio()
+            if ratio > score:
+                best, score = phrase, ratio
+        return best if score >= cutoff else ""
 
     @staticmethod
     def _run(decoder, search: str, pcm: bytes) -> str:
@@ -98,7 +124,7 @@ class Recognizer:
 
     def partial(self, samples: np.ndarray) -> str:
         """The transcript so far of an utterance still being spoken (for recognition_result)."""
-        return self.recognize(samples).transcript
+        return self.recognize(samples, snap=False).transcript
 
 
 def app_phrases(app) -> list[str]:
