@@ -540,7 +540,10 @@ class Turn:
             return self.add_output(_get(d, "session_output"))
         for kind in ("recognition_result", "interruption_signal", "end_session", "go_away"):
             if _has(d, kind):
-                self.events.append({kind: _get(d, kind) or {}})
+                event = {kind: _get(d, kind) or {}}
+                if kind == "interruption_signal":
+                    event["after_audio_ms"] = round(self.audio_ms, 1)  # where, in the agent's reply, it was cut
+                self.events.append(event)
         return None
 
     # -- reading -------------------------------------------------------------------
@@ -601,6 +604,17 @@ class Turn:
     @property
     def interrupted(self) -> bool:
         return any(e.get("interruption_signal", {}).get("barge_in") for e in self.events)
+
+    @property
+    def interrupted_at_ms(self) -> float | None:
+        """How far into the agent's audio the user barged in."""
+        return next((e.get("after_audio_ms") for e in self.events if "interruption_signal" in e), None)
+
+    @property
+    def audio_ms(self) -> float:
+        """Duration of the agent's audio so far, in its encoding and rate."""
+        width = {"LINEAR16": 2, "MULAW": 1, "ALAW": 1}.get(str(self.audio_encoding).upper().replace("AUDIO_ENCODING_", ""), 2)
+        return len(self.audio) / width / max(1, self.audio_sample_rate) * 1000
 
     @property
     def perceived_latency_ms(self) -> float | None:

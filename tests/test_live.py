@@ -51,6 +51,27 @@ def test_live_session_speaks_and_renders_players_transcript_and_timeline(client,
     assert "heard: what is my loyalty tier" in plain and ("[audio 1." in plain or "[audio 2." in plain)
 
 
+def test_barge_in_is_marked_where_it_happened():
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "1")
+    try:
+        client = ces_nb.connect(APP, endpoint=server.address)
+        session = client.session()
+        greeting, question = synthesize("hello hi there"), synthesize("what is my loyalty tier")
+        import time
+
+        with session.live() as live:
+            live.send_audio((greeting.samples, greeting.sample_rate), realtime=False)
+            time.sleep(2.0)
+            live.send_audio((question.samples, question.sample_rate), realtime=False)
+            cut, answer = live.next_turn(), live.next_turn()
+        assert cut.interrupted and 0 < cut.interrupted_at_ms < 5000
+        assert f"{cut.interrupted_at_ms / 1000:.1f} s into its reply" in cut._repr_mimebundle_()["text/html"]
+        assert answer.heard == "what is my loyalty tier"
+        client.close()
+    finally:
+        server.stop()
+
+
 def test_say_and_send_audio_shortcuts(client):
     session = client.session()
     turn = session.say("That's all, thanks. Goodbye!")

@@ -88,7 +88,9 @@ def test_bidi_messages_fold_into_a_turn():
     ]
     turn = Turn.from_bidi(messages)
     assert turn.text == "Sure." and turn.completed and turn.index == 1
-    assert turn.events == [{"recognition_result": {"transcript": "book a"}}, {"interruption_signal": {"barge_in": True}}]
+    assert turn.events == [{"recognition_result": {"transcript": "book a"}},
+                           {"interruption_signal": {"barge_in": True}, "after_audio_ms": 0.0}]  # no agent audio yet
+    assert turn.interrupted and turn.interrupted_at_ms == 0.0 and turn.heard == "book a"
 
 
 def test_conversation_turn_becomes_inputs_and_outputs():

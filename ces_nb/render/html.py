@@ -253,7 +253,9 @@ def turn_body_html(turn: Turn) -> str:
         parts.append(f'<div class="ces-transfer">→ transferred to {_e(transfer.get("display_name") or transfer.get("target_agent"))}</div>')
     parts.append(audio_html(turn))
     if turn.interrupted:
-        parts.append('<div class="ces-transfer">⏹ barge-in: the user spoke over the agent, which stopped</div>')
+        at = turn.interrupted_at_ms
+        where = f" {at / 1000:.1f} s into its reply" if at is not None else ""
+        parts.append(f'<div class="ces-transfer">⏹ barge-in: the user spoke over the agent, which stopped{where}</div>')
     parts.append(voice_timeline_html(turn))
     parts.append(tool_calls_html(turn))
     parts.append(citations_html(turn))

@@ -63,7 +63,8 @@ def turn_text(turn: Turn) -> str:
     if turn.end_session is not None:
         lines.append(f"  session ended: {_json(turn.end_session)}")
     if turn.interrupted:
-        lines.append("  barge-in: the user spoke over the agent, which stopped")
+        at = turn.interrupted_at_ms
+        lines.append("  barge-in: the user spoke over the agent, which stopped" + (f" {at / 1000:.1f} s into its reply" if at is not None else ""))
     for event in turn.events:
         if "recognition_result" not in event and "interruption_signal" not in event:
             lines.append(f"  event: {_json(event)}")

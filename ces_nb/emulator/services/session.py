@@ -197,7 +197,7 @@ class SessionService:
                     and ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") == "realtime_input" \
                     and ces_v1.SessionInput.pb(message.realtime_input).WhichOneof("input_type") == "audio":
                 try:
-                    samples = decode_input(message.realtime_input.audio, endpointer.fmt, endpointer.resampler)
+                    samples = decode_input(message.realtime_input.audio, endpointer.fmt, endpointer.resampler, endpointer.noise)
                 except EmulatorError:
                     continue
                 _partials, utterance, started = await asyncio.to_thread(endpointer.feed, samples)
