@@ -50,65 +50,76 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def over_grpc(rounds: int) -> list[float]:
+def start_emulator() -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--db", ":memory:"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    address = ""
-    while not address:
+    while True:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("emulator did not start")
         if "listening on" in line:
-            address = line.split("listening on ", 1)[1].split()[0]
+            return proc, line.split("listening on ", 1)[1].split()[0]
+
+
+def grpc_round(client) -> list[float]:
+    name = f"projects/b/locations/us/apps/skyway/sessions/bench-{uuid.uuid4().hex[:12]}"
+    times = []
+    for text in SCRIPT:
+        t0 = time.perf_counter()
+        client.run_session(request={"config": {"session": name}, "inputs": [{"text": text}]})
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def adk_round(runtime) -> list[float]:
+    session = await runtime.session_service.create_session(app_name=runtime.app.app_id, user_id=USER_ID)
+    times = []
+    for text in SCRIPT:
+        t0 = time.perf_counter()
+        async for _event in runtime.runner.run_async(
+            user_id=USER_ID, session_id=session.id, new_message=types.Content(role="user", parts=[types.Part(text=text)])
+        ):
+            pass
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """(2a) untraced first (no SDK provider yet); then (1) and (2b) round by round, interleaved,
+    so both see the same machine."""
+    loop = asyncio.new_event_loop()
+    runtime = AppRuntime(load_export(str(demo_app_path())), InMemorySessionService(), PythonToolRunner())
+    untraced: list[float] = []
+    for r in range(rounds + 1):
+        times = loop.run_until_complete(adk_round(runtime))
+        if r:
+            untraced += times
+    turn_router()  # installs an SDK TracerProvider, as `adk web` runs ADK
+    proc, address = start_emulator()
     channel = grpc.insecure_channel(address)
     client = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
-    times = []
+    over_grpc, traced = [], []
     try:
         for r in range(rounds + 1):
-            name = f"projects/b/locations/us/apps/skyway/sessions/bench-{uuid.uuid4().hex[:12]}"
-            for text in SCRIPT:
-                t0 = time.perf_counter()
-                client.run_session(request={"config": {"session": name}, "inputs": [{"text": text}]})
-                if r:  # round 0 warms up
-                    times.append(time.perf_counter() - t0)
+            g = grpc_round(client)
+            a = loop.run_until_complete(adk_round(runtime))
+            if r:  # round 0 warms up
+                over_grpc += g
+                traced += a
     finally:
         channel.close()
         proc.terminate()
         proc.wait()
-    return times
-
-
-def in_process(rounds: int, traced: bool) -> list[float]:
-    if traced:
-        turn_router()  # installs an SDK TracerProvider, once per process
-
-    async def main() -> list[float]:
-        service = InMemorySessionService()
-        runtime = AppRuntime(load_export(str(demo_app_path())), service, PythonToolRunner())
-        times = []
-        for r in range(rounds + 1):
-            session = await service.create_session(app_name=runtime.app.app_id, user_id=USER_ID)
-            for text in SCRIPT:
-                t0 = time.perf_counter()
-                async for _event in runtime.runner.run_async(
-                    user_id=USER_ID, session_id=session.id, new_message=types.Content(role="user", parts=[types.Part(text=text)])
-                ):
-                    pass
-                if r:
-                    times.append(time.perf_counter() - t0)
-        await runtime.python_runner.close()
-        return times
-
-    return asyncio.run(main())
+        loop.run_until_complete(runtime.python_runner.close())
+        loop.close()
+    return over_grpc, untraced, traced
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    grpc_times = over_grpc(args.rounds)
-    untraced = in_process(args.rounds, traced=False)
-    traced = in_process(args.rounds, traced=True)
+    grpc_times, untraced, traced = measure(args.rounds)
     print(f"{len(SCRIPT)}-turn conversation x {args.rounds} rounds ({len(grpc_times)} turns each way)")
     print(f"{'':36}{'p50 ms':>10}{'p99 ms':>10}")
     rows = (("(1) official client + gRPC", grpc_times), ("(2a) ADK Runner, no tracing", untraced),

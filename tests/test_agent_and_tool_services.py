@@ -154,3 +154,21 @@ def test_health_and_reflection(channel):
     file = descriptor_pb2.FileDescriptorProto.FromString(found.file_descriptor_response.file_descriptor_proto[0])
     methods = {m.name for s in file.service for m in s.method}
     assert {"RunSession", "StreamRunSession", "BidiRunSession"} <= methods
+
+
+def test_turn_records_of_every_stored_format_read_back():
+    """Sessions written by earlier emulator versions stay readable after an upgrade."""
+    import base64
+
+    from google.protobuf import json_format
+
+    from ces_nb.emulator.services.agent import _stored_turn
+
+    turn = ces_v1.Conversation.Turn(messages=[ces_v1.Message(role="user", chunks=[ces_v1.Chunk(text="hi")])],
+                                    root_span=ces_v1.Span(name="root"))
+    pb = ces_v1.Conversation.Turn.pb(turn)
+    as_bytes = base64.b64encode(pb.SerializeToString()).decode()
+    as_json = json_format.MessageToJson(pb)
+    as_dict = {"messages": [json_format.MessageToDict(ces_v1.Message.pb(turn.messages[0]))],
+               "root_span": json_format.MessageToDict(ces_v1.Span.pb(turn.root_span))}
+    assert _stored_turn(as_bytes) == _stored_turn(as_json) == _stored_turn(as_dict) == turn

@@ -186,7 +186,7 @@ class AgentService:
             record = (event.custom_metadata or {}).get("ces_turn")
             if not record:
                 continue
-            turn = ces_v1.Conversation.Turn.wrap(json_format.Parse(record, ces_v1.Conversation.Turn.pb()(), ignore_unknown_fields=True))
+            turn = _stored_turn(record)
             conversation.turns.append(turn)
             conversation.messages.extend(turn.messages)
         return conversation
@@ -217,3 +217,15 @@ class AgentService:
                 "DeleteConversation": unary(self.delete_conversation, ces_v1.DeleteConversationRequest, _Empty),
             },
         )
+
+
+def _stored_turn(record) -> ces_v1.Conversation.Turn:
+    """A turn as the runtime stored it: base64 of the serialized Conversation.Turn. Sessions
+    from earlier emulator versions hold its JSON text, or a dict of messages and root_span."""
+    if isinstance(record, dict):
+        return ces_v1.Conversation.Turn.wrap(json_format.ParseDict(
+            {"messages": record.get("messages", []), "rootSpan": record.get("root_span", {})},
+            ces_v1.Conversation.Turn.pb()(), ignore_unknown_fields=True))
+    if record.lstrip().startswith("{"):
+        return ces_v1.Conversation.Turn.wrap(json_format.Parse(record, ces_v1.Conversation.Turn.pb()(), ignore_unknown_fields=True))
+    return ces_v1.Conversation.Turn.deserialize(base64.b64decode(record))
