@@ -48,7 +48,7 @@ def voice_sessions(concurrent: int = 20) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from emulator_process import EmulatorProcess
-    from test_voice import Stream, client_for, kind, speech
+    from test_voice import Stream, client_for, speech
 
     server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0")
     data = speech("What is my loyalty tier?", "LINEAR16", 16000)

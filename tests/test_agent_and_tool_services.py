@@ -160,7 +160,6 @@ def test_turn_records_of_every_stored_format_read_back():
     """Sessions written by earlier emulator versions stay readable after an upgrade."""
     import base64
 
-    from google.protobuf import json_format
 
     from ces_nb.emulator.services.agent import _stored_turn
 

@@ -7,7 +7,6 @@ import queue
 import threading
 
 import grpc
-import pytest
 from google.api_core import exceptions
 from google.cloud import ces_v1
 from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcAsyncIOTransport

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
 from .markdown import markdown_html
-from .text import input_text, transcript_text, turn_text
+from .text import transcript_text, turn_text
 
 _ids = itertools.count(1)
 _SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
