@@ -9,8 +9,6 @@ the proposal for a person to check and send.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import inspect
 import time
 import traceback
@@ -176,20 +174,11 @@ class ClientTools:
         return pd.DataFrame(rows, columns=columns).sort_values(["turn"], kind="stable").reset_index(drop=True)
 
 
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
 def run_handler(fn: Callable[..., Any], args: dict) -> Any:
-    """Call a handler with the call's args; an async one runs on its own loop in a worker
-    thread, since a kernel's cell may already be inside a running loop."""
-    global _pool
+    """Call a handler with the call's args; an async one is run to completion."""
     result = fn(**args)
     if inspect.isawaitable(result):
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ces-nb-handler")
+        from .coroutines import run_sync
 
-        async def wait() -> Any:
-            return await result
-
-        return _pool.submit(asyncio.run, wait()).result()
+        return run_sync(result)
     return result

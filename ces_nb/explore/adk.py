@@ -9,31 +9,21 @@ event lines). Captured ADK OpenTelemetry spans map to the same Span model.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 from html import escape
 from typing import Any, Iterable
 
+from ..coroutines import run_sync
 from ..model import Chunk, Message, Output, Span, ToolCall, ToolResponse, Transcript, Turn, UserInput, sorted_keys
 
 TRANSFER = "transfer_to_agent"
-
-
-def _run(coro):
-    """Run a coroutine from sync code, also inside a kernel's running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def transcript(session: Any) -> Transcript:
     """An ADK Session as a Transcript, one Turn per invocation."""
     turns: list[Turn] = []
     by_invocation: dict[str, Turn] = {}
+    speakers: dict[str, str] = {}  # invocation -> the agent that spoke last in it
     for event in session.events or []:
         key = event.invocation_id or f"event-{event.id}"
         turn = by_invocation.get(key)
@@ -41,12 +31,14 @@ def transcript(session: Any) -> Transcript:
             turn = Turn(index=len(turns) + 1, completed=True)
             by_invocation[key] = turn
             turns.append(turn)
-        _add_event(turn, event)
+        _add_event(turn, event, speakers.get(key))
+        if event.author and event.author != "user":
+            speakers[key] = event.author
     return Transcript(turns, session=f"adk:{session.app_name}/{session.user_id}/{session.id}", app=session.app_name,
                       metadata={"state": sorted_keys(dict(session.state or {})), "last_update_time": session.last_update_time})
 
 
-def _add_event(turn: Turn, event: Any) -> None:
+def _add_event(turn: Turn, event: Any, last_speaker: str | None) -> None:
     author = event.author or ""
     is_user = author == "user"
     message = Message("user" if is_user else author)
@@ -105,11 +97,8 @@ def _add_event(turn: Turn, event: Any) -> None:
     if message.chunks:
         turn.messages.append(message)
     # A line when something happened beyond words, or when another agent starts speaking.
-    speaker_changed = not is_user and turn.__dict__.get("_author") != author
-    if len(line) > 1 or speaker_changed:
+    if len(line) > 1 or (not is_user and author != last_speaker):
         turn.events.append(line)
-    if not is_user:
-        turn.__dict__["_author"] = author
 
 
 def sessions(service: Any, app_name: str, user_id: str | None = None):
@@ -130,7 +119,7 @@ def sessions(service: Any, app_name: str, user_id: str | None = None):
             })
         return rows
 
-    rows = _run(collect())
+    rows = run_sync(collect())
     frame = pd.DataFrame(rows, columns=["id", "user_id", "last_update", "events", "turns", "state_keys"])
     return frame.sort_values("last_update", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -215,7 +204,7 @@ def artifacts(service: Any, app_name: str, user_id: str, session_id: str) -> Art
                          "mime_type": mime, "bytes": len(data), "data": data})
         return rows
 
-    return ArtifactsView(_run(collect()))
+    return ArtifactsView(run_sync(collect()))
 
 
 class MemoryView:
@@ -246,7 +235,7 @@ class MemoryView:
 
 def memory_search(service: Any, app_name: str, user_id: str, query: str) -> MemoryView:
     """Run BaseMemoryService.search_memory and render what it found."""
-    return MemoryView(_run(service.search_memory(app_name=app_name, user_id=user_id, query=query)), query)
+    return MemoryView(run_sync(service.search_memory(app_name=app_name, user_id=user_id, query=query)), query)
 
 
 _OTEL_KINDS = {"generate_content": "LLM", "call_llm": "LLM", "execute_tool": "Tool"}
