@@ -29,6 +29,7 @@ class Client:
         self.target = target
         self.emulator = emulator
         self._channel = channel
+        self._tool_cache: dict[str, dict[str, Any]] = {}  # app -> its tools, by name, id and display name
         if channel is not None:
             # The only way the official clients reach a plaintext server: a transport on our channel.
             self.sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
@@ -93,7 +94,7 @@ class Client:
     def tools_of(self, app: str | None = None) -> dict[str, Any]:
         """The app's Tool protos by resource name and by display name, fetched once per app."""
         app = self.resolve_app(app)
-        cache = self.__dict__.setdefault("_tool_cache", {})
+        cache = self._tool_cache
         if app not in cache:
             try:
                 tools = list(self.agents.list_tools(parent=app))

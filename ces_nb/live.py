@@ -123,6 +123,14 @@ class LiveSession:
             if realtime:  # as a microphone would: one chunk per chunk of time
                 time.sleep(max(0.0, started + n * self.chunk_ms / 1000 - time.monotonic()))
 
+    def say(self, text: str, realtime: bool = False) -> None:
+        """Speak `text` with the offline TTS the emulator uses (words a recognizer hears)."""
+        from .emulator.asr import normalize
+        from .tts import synthesize
+
+        speech = synthesize(normalize(text) or text)
+        self.send_audio((speech.samples, speech.sample_rate), realtime=realtime)
+
     def send_text(self, text: str) -> None:
         with self._lock:
             self._pending_inputs.append(UserInput("text", text))
@@ -193,7 +201,7 @@ class LiveSession:
             return
 
     def _on_message(self, message) -> None:
-        from .model import _output_dict
+        from .model import _as_dict, _output_dict
 
         with self._lock:
             if self._current is None:
@@ -206,7 +214,7 @@ class LiveSession:
         if pb.WhichOneof("message_type") == "session_output":
             turn.add_output(_output_dict(message.session_output))
         else:
-            turn.add_bidi_message(_as_message_dict(message))
+            turn.add_bidi_message(_as_dict(message))
         if turn.completed:
             with self._lock:
                 self._current = None
@@ -239,8 +247,3 @@ class LiveSession:
         fmt = f"{self.input_audio['audio_encoding']} {self.input_audio['sample_rate_hertz']} Hz"
         return f"<ces_nb.LiveSession {self.session.name} ({fmt}; {self.reconnects} reconnect(s))>"
 
-
-def _as_message_dict(message) -> dict:
-    from .model import _as_dict
-
-    return _as_dict(message)

@@ -217,6 +217,8 @@ class CesMagics(Magics):
     # -- sending -----------------------------------------------------------------------
 
     def _send(self, text: str, options: dict[str, Any], show_stream: bool = True):
+        from .errors import CesError
+
         stream = options.pop("stream", None)
         if "variables" in options:
             options["variables"] = _json_arg(options["variables"], "--vars")
@@ -235,16 +237,8 @@ class CesMagics(Magics):
                 turn = self._stream(session, text, options, show_stream)
             else:
                 turn = session.send(text or None, **options)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError, CesError) as exc:
             raise UsageError(str(exc)) from None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        except Exception as exc:
-            from .errors import CesError
-
-            if isinstance(exc, CesError):
-                raise UsageError(str(exc)) from None
-            raise
         self.pending_variables = {}
         return turn
 
@@ -442,21 +436,15 @@ class CesMagics(Magics):
         return SpanTree(turns[-1])
 
     def _audio_turn(self, source, spoken_text: str | None = None):
-        from pathlib import Path as _Path
-
         from .errors import CesError
 
-        if spoken_text is None and not _Path(source).is_file():
+        if spoken_text is None and not Path(source).is_file():
             raise UsageError(f"no audio file at {source}; give a WAV/FLAC/OGG path, or speak text: %ces say \"Hello\"")
         session = self._session()
         try:
             if spoken_text is not None:
                 if self.live is not None:
-                    from .emulator.asr import normalize
-                    from .tts import synthesize
-
-                    speech = synthesize(normalize(spoken_text) or spoken_text)
-                    self.live.send_audio((speech.samples, speech.sample_rate), realtime=False)
+                    self.live.say(spoken_text)
                     return self.live.next_turn()
                 return session.say(spoken_text)
             if self.live is not None:

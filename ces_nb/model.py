@@ -613,7 +613,9 @@ class Turn:
     @property
     def audio_ms(self) -> float:
         """Duration of the agent's audio so far, in its encoding and rate."""
-        width = {"LINEAR16": 2, "MULAW": 1, "ALAW": 1}.get(str(self.audio_encoding).upper().replace("AUDIO_ENCODING_", ""), 2)
+        from .audio import BYTES_PER_SAMPLE, encoding_name
+
+        width = BYTES_PER_SAMPLE[encoding_name(self.audio_encoding)]
         return len(self.audio) / width / max(1, self.audio_sample_rate) * 1000
 
     @property

@@ -198,7 +198,8 @@ class Session:
         answers = {cid: p.response for cid, p in proposals.items()}
         for cid, p in proposals.items():
             self._how[cid] = p.how or "manual"
-        turn.notes.append("answered by " + ", ".join(f"{p.how} ({next(c.name for c in waiting if c.id == cid)})" for cid, p in proposals.items()))
+        names = {c.id: c.name for c in waiting}
+        turn.notes.append("answered by " + ", ".join(f"{p.how} ({names[cid]})" for cid, p in proposals.items()))
         continuation = self._continue(answers, stream, on_output, depth)
         turn.continuation = continuation
         return turn
@@ -258,12 +259,8 @@ class Session:
 
     def say(self, text: str, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> Turn:
         """Speak `text` (synthesized offline with the same TTS the emulator uses) as one audio turn."""
-        from .tts import synthesize
-        from .emulator.asr import normalize
-
-        speech = synthesize(normalize(text) or text)
         with self.live(input_audio, output_audio) as live:
-            live.send_audio((speech.samples, speech.sample_rate), realtime=realtime)
+            live.say(text, realtime=realtime)
             return live.next_turn()
 
     def send_audio(self, source: Any, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> Turn:

@@ -160,7 +160,6 @@ def test_turn_records_of_every_stored_format_read_back():
     """Sessions written by earlier emulator versions stay readable after an upgrade."""
     import base64
 
-
     from ces_nb.emulator.services.agent import _stored_turn
 
     turn = ces_v1.Conversation.Turn(messages=[ces_v1.Message(role="user", chunks=[ces_v1.Chunk(text="hi")])],

@@ -13,7 +13,6 @@ from traitlets.config import Config
 
 from ces_nb.model import Transcript, Turn
 
-
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
 

@@ -124,9 +124,9 @@ def tool_calls_html(turn: Turn) -> str:
             f'<table class="ces-table"><tr><th>id</th><th>tool</th><th>args</th></tr>{rows}</table></div>')
 
 
-def citations_html(turn: Turn) -> str:
+def citations_html(citations: list) -> str:
     cards = []
-    for i, c in enumerate(turn.citations, 1):
+    for i, c in enumerate(citations, 1):
         attribution = '<div class="ces-attr">attribution required</div>' if c.requires_attribution else ""
         cards.append(
             f'<div class="ces-card"><div><b>[{i}]</b> {_link(c.uri, c.title or c.uri)}</div>'
@@ -258,7 +258,7 @@ def turn_body_html(turn: Turn) -> str:
         parts.append(f'<div class="ces-transfer">⏹ barge-in: the user spoke over the agent, which stopped{where}</div>')
     parts.append(voice_timeline_html(turn))
     parts.append(tool_calls_html(turn))
-    parts.append(citations_html(turn))
+    parts.append(citations_html(turn.citations))
     parts.append(suggestions_html(turn))
     for payload in turn.payloads:
         parts.append(f'<div class="ces-section ces-json"><span class="ces-label">payload</span>{json_tree_html(payload)}</div>')
@@ -287,16 +287,11 @@ def turn_html(turn: Turn, text: str | None = None) -> str:
 
 def tool_result_html(result: ToolResult, text: str) -> str:
     mocked = '<span class="ces-badge">mocked</span>' if result.mocked else ""
-    fake = Turn(outputs=[])
-    if result.citations:
-        from ..model import Output
-
-        fake.outputs.append(Output("citations", result.citations))
     body = (f'<div class="ces-turn"><div class="ces-head"><b>tool</b><code>{_e(result.name)}</code>{mocked}</div>'
             f'<table class="ces-table"><tr><th>args</th><td>{_pre_json(result.args)}</td></tr>'
             f'<tr><th>response</th><td class="ces-json">{json_tree_html(result.response, open_levels=2)}</td></tr>'
             + (f"<tr><th>variables</th><td>{_pre_json(result.variables)}</td></tr>" if result.variables else "")
-            + f"</table>{citations_html(fake)}</div>")
+            + f"</table>{citations_html(result.citations)}</div>")
     return _wrap(body, text)
 
 
