@@ -168,10 +168,10 @@ class Session:
         return self.tools.frame(server)
 
     def _mark_answered(self, request_inputs: list) -> None:
+        from google.protobuf import json_format
+
         for item in request_inputs:
             for response in item.tool_responses.tool_responses if "tool_responses" in item else []:
-                from google.protobuf import json_format
-
                 body = sorted_keys(json_format.MessageToDict(type(response).pb(response).response))
                 self.tools.answered(response.id, body, self._how.pop(response.id, "manual"))
 

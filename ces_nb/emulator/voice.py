@@ -81,6 +81,10 @@ class Endpointer:
     started_ns: int = 0
     since_partial_ms: int = 0
 
+    def decode(self, data: bytes) -> np.ndarray:
+        """A chunk from the client -> 16 kHz samples, through this stream's resampler and noise floor."""
+        return decode_input(data, self.fmt, self.resampler, self.noise)
+
     def feed(self, samples: np.ndarray) -> tuple[list[str], Utterance | None, bool]:
         """(partial transcripts to send, a finished utterance or None, whether speech just started)."""
         frame = SAMPLE_RATE * FRAME_MS // 1000
@@ -149,8 +153,6 @@ class Voice:
             resampler = soxr.ResampleStream(fmt.sample_rate, SAMPLE_RATE, 1, dtype="int16")
         return Endpointer(self.recognizer, fmt, resampler)
 
-    def decode(self, endpointer: Endpointer, data: bytes) -> np.ndarray:
-        return decode_input(data, endpointer.fmt, endpointer.resampler, endpointer.noise)
 
     def speak(self, text: str, fmt: AudioFormat) -> tuple[bytes, float, float]:
         """(encoded audio, synthesis ms, audio duration ms)."""

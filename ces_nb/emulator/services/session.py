@@ -12,7 +12,7 @@ from .. import names
 from ..errors import EmulatorError
 from ..registry import AppRegistry
 from ... import audio
-from ..voice import OUT_CHUNK_MS, Voice, audio_formats, decode_input, voice_span
+from ..voice import OUT_CHUNK_MS, Voice, audio_formats, voice_span
 from . import abort_for, log, unary
 
 SERVICE = "google.cloud.ces.v1.SessionService"
@@ -96,7 +96,7 @@ class SessionService:
                             "sample_rate_hertz) in the first BidiRunSession message"
                         )
                     try:
-                        samples = voice.decode(endpointer, item.audio)
+                        samples = endpointer.decode(item.audio)
                     except EmulatorError as exc:  # one bad chunk: say so in the log, keep the stream
                         log.warning("BidiRunSession %s: %s", name.id, exc.message)
                         continue
@@ -197,7 +197,7 @@ class SessionService:
                     and ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") == "realtime_input" \
                     and ces_v1.SessionInput.pb(message.realtime_input).WhichOneof("input_type") == "audio":
                 try:
-                    samples = decode_input(message.realtime_input.audio, endpointer.fmt, endpointer.resampler, endpointer.noise)
+                    samples = endpointer.decode(message.realtime_input.audio)
                 except EmulatorError:
                     continue
                 _partials, utterance, started = await asyncio.to_thread(endpointer.feed, samples)
