@@ -45,6 +45,15 @@ logging.getLogger("google_adk.google.adk.runners").setLevel(logging.ERROR)
 USER_ID = "ces"
 # Session-state key for the emulator's own record of the conversation.
 META_KEY = "_ces"
+# The turn's outputs and records are built as raw protobuf messages, wrapped for proto-plus
+# callers only at the end: proto-plus marshalling cost about 0.3 ms a turn.
+OutputPb = ces_v1.SessionOutput.pb()
+DiagnosticPb = ces_v1.SessionOutput.DiagnosticInfo.pb()
+MessagePb = ces_v1.Message.pb()
+ChunkPb = ces_v1.Chunk.pb()
+ToolCallPb = ces_v1.ToolCall.pb()
+ToolResponsePb = ces_v1.ToolResponse.pb()
+TurnPb = ces_v1.Conversation.Turn.pb()
 # Largest single input accepted, text or bytes; larger gets INVALID_ARGUMENT.
 MAX_INPUT_BYTES = 8 * 1024 * 1024
 
@@ -320,9 +329,9 @@ class AppRuntime:
         out = _OutputStream(turn_index, queue)
         first_output_ns: list[int] = []
         records: dict[str, ToolRecord] = {}
-        user_msg = ces_v1.Message(role="user", chunks=_input_chunks(inputs))
-        agent_msgs: list[ces_v1.Message] = []
-        grounding: list[ces_v1.SessionOutput] = []  # citations / suggestions wait for the text they ground
+        user_msg = MessagePb(role="user", chunks=_input_chunks(inputs))
+        agent_msgs: list = []  # MessagePb
+        grounding: list = []  # OutputPb: citations / suggestions wait for the text they ground
 
         if message is not None:
             run_config = RunConfig(streaming_mode=StreamingMode.SSE if stream_text else StreamingMode.NONE)
@@ -336,12 +345,12 @@ class AppRuntime:
                         if part.text:
                             streamed_text = True
                             first_output_ns or first_output_ns.append(time.time_ns())
-                            await out.send(ces_v1.SessionOutput(text=part.text))
+                            await out.send(OutputPb(text=part.text))
                     continue
                 chunks, outputs = self._event_outputs(event, agent, records, grounding, skip_text=streamed_text)
                 streamed_text = False
                 if chunks:
-                    agent_msgs.append(ces_v1.Message(role="agent", chunks=chunks))
+                    agent_msgs.append(MessagePb(role="agent", chunks=chunks))
                 for output in outputs:
                     first_output_ns or first_output_ns.append(time.time_ns())
                     await out.send(output)
@@ -353,7 +362,7 @@ class AppRuntime:
         spans = turn_router().close(span.get_span_context().trace_id)
         perceived = (first_output_ns[0] - started_ns) if first_output_ns else None
         root_span = build_root_span(span, spans, self.display_of_agent, records, perceived)
-        diagnostic = ces_v1.SessionOutput.DiagnosticInfo(messages=[user_msg, *agent_msgs], root_span=root_span)
+        diagnostic = DiagnosticPb(messages=[user_msg, *agent_msgs], root_span=root_span)
 
         meta.update(
             turn_count=turn_index,
@@ -362,9 +371,7 @@ class AppRuntime:
         )
         # One base64 string of the serialized Conversation.Turn: ADK deep-copies the session on
         # every read (a string copies for free), and protobuf writes bytes far faster than JSON.
-        record = base64.b64encode(
-            ces_v1.Conversation.Turn.pb(ces_v1.Conversation.Turn(messages=diagnostic.messages, root_span=root_span)).SerializeToString()
-        ).decode("ascii")
+        record = base64.b64encode(TurnPb(messages=diagnostic.messages, root_span=root_span).SerializeToString()).decode("ascii")
         live = self._sessions[session.id].session or session
         await self.session_service.append_event(
             live,
@@ -418,16 +425,16 @@ class AppRuntime:
         return (types.Content(role="user", parts=parts) if parts else None), variables, input_types
 
     def _event_outputs(self, event: Event, agent: str, records, grounding, skip_text: bool):
-        """One ADK event -> diagnostic chunks and SessionOutputs, in order."""
-        chunks: list[ces_v1.Chunk] = []
-        outputs: list[ces_v1.SessionOutput] = []
+        """One ADK event -> diagnostic chunks (ChunkPb) and SessionOutputs (OutputPb), in order."""
+        chunks: list = []
+        outputs: list = []
         long_running = set(event.long_running_tool_ids or ())
-        client_calls: list[ces_v1.ToolCall] = []
+        client_calls: list = []
         for part in (event.content.parts if event.content else []):
             if part.text and not part.thought:
-                chunks.append(ces_v1.Chunk(text=part.text))
+                chunks.append(ChunkPb(text=part.text))
                 if not skip_text:
-                    outputs.append(ces_v1.SessionOutput(text=part.text))
+                    outputs.append(OutputPb(text=part.text))
                 outputs.extend(grounding)
                 grounding.clear()
             elif part.function_call:
@@ -435,15 +442,15 @@ class AppRuntime:
                 args = dict(call.args or {})
                 if call.name == TRANSFER_TOOL:
                     target = self.display_of_agent.get(str(args.get("agent_name")), str(args.get("agent_name")))
-                    chunks.append(ces_v1.Chunk(agent_transfer=ces_v1.AgentTransfer(target_agent=target, display_name=target)))
+                    chunks.append(ChunkPb(agent_transfer={"target_agent": target, "display_name": target}))
                     continue
                 tool = self._tool_by_adk_name(call.name)
                 display = tool.display_name if tool else call.name
-                tool_call = ces_v1.ToolCall(id=call.id or "", tool=display, display_name=display, args=to_struct(args))
+                tool_call = ToolCallPb(id=call.id or "", tool=display, display_name=display, args=to_struct(args))
                 records[call.id or display] = ToolRecord(name=display, adk_name=call.name, args=args)
-                chunks.append(ces_v1.Chunk(tool_call=tool_call))
+                chunks.append(ChunkPb(tool_call=tool_call))
                 if call.name == "end_session":
-                    outputs.append(ces_v1.SessionOutput(end_session=ces_v1.EndSession(metadata=to_struct(args))))
+                    outputs.append(OutputPb(end_session={"metadata": to_struct(args)}))
                 elif call.id in long_running:
                     client_calls.append(tool_call)
             elif part.function_response:
@@ -455,17 +462,18 @@ class AppRuntime:
                 display = tool.display_name if tool else resp.name
                 if resp.id in records:
                     records[resp.id].response = body
-                chunks.append(ces_v1.Chunk(tool_response=ces_v1.ToolResponse(id=resp.id or "", tool=display, display_name=display, response=to_struct(body))))
+                chunks.append(ChunkPb(tool_response=ToolResponsePb(id=resp.id or "", tool=display, display_name=display, response=to_struct(body))))
                 if isinstance(tool, SearchTool):
                     grounding.append(grounding_output(tool, body))
         if client_calls:
-            outputs.append(ces_v1.SessionOutput(tool_calls=ces_v1.ToolCalls(tool_calls=client_calls)))
+            outputs.append(OutputPb(tool_calls={"tool_calls": client_calls}))
         for payload in (event.custom_metadata or {}).get("ces_payloads", []):
-            chunks.append(ces_v1.Chunk(payload=to_struct(payload)))
-            outputs.append(ces_v1.SessionOutput(payload=to_struct(payload)))
+            struct = to_struct(payload)
+            chunks.append(ChunkPb(payload=struct))
+            outputs.append(OutputPb(payload=struct))
         delta = {k: v for k, v in (event.actions.state_delta if event.actions else {}).items() if not k.startswith(("_", "temp:"))}
         if delta:
-            chunks.append(ces_v1.Chunk(updated_variables=to_struct(delta)))
+            chunks.append(ChunkPb(updated_variables=to_struct(delta)))
         return chunks, outputs
 
     def _tool_by_adk_name(self, name: str) -> CesTool | None:
@@ -487,25 +495,26 @@ class _ListSink:
 
 
 class _OutputStream:
-    """Sends outputs one behind, so the last one can carry turn_completed."""
+    """Sends outputs one behind, so the last one can carry turn_completed. Takes raw OutputPb
+    messages and hands the consumer proto-plus SessionOutputs (wrapped, not copied)."""
 
     def __init__(self, turn_index: int, queue: asyncio.Queue):
         self.turn_index = turn_index
         self.queue = queue
-        self.held: ces_v1.SessionOutput | None = None
+        self.held = None  # OutputPb
 
-    async def send(self, output: ces_v1.SessionOutput) -> None:
+    async def send(self, output) -> None:
         output.turn_index = self.turn_index
         if self.held is not None:
-            await self.queue.put(self.held)
+            await self.queue.put(ces_v1.SessionOutput.wrap(self.held))
         self.held = output
 
-    async def finish(self, diagnostic: ces_v1.SessionOutput.DiagnosticInfo) -> None:
-        last = self.held or ces_v1.SessionOutput(turn_index=self.turn_index)
+    async def finish(self, diagnostic) -> None:
+        last = self.held or OutputPb(turn_index=self.turn_index)
         last.turn_completed = True
-        last.diagnostic_info = diagnostic
+        last.diagnostic_info.CopyFrom(diagnostic)
         self.held = None
-        await self.queue.put(last)
+        await self.queue.put(ces_v1.SessionOutput.wrap(last))
 
 
 def pending_tool_calls(session: Session) -> dict[str, str]:
@@ -549,28 +558,30 @@ def _merge_fragments(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.SessionIn
         if kind == "text" and merged and ces_v1.SessionInput.pb(merged[-1]).WhichOneof("input_type") == "text" and merged[-1].will_continue:
             merged[-1] = ces_v1.SessionInput(text=" ".join((merged[-1].text.strip() + " " + item.text.strip()).split()), will_continue=item.will_continue)
         else:
-            merged.append(ces_v1.SessionInput(item))
+            merged.append(item)  # never changed in place: a merge makes a new input
     return merged
 
 
-def _input_chunks(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.Chunk]:
+def _input_chunks(inputs: list[ces_v1.SessionInput]) -> list:
+    """The user's side of the turn, as ChunkPb messages."""
     chunks = []
     for item in inputs:
-        kind = ces_v1.SessionInput.pb(item).WhichOneof("input_type")
+        pb = ces_v1.SessionInput.pb(item)
+        kind = pb.WhichOneof("input_type")
         if kind == "text":
-            chunks.append(ces_v1.Chunk(text=item.text))
+            chunks.append(ChunkPb(text=pb.text))
         elif kind == "dtmf":
-            chunks.append(ces_v1.Chunk(text=f"dtmf: {item.dtmf}"))
+            chunks.append(ChunkPb(text=f"dtmf: {pb.dtmf}"))
         elif kind == "event":
-            chunks.append(ces_v1.Chunk(text=f"event: {item.event.event}"))
+            chunks.append(ChunkPb(text=f"event: {pb.event.event}"))
         elif kind == "image":
-            chunks.append(ces_v1.Chunk(image=item.image))
+            chunks.append(ChunkPb(image=pb.image))
         elif kind == "blob":
-            chunks.append(ces_v1.Chunk(blob=item.blob))
+            chunks.append(ChunkPb(blob=pb.blob))
         elif kind == "variables":
-            chunks.append(ces_v1.Chunk(updated_variables=item.variables))
+            chunks.append(ChunkPb(updated_variables=pb.variables))
         elif kind == "tool_responses":
-            chunks.extend(ces_v1.Chunk(tool_response=r) for r in item.tool_responses.tool_responses)
+            chunks.extend(ChunkPb(tool_response=r) for r in pb.tool_responses.tool_responses)
     return chunks
 
 
@@ -580,21 +591,16 @@ def to_struct(values: dict) -> struct_pb2.Struct:
     return s
 
 
-def grounding_output(tool: SearchTool, body: dict) -> ces_v1.SessionOutput:
+def grounding_output(tool: SearchTool, body: dict):
+    """The citations (data store) or search suggestions (Google search) output, as an OutputPb."""
     results = body.get("results", [])
     if tool.kind == "google_search_tool":
         query = str(body.get("query", ""))
-        return ces_v1.SessionOutput(
-            google_search_suggestions=ces_v1.GoogleSearchSuggestions(
-                htmls=[search_suggestions_html(query)],
-                web_search_queries=[ces_v1.WebSearchQuery(query=query, uri=r.get("uri", "")) for r in results[:1]] or [ces_v1.WebSearchQuery(query=query)],
-            )
-        )
-    return ces_v1.SessionOutput(
-        citations=ces_v1.Citations(
-            cited_chunks=[
-                ces_v1.Citations.CitedChunk(uri=r.get("uri", ""), title=r.get("title", ""), text=r.get("snippet", ""), requires_attribution=True)
-                for r in results
-            ]
-        )
-    )
+        return OutputPb(google_search_suggestions={
+            "htmls": [search_suggestions_html(query)],
+            "web_search_queries": [{"query": query, "uri": r.get("uri", "")} for r in results[:1]] or [{"query": query}],
+        })
+    return OutputPb(citations={"cited_chunks": [
+        {"uri": r.get("uri", ""), "title": r.get("title", ""), "text": r.get("snippet", ""), "requires_attribution": True}
+        for r in results
+    ]})

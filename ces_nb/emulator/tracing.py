@@ -102,8 +102,9 @@ def build_root_span(
     agent_names: dict[str, str],
     tools_by_id: dict[str, ToolRecord],
     perceived_latency_ns: int | None,
-) -> ces_v1.Span:
-    """The CES root span for one turn, from the turn span and its descendants."""
+):
+    """The CES root span for one turn, from the turn span and its descendants, as a raw
+    protobuf Span (`ces_v1.Span.wrap` it for proto-plus)."""
     children: dict[int, list[ReadableSpan]] = {}
     for span in spans:
         if span.parent is not None:
@@ -112,7 +113,7 @@ def build_root_span(
         kids.sort(key=lambda s: s.start_time)
     unclaimed = {i: rec for i, rec in tools_by_id.items()}
 
-    def convert(span: ReadableSpan, agent: str) -> list[ces_v1.Span]:
+    def convert(span: ReadableSpan, agent: str) -> list:
         attrs = span.attributes or {}
         op = attrs.get("gen_ai.operation.name")
         agent = agent_names.get(str(attrs.get("gen_ai.agent.name", "")), agent) if op == "invoke_agent" else agent
@@ -158,14 +159,16 @@ def _claim_tool(attrs, unclaimed: dict[str, ToolRecord]) -> tuple[ToolRecord | N
     return None, None
 
 
-def _span(name: str, otel: ReadableSpan, attributes: dict, children: list[ces_v1.Span]) -> ces_v1.Span:
+SpanPb = ces_v1.Span.pb()
+
+
+def _span(name: str, otel: ReadableSpan, attributes: dict, children: list):
     start, end = otel.start_time or 0, otel.end_time or otel.start_time or 0
-    pb = ces_v1.Span.pb()(
+    return SpanPb(
         name=name,
         start_time=_ts(start),
         end_time=_ts(end),
         duration=duration_pb2.Duration(seconds=(end - start) // 10**9, nanos=(end - start) % 10**9),
         attributes=_struct(attributes),
-        child_spans=[ces_v1.Span.pb(c) for c in children],
+        child_spans=children,
     )
-    return ces_v1.Span.wrap(pb)

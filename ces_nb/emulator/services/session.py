@@ -18,6 +18,11 @@ from . import abort_for, log, unary
 SERVICE = "google.cloud.ces.v1.SessionService"
 
 
+def _response(outputs: list[ces_v1.SessionOutput]) -> ces_v1.RunSessionResponse:
+    """Built on the raw protobuf: proto-plus would marshal each output again."""
+    return ces_v1.RunSessionResponse.wrap(ces_v1.RunSessionResponse.pb()(outputs=[ces_v1.SessionOutput.pb(o) for o in outputs]))
+
+
 class SessionService:
     def __init__(self, registry: AppRegistry, audio_pace: float = 1.0):
         self.registry = registry
@@ -33,7 +38,7 @@ class SessionService:
         started = time.time_ns()
         runtime, name = self._target(request.config)
         outputs = await runtime.run_turn_to_end(name.id, request.config, list(request.inputs), turn_started_ns=started)
-        return ces_v1.RunSessionResponse(outputs=outputs)
+        return _response(outputs)
 
     async def stream_run_session(self, request: ces_v1.RunSessionRequest, context):
         started = time.time_ns()
@@ -42,7 +47,7 @@ class SessionService:
             async for output in runtime.run_turn(
                 name.id, request.config, list(request.inputs), stream_text=request.config.enable_text_streaming, turn_started_ns=started
             ):
-                yield ces_v1.RunSessionResponse(outputs=[output])
+                yield _response([output])
         except Exception as exc:
             await abort_for(exc, context, "StreamRunSession")
 

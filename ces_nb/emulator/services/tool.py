@@ -64,10 +64,8 @@ class ToolService:
         response.response = to_struct(body if isinstance(body, dict) else {"result": body})
         if isinstance(tool, SearchTool):
             grounding = grounding_output(tool, body)
-            if "citations" in grounding:
-                response.citations = grounding.citations
-            else:
-                response.google_search_suggestions = grounding.google_search_suggestions
+            field = grounding.WhichOneof("output_type")  # citations or google_search_suggestions
+            getattr(ces_v1.ExecuteToolResponse.pb(response), field).CopyFrom(getattr(grounding, field))
         return response
 
     def handler(self) -> grpc.GenericRpcHandler:
