@@ -25,6 +25,7 @@ from google.adk.models.llm_response import LlmResponse
 from google.adk.plugins.base_plugin import BasePlugin
 from google.adk.runners import Runner
 from google.adk.sessions import BaseSessionService, Session
+from google.adk.telemetry.context import TelemetryConfig
 from google.cloud import ces_v1
 from google.genai import types
 from google.protobuf import json_format, struct_pb2
@@ -45,6 +46,11 @@ logging.getLogger("google_adk.google.adk.runners").setLevel(logging.ERROR)
 USER_ID = "ces"
 # Session-state key for the emulator's own record of the conversation.
 META_KEY = "_ces"
+# ADK 2's default, experimental GenAI semconv serializes every request's messages and tool
+# definitions onto its spans: about 0.6 ms a turn that build_root_span never reads. The stable
+# convention keeps every attribute it does read (operation, agent, model, tokens, tool name and
+# call id). ADK_TELEMETRY_IGNORE_RUN_CONFIG=true puts ADK's own env settings back in charge.
+TELEMETRY = TelemetryConfig(genai_semconv_stability_opt_in="stable")
 # The turn's outputs and records are built as raw protobuf messages, wrapped for proto-plus
 # callers only at the end: proto-plus marshalling cost about 0.3 ms a turn.
 OutputPb = ces_v1.SessionOutput.pb()
@@ -334,7 +340,7 @@ class AppRuntime:
         grounding: list = []  # OutputPb: citations / suggestions wait for the text they ground
 
         if message is not None:
-            run_config = RunConfig(streaming_mode=StreamingMode.SSE if stream_text else StreamingMode.NONE)
+            run_config = RunConfig(streaming_mode=StreamingMode.SSE if stream_text else StreamingMode.NONE, telemetry=TELEMETRY)
             streamed_text = False
             async for event in self.runner.run_async(
                 user_id=USER_ID, session_id=session.id, new_message=message, run_config=run_config
