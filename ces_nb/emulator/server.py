@@ -8,12 +8,15 @@ import os
 from pathlib import Path
 
 import grpc
+from google.adk.sessions import InMemorySessionService
+from google.cloud import ces_v1
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .export import LoadedApp, load_export
 from .reflection import register_service_descriptors, service_names
 from .registry import AppRegistry, session_service_for
+from .runtime import AppRuntime
 from .services.agent import AgentService
 from .services.session import SessionService
 from .services.tool import ToolService
@@ -81,6 +84,28 @@ class EmulatorServer:
         for name in ["", *service_names()]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.address
+
+    async def warm_up(self) -> None:
+        """Plays the user side of each app's examples once, on a scratch in-memory store that no
+        client sees. ADK and google-genai import a lot on first use, and the python-tool worker
+        starts on first call: this moves that from the first client turn to startup, where
+        `ces-nb emulator` can then freeze it out of garbage collection. Skipped with a real model."""
+        if self.model or self.registry is None:
+            return
+        for app in self.apps:
+            scratch = AppRuntime(app, InMemorySessionService(), self.registry.python_runner)
+            for n, example in enumerate(app.examples):
+                session_id = f"warm-up-{n}"
+                config = ces_v1.SessionConfig(session=f"projects/-/locations/-/apps/{app.app_id}/sessions/{session_id}")
+                for message in example.messages:
+                    text = " ".join(c.text for c in message.chunks if c.text)
+                    if message.role.lower() != "user" or not text.strip():
+                        continue
+                    try:
+                        await scratch.run_turn_to_end(session_id, config, [ces_v1.SessionInput(text=text)])
+                    except Exception as exc:  # best effort: a client's turn would meet the same error
+                        log.debug("warm-up of %s, example %r: %s", app.app_id, example.display_name, exc)
+                        break
 
     async def stop(self, grace: float = 2.0) -> None:
         """Sends go_away to open bidi streams, then stops within `grace` seconds."""
