@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -60,6 +61,9 @@ ChunkPb = ces_v1.Chunk.pb()
 ToolCallPb = ces_v1.ToolCall.pb()
 ToolResponsePb = ces_v1.ToolResponse.pb()
 TurnPb = ces_v1.Conversation.Turn.pb()
+# Live session objects kept between turns; beyond this, the least recently used is dropped
+# (the store has everything), so a long-running emulator's memory stays bounded.
+MAX_LIVE_SESSIONS = 256
 # Largest single input accepted, text or bytes; larger gets INVALID_ARGUMENT.
 MAX_INPUT_BYTES = 8 * 1024 * 1024
 
@@ -87,8 +91,7 @@ class _SessionCapture(BasePlugin):
         self.runtime = runtime
 
     async def after_run_callback(self, *, invocation_context) -> None:
-        session = invocation_context.session
-        self.runtime._sessions.setdefault(session.id, TurnState()).session = session
+        self.runtime.keep_live(invocation_context.session)
 
 
 class AppRuntime:
@@ -105,6 +108,7 @@ class AppRuntime:
         self.scripts = [compile_example(e, root_agent.display_name) for e in app.examples]
         self.root = self._build_agent(root_agent, set())
         self._sessions: dict[str, TurnState] = {}
+        self._live: OrderedDict[str, None] = OrderedDict()  # sessions whose live object is cached, oldest first
         self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=session_service,
                              plugins=[_SessionCapture(self)])
 
@@ -173,6 +177,23 @@ class AppRuntime:
     def forget(self, session_id: str) -> None:
         """Drop cached state for a session deleted from the store."""
         self._sessions.pop(session_id, None)
+        self._live.pop(session_id, None)
+
+    def keep_live(self, session: Session) -> None:
+        """Cache the runner's session object for the next turn, for the most recent
+        MAX_LIVE_SESSIONS sessions; an older one is read back from the store when it speaks again."""
+        self._sessions.setdefault(session.id, TurnState()).session = session
+        self._live[session.id] = None
+        self._live.move_to_end(session.id)
+        while len(self._live) > MAX_LIVE_SESSIONS:
+            oldest, _ = self._live.popitem(last=False)
+            state = self._sessions.get(oldest)
+            if state is None:
+                continue
+            if state.lock.locked() or state.fragments:
+                state.session = None  # a turn is running or waiting for fragments: keep its lock
+            else:
+                del self._sessions[oldest]
 
     async def get_or_create_session(self, session_id: str, config: ces_v1.SessionConfig) -> Session:
         cached = self._sessions.get(session_id)
