@@ -157,3 +157,25 @@ def test_plain_paragraph_shortcut_matches_markdown():
     # anything that could be markup goes through the parser
     for text in ["**bold**", "1. first", "- item", "a\nb", "[x](https://e.example)", "<b>x</b>", "a & b", "# title"]:
         assert md._MARKUP.search(text) is not None
+
+
+def test_plain_paragraph_skips_the_sanitizer_only_where_it_would_change_nothing():
+    import random
+    import string
+    from html import escape
+
+    import nh3
+
+    from ces_nb.render import markdown as md
+
+    alphabet = string.ascii_letters + string.digits + " .,;:'\"?()/@$%^-+=é日本\u00a0\u200b\t\x01\x0b\r\0\ufeff\U0001F600"
+    rnd = random.Random(7)
+    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24))) for _ in range(3000)]
+    texts += ["a\u00a0b", "a\rb", "a\0b", "  it's \"quoted\"  "]
+    checked = 0
+    for text in texts:
+        if md._MARKUP.search(text):
+            continue
+        checked += 1
+        assert md.markdown_html(text) == nh3.clean(f"<p>{escape(text.strip())}</p>"), repr(text)
+    assert checked > 2000
