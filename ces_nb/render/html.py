@@ -194,7 +194,8 @@ def span_tree_html(root: Span, open_depth: int = 1) -> str:
             continue
         span, depth = item
         row = _span_row(span, origin, total, root is span)
-        kind = f"ces-k-{span.kind.lower()}" if span.kind in SPAN_KINDS else "ces-k-other"
+        kind = span.kind
+        kind = f"ces-k-{kind.lower()}" if kind in SPAN_KINDS else "ces-k-other"
         if span.children:
             append(f'<details class="{kind}"{" open" if depth < open_depth else ""}><summary>{row}</summary>')
             stack.append(None)
@@ -208,8 +209,8 @@ def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
     attrs = span.attributes
     shown = []
     for key in KEY_ATTRIBUTES:
-        if key in attrs and attrs[key] not in ("", None):
-            value = attrs[key]
+        value = attrs.get(key)
+        if value is not None and value != "":
             if isinstance(value, str):
                 text = value
             elif type(value) in (int, float):
