@@ -94,17 +94,16 @@ class EmulatorServer:
             return
         for app in self.apps:
             scratch = AppRuntime(app, InMemorySessionService(), self.registry.python_runner)
-            for n, example in enumerate(app.examples):
+            for n, script in enumerate(scratch.scripts):  # the examples as the playback model reads them
                 session_id = f"warm-up-{n}"
                 config = ces_v1.SessionConfig(session=f"projects/-/locations/-/apps/{app.app_id}/sessions/{session_id}")
-                for message in example.messages:
-                    text = " ".join(c.text for c in message.chunks if c.text)
-                    if message.role.lower() != "user" or not text.strip():
+                for turn in script.turns:
+                    if not turn.user.strip():
                         continue
                     try:
-                        await scratch.run_turn_to_end(session_id, config, [ces_v1.SessionInput(text=text)])
+                        await scratch.run_turn_to_end(session_id, config, [ces_v1.SessionInput(text=turn.user)])
                     except Exception as exc:  # best effort: a client's turn would meet the same error
-                        log.debug("warm-up of %s, example %r: %s", app.app_id, example.display_name, exc)
+                        log.debug("warm-up of %s, example %r: %s", app.app_id, script.name, exc)
                         break
 
     async def stop(self, grace: float = 2.0) -> None:
