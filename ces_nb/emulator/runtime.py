@@ -187,9 +187,7 @@ class AppRuntime:
         self._live.move_to_end(session.id)
         while len(self._live) > MAX_LIVE_SESSIONS:
             oldest, _ = self._live.popitem(last=False)
-            state = self._sessions.get(oldest)
-            if state is None:
-                continue
+            state = self._sessions[oldest]  # forget() drops both entries together
             if state.lock.locked() or state.fragments:
                 state.session = None  # a turn is running or waiting for fragments: keep its lock
             else:
