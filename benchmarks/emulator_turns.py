@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 SCRIPT = [
     "Hello",
@@ -111,17 +112,6 @@ class Worker:
 
 # -- (1): the official client against the emulator -------------------------------------------
 
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--db", ":memory:"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("emulator did not start")
-        if "listening on" in line:
-            return proc, line.split("listening on ", 1)[1].split()[0]
-
-
 def grpc_round(client) -> list[float]:
     name = f"projects/b/locations/us/apps/skyway/sessions/bench-{uuid.uuid4().hex[:12]}"
     times = []
@@ -137,9 +127,12 @@ def measure(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
     from google.cloud import ces_v1
     from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
 
-    proc, address = start_emulator()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from emulator_process import EmulatorProcess
+
+    server = EmulatorProcess("--db", ":memory:")
     workers = {kind: Worker(kind) for kind in BASELINES}
-    channel = grpc.insecure_channel(address)
+    channel = grpc.insecure_channel(server.address)
     client = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
     over_grpc: list[float] = []
     baselines: dict[str, list[float]] = {kind: [] for kind in BASELINES}
@@ -155,8 +148,7 @@ def measure(rounds: int) -> tuple[list[float], dict[str, list[float]]]:
         channel.close()
         for worker in workers.values():
             worker.close()
-        proc.terminate()
-        proc.wait()
+        server.stop()
     return over_grpc, baselines
 
 
