@@ -14,6 +14,7 @@ import sys
 def _emulator(args: argparse.Namespace) -> int:
     from .emulator.export import ExportError, load_export
     from .emulator.server import EmulatorServer, demo_app_path
+    from .emulator.store import StoreError, display_url
 
     try:
         apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
@@ -25,7 +26,7 @@ def _emulator(args: argparse.Namespace) -> int:
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace)
         try:
             address = await server.start()
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             print(f"ces-nb emulator: {exc}", file=sys.stderr)
             return 1
         stop = asyncio.Event()
@@ -44,8 +45,9 @@ def _emulator(args: argparse.Namespace) -> int:
         # total work but makes full collections ten times rarer.
         gc.set_threshold(10_000, 10, 10)
         app_ids = ", ".join(a.app_id for a in apps)
-        # This line is the readiness signal: clients (and tests) wait for it.
-        print(f"CES emulator listening on {address} (apps: {app_ids}; db: {server.db})", flush=True)
+        # Readiness is gRPC health (`ces-nb health ADDRESS`); this line is for people.
+        await server.serving()
+        print(f"CES emulator listening on {address} (apps: {app_ids}; db: {display_url(server.db)})", flush=True)
         await stop.wait()
         print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
         await server.stop()
@@ -54,12 +56,32 @@ def _emulator(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+def _health(args: argparse.Namespace) -> int:
+    from .local_emulator import DOWN, FOREIGN, SERVING, foreign_message, health, wait_until_serving
+
+    if args.wait and wait_until_serving(args.address, args.wait):
+        state = SERVING
+    else:
+        state = health(args.address)
+    if state == SERVING:
+        print(f"a CES emulator serves at {args.address}")
+        return 0
+    if state == FOREIGN:
+        print(f"ces-nb health: {foreign_message(args.address)}", file=sys.stderr)
+    elif state == DOWN:
+        print(f"ces-nb health: nothing listens at {args.address}; start it with `ces-nb emulator`", file=sys.stderr)
+    else:
+        print(f"ces-nb health: the emulator at {args.address} is still starting; wait with --wait SECONDS", file=sys.stderr)
+    return 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     import importlib.util
     import os
     import subprocess
     from pathlib import Path
 
+    from .errors import CesError
     from .local_emulator import ensure_emulator
 
     if importlib.util.find_spec("jupyterlab") is None:
@@ -69,7 +91,11 @@ def _demo(args: argparse.Namespace) -> int:
     if not notebooks.is_dir():
         print(f"ces-nb demo: no notebooks folder at {notebooks}; pass --notebooks PATH", file=sys.stderr)
         return 2
-    address = ensure_emulator(f"127.0.0.1:{args.port}")  # stopped when this command exits
+    try:
+        address = ensure_emulator(f"127.0.0.1:{args.port}")  # stopped when this command exits
+    except CesError as exc:
+        print(f"ces-nb demo: {exc}", file=sys.stderr)
+        return 1
     print(f"ces-nb demo: CES emulator at {address}; starting JupyterLab on {notebooks} (open the URL below)", flush=True)
     env = {**os.environ, "CES_NB_EMULATOR": address}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.root_dir={notebooks}", f"--ServerApp.port={args.lab_port}", *args.lab_args]
@@ -100,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                           "barge in (default); 0 = as fast as possible")
     emu.add_argument("--log-level", default="WARNING", help="server log level (default WARNING)")
     emu.set_defaults(func=_emulator)
+    check = sub.add_parser("health", help="exit 0 when a CES emulator serves at ADDRESS (asked through gRPC health)")
+    check.add_argument("address", nargs="?", default=None, help="host:port (default $CES_NB_EMULATOR or 127.0.0.1:50551)")
+    check.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="keep asking for up to SECONDS")
+    check.set_defaults(func=_health, log_level="WARNING")
     demo = sub.add_parser("demo", help="start the emulator and JupyterLab on the tutorial notebooks")
     demo.add_argument("--notebooks", default="notebooks", help="folder to open (default ./notebooks)")
     demo.add_argument("--port", type=int, default=50551, help="emulator port (default 50551; reused if one listens there)")
@@ -107,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("lab_args", nargs="*", help="more JupyterLab options, after --")
     demo.set_defaults(func=_demo, log_level="WARNING")
     args = parser.parse_args(argv)
+    if args.command == "health" and not args.address:
+        from .local_emulator import default_address
+
+        args.address = default_address()
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

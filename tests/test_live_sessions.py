@@ -10,7 +10,7 @@ from google.cloud import ces_v1
 from ces_nb.emulator import runtime as runtime_module
 from ces_nb.emulator.export import load_export
 from ces_nb.emulator.python_runner import PythonToolRunner
-from ces_nb.emulator.registry import session_service_for
+from ces_nb.emulator.store import session_service_for
 from ces_nb.emulator.runtime import AppRuntime
 from ces_nb.emulator.server import demo_app_path
 

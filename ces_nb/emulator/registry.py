@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from google.adk.sessions import BaseSessionService, DatabaseSessionService, InMemorySessionService
+from google.adk.sessions import BaseSessionService
 
-from .errors import EmulatorError
+from .errors import EmulatorError, quote
 from .export import LoadedApp
 from .names import Name
 from .python_runner import PythonToolRunner
 from .runtime import AppRuntime
-
-
-def session_service_for(db: str) -> BaseSessionService:
-    """`:memory:` keeps sessions in memory; anything else is a SQLAlchemy URL or a file path."""
-    if db == ":memory:":
-        return InMemorySessionService()
-    if "://" not in db:
-        db = f"sqlite:///{db}"
-    # ADK's store is async: plain sqlite:// URLs get the aiosqlite driver.
-    if db.startswith("sqlite://"):
-        db = "sqlite+aiosqlite://" + db[len("sqlite://"):]
-    return DatabaseSessionService(db_url=db)
 
 
 class AppRegistry:
@@ -39,7 +27,7 @@ class AppRegistry:
         except KeyError:
             loaded = ", ".join(sorted(self.runtimes)) or "none"
             raise EmulatorError.not_found(
-                f"app {name.app!r} is not loaded in the emulator (loaded apps: {loaded}); "
+                f"app {quote(name.app)} is not loaded in the emulator (loaded apps: {loaded}); "
                 f"start it with `ces-nb emulator --app PATH` or use one of those ids"
             ) from None
 

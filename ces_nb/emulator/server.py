@@ -15,11 +15,12 @@ from grpc_reflection.v1alpha import reflection
 
 from .export import LoadedApp, load_export
 from .reflection import register_service_descriptors, service_names
-from .registry import AppRegistry, session_service_for
+from .registry import AppRegistry
 from .runtime import AppRuntime
 from .services.agent import AgentService
 from .services.session import SessionService
 from .services.tool import ToolService
+from .store import StoreLock, open_sqlite_file, open_store, sqlite_file
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -36,9 +37,7 @@ def demo_app_path() -> Path:
 
 def default_db_path() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    folder = os.path.join(base, "ces_nb")
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, "emulator.db")
+    return os.path.join(base, "ces_nb", "emulator.db")  # store.open_sqlite_file creates it, privately
 
 
 class EmulatorServer:
@@ -53,37 +52,63 @@ class EmulatorServer:
         self.server: grpc.aio.Server | None = None
         self.registry: AppRegistry | None = None
         self.sessions: SessionService | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._store_lock: StoreLock | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> str:
-        """Binds and starts serving; returns host:port (the real port when port=0)."""
-        self.registry = AppRegistry(self.apps, session_service_for(self.db), self.model)
+        """Checks and holds the store, binds and starts serving; returns host:port (the real port
+        when port=0). Raises StoreError or OSError with a message that says what to do."""
+        path = sqlite_file(self.db)
+        self._store_lock = open_sqlite_file(path) if path else None
+        try:
+            store = await open_store(self.db)
+        except BaseException:
+            self._release_store()
+            raise
+        self.registry = AppRegistry(self.apps, store, self.model)
         self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC sets SO_REUSEPORT by default: a second emulator on the same port would then
+            # bind too and take half of the traffic. One port, one emulator.
+            ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers(
             (self.sessions.handler(), AgentService(self.registry).handler(), ToolService(self.registry).handler())
         )
-        health_servicer = health.aio.HealthServicer()
+        self._health = health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         register_service_descriptors()
         reflection.enable_server_reflection(
             [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        try:
+            port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:  # newer grpcio raises where older ones returned 0
+            port = 0
         if port == 0:
-            raise OSError(f"could not bind {self.host}:{self.port}; is another emulator running? try --port 0")
+            self._release_store()
+            raise OSError(
+                f"port {self.port} on {self.host} is taken (another emulator, or another program, listens there); "
+                f"stop it, or pick another port: ces-nb emulator --port {self.port + 1} (or --port 0 for any free one)"
+            )
         self.port = port
-        await self.server.start()
+        # Bound, but not ready for turns until serving() says so (after the warm-up).
         for name in ["", *service_names()]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
         return self.address
+
+    async def serving(self) -> None:
+        """Tell health checks the emulator is ready: clients wait for this, not for a log line."""
+        for name in ["", *service_names()]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def warm_up(self) -> None:
         """Plays the user side of each app's examples once, on a scratch in-memory store that no
@@ -110,13 +135,22 @@ class EmulatorServer:
         """Sends go_away to open bidi streams, then stops within `grace` seconds."""
         if self.server is None:
             return
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
         if self.sessions is not None:
             await self.sessions.go_away()
         await self.server.stop(grace)
         if self.registry is not None:
             await self.registry.close()
+        self._release_store()
         self.server = None
+
+    def _release_store(self) -> None:
+        if self._store_lock is not None:
+            self._store_lock.release()
+            self._store_lock = None
 
     async def wait(self) -> None:
         if self.server is not None:
             await self.server.wait_for_termination()
+
