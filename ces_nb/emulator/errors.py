@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import grpc
 
+# Longest piece of a client's input echoed back in an error message.
+ECHO_CHARS = 60
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+def quote(value: object) -> str:
+    """A client's value as an error message may echo it: repr'd and cut to a short prefix, so a
+    10 KB session id doesn't come back as a 10 KB status message."""
+    return clip(repr(value), ECHO_CHARS)
+
 
 class EmulatorError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import EmulatorError
+from .errors import EmulatorError, quote
 
 _APP = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/apps/(?P<app>[^/]+)"
 _PATTERNS = {
@@ -45,12 +45,12 @@ class Name:
 def parse(kind: str, name: str, field: str = "name") -> Name:
     m = _PATTERNS[kind].match(name or "")
     if not m:
-        got = f"{name!r}" if name else "nothing"
+        got = quote(name) if name else "nothing"
         raise EmulatorError.invalid_argument(f"{field} must look like {_EXAMPLES[kind]!r}; got {got}")
     parsed = Name(m["project"], m["location"], m["app"], m.groupdict().get("id") or "")
     if kind == "session" and not SESSION_ID.match(parsed.id):
         raise EmulatorError.invalid_argument(
-            f"session id {parsed.id!r} in {field} may use only letters, digits and -._~ (at most 128)"
+            f"session id {quote(parsed.id)} in {field} may use only letters, digits and -._~ (at most 128)"
         )
     return parsed
 
@@ -59,6 +59,6 @@ def parse_parent(parent: str) -> tuple[str, str]:
     m = _PARENT.match(parent or "")
     if not m:
         raise EmulatorError.invalid_argument(
-            f"parent must look like 'projects/my-project/locations/us'; got {parent!r}"
+            f"parent must look like 'projects/my-project/locations/us'; got {quote(parent)}"
         )
     return m["project"], m["location"]

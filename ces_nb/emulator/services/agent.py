@@ -12,7 +12,7 @@ from google.cloud import ces_v1
 from google.protobuf import empty_pb2, json_format, timestamp_pb2
 
 from .. import names
-from ..errors import EmulatorError
+from ..errors import EmulatorError, quote
 from ..export import slugify
 from ..registry import AppRegistry
 from ..runtime import META_KEY, USER_ID, AppRuntime
@@ -48,7 +48,7 @@ def _parse_time(text: str) -> dt.datetime:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise EmulatorError.invalid_argument(
-            f"filter time {text!r} is not RFC 3339; write e.g. start_time > \"2026-01-01T00:00:00Z\""
+            f"filter time {quote(text)} is not RFC 3339; write e.g. start_time > \"2026-01-01T00:00:00Z\""
         ) from None
 
 
@@ -61,7 +61,7 @@ def _time_filter(expression: str):
         m = _FILTER_TERM.match(term)
         if not m:
             raise EmulatorError.invalid_argument(
-                f"filter term {term!r} is not supported; the emulator filters on start_time, "
+                f"filter term {quote(term)} is not supported; the emulator filters on start_time, "
                 'e.g. start_time >= "2026-01-01T00:00:00Z" AND start_time < "2026-02-01T00:00:00Z"'
             )
         op, bound = m[1], _parse_time(m[2])
@@ -107,7 +107,7 @@ class AgentService:
             if ident in (display, slugify(display)):
                 return item
         known = ", ".join(slugify(d) if what == "agent" else d for d in sorted(pool))
-        raise EmulatorError.not_found(f"{what} {ident!r} is not in app {app!r}; {what}s: {known}")
+        raise EmulatorError.not_found(f"{what} {quote(ident)} is not in app {quote(app)}; {what}s: {known}")
 
     async def list_agents(self, request: ces_v1.ListAgentsRequest, context) -> ces_v1.ListAgentsResponse:
         name = names.parse("app", request.parent, "parent")
@@ -179,7 +179,7 @@ class AgentService:
         session = await runtime.session_service.get_session(app_name=runtime.app.app_id, user_id=USER_ID, session_id=name.id)
         if session is None or META_KEY not in session.state:
             raise EmulatorError.not_found(
-                f"conversation {name.id!r} is not in app {name.app!r}; list them with ListConversations(parent={name.app_name!r})"
+                f"conversation {quote(name.id)} is not in app {quote(name.app)}; list them with ListConversations(parent={name.app_name!r})"
             )
         conversation = self._summary(name, session.id, session.state[META_KEY])
         for event in session.events:

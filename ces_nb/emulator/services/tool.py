@@ -8,7 +8,7 @@ from google.protobuf import json_format
 
 from .. import names
 from ..agent_tools import ClientFunctionTool, SearchTool, build_tool
-from ..errors import EmulatorError
+from ..errors import EmulatorError, clip, quote
 from ..mocks import find_mock
 from ..registry import AppRegistry
 from ..runtime import grounding_output, to_struct
@@ -36,7 +36,7 @@ class ToolService:
         display = next((d for d in runtime.app.tools if name.id == d), None)
         if display is None:
             raise EmulatorError.not_found(
-                f"tool {name.id!r} is not in app {name.app!r}; tools: {', '.join(sorted(runtime.app.tools))}"
+                f"tool {quote(name.id)} is not in app {quote(name.app)}; tools: {', '.join(sorted(runtime.app.tools))}"
             )
         args = json_format.MessageToDict(ces_v1.ExecuteToolRequest.pb(request).args)
         response = ces_v1.ExecuteToolResponse(tool=name.child("tools", display))
@@ -50,7 +50,7 @@ class ToolService:
                 return response
             if request.mock_config.unmatched_tool_call_behavior == FAIL:
                 raise EmulatorError.failed_precondition(
-                    f"no mocked call to {display!r} matches args {args}; add a mock for them or set "
+                    f"no mocked call to {display!r} matches args {clip(str(args), 200)}; add a mock for them or set "
                     "unmatched_tool_call_behavior=PASS_THROUGH to run the tool"
                 )
 
