@@ -86,10 +86,16 @@ def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[s
     return 0.75 * dice + 0.25 * _char_ratio(a.lower(), b.lower())
 
 
+# difflib's matcher is quadratic in the worst case: a 1 MB message would hold the event loop (and
+# every other session) for seconds. Utterances are short; past this many characters the
+# character-level score only softens typos, so the tail is left out of it.
+CHAR_RATIO_CHARS = 1000
+
+
 @lru_cache(maxsize=8192)
 def _char_ratio(a: str, b: str) -> float:
     # Every model call of a turn compares the same utterances again: remember them.
-    return difflib.SequenceMatcher(None, a, b).ratio()
+    return difflib.SequenceMatcher(None, a[:CHAR_RATIO_CHARS], b[:CHAR_RATIO_CHARS]).ratio()
 
 
 def _struct(msg) -> dict:

@@ -34,7 +34,7 @@ from opentelemetry import trace
 
 from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, search_suggestions_html
 from .documents import DocumentIndex
-from .errors import EmulatorError
+from .errors import EmulatorError, quote
 from .export import LoadedApp
 from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, compile_example, fill_placeholders
 from .python_runner import PythonToolRunner
@@ -64,8 +64,14 @@ TurnPb = ces_v1.Conversation.Turn.pb()
 # Live session objects kept between turns; beyond this, the least recently used is dropped
 # (the store has everything), so a long-running emulator's memory stays bounded.
 MAX_LIVE_SESSIONS = 256
-# Largest single input accepted, text or bytes; larger gets INVALID_ARGUMENT.
+# Largest single input accepted; larger gets INVALID_ARGUMENT. Bytes (image, blob) may be large.
 MAX_INPUT_BYTES = 8 * 1024 * 1024
+# Text is read by a model: CES documents 15 000 input tokens for a whole turn, so text past
+# 64 Ki characters (about 16 000 tokens) could never run there. Fragments count together.
+MAX_TEXT_CHARS = 64 * 1024
+# Structured inputs (variables, tool responses) become session state and stored events,
+# copied and serialized with the session: a smaller bound keeps one client from stalling others.
+MAX_STRUCT_BYTES = 1024 * 1024
 
 
 def now_iso() -> str:
@@ -203,7 +209,7 @@ class AppRuntime:
         entry = config.entry_agent.rsplit("/", 1)[-1] if config.entry_agent else ""
         if entry and entry not in self.app.agents:
             raise EmulatorError.invalid_argument(
-                f"entry_agent {config.entry_agent!r} is not an agent of app {self.app.app_id!r}; "
+                f"entry_agent {quote(config.entry_agent)} is not an agent of app {self.app.app_id!r}; "
                 f"agents: {', '.join(sorted(self.app.agents))}"
             )
         state = {k: v for k, v in self.default_variables().items() if v is not None}
@@ -318,10 +324,27 @@ class AppRuntime:
         _validate_inputs(inputs)
         if inputs and all(i.will_continue for i in inputs):
             state.fragments.extend(inputs)
+            if sum(ces_v1.SessionInput.pb(i).ByteSize() for i in state.fragments) > MAX_INPUT_BYTES:
+                state.fragments.clear()  # nothing of a turn that can't run is kept
+                raise EmulatorError.invalid_argument(
+                    f"the will_continue fragments of this turn add up to more than {MAX_INPUT_BYTES // 2**20} MiB; "
+                    f"they were dropped: send shorter fragments, then one without will_continue"
+                )
             return None, inputs
         inputs = _merge_fragments(state.fragments + list(inputs))
         state.fragments.clear()
-        return await self.get_or_create_session(session_id, config), inputs
+        for i, item in enumerate(inputs):  # fragments joined may pass a limit each one kept
+            _check_size(f"inputs[{i}] (with the will_continue fragments before it)", item,
+                        ces_v1.SessionInput.pb(item).WhichOneof("input_type"))
+        session = await self.get_or_create_session(session_id, config)
+        ended = session.state.get(META_KEY, {}).get("ended_turn")
+        if ended:
+            # As CES documents for EndSession: the agent processes no further input.
+            raise EmulatorError.failed_precondition(
+                f"session {quote(session_id)} ended in turn {ended} (end_session): the agent takes no more input; "
+                f"start a new session (another session id) to talk again"
+            )
+        return session, inputs
 
     async def _produce(self, session, config, inputs, stream_text, started_ns, queue: asyncio.Queue) -> None:
         router = turn_router()
@@ -389,6 +412,8 @@ class AppRuntime:
         root_span = build_root_span(span, spans, self.display_of_agent, records, perceived)
         diagnostic = DiagnosticPb(messages=[user_msg, *agent_msgs], root_span=root_span)
 
+        if out.ended:
+            meta["ended_turn"] = turn_index
         meta.update(
             turn_count=turn_index,
             end_time=now_iso(),
@@ -438,7 +463,7 @@ class AppRuntime:
                     if response.id not in pending:
                         ids = ", ".join(sorted(pending)) or "none"
                         raise EmulatorError.invalid_argument(
-                            f"tool response id {response.id!r} matches no pending tool call; pending ids: {ids}"
+                            f"tool response id {quote(response.id)} matches no pending tool call; pending ids: {ids}"
                         )
                     body = json_format.MessageToDict(ces_v1.ToolResponse.pb(response).response)
                     parts.append(types.Part(function_response=types.FunctionResponse(id=response.id, name=pending[response.id], response=body)))
@@ -527,9 +552,11 @@ class _OutputStream:
         self.turn_index = turn_index
         self.queue = queue
         self.held = None  # OutputPb
+        self.ended = False  # an end_session went out
 
     async def send(self, output) -> None:
         output.turn_index = self.turn_index
+        self.ended = self.ended or output.HasField("end_session")
         if self.held is not None:
             await self.queue.put(ces_v1.SessionOutput.wrap(self.held))
         self.held = output
@@ -567,12 +594,25 @@ def _validate_inputs(inputs: list[ces_v1.SessionInput]) -> None:
             )
         if kind == "text" and not item.text.strip() and not item.will_continue:
             raise EmulatorError.invalid_argument(f"inputs[{i}].text is blank: send some text")
-        size = ces_v1.SessionInput.pb(item).ByteSize()
-        if size > MAX_INPUT_BYTES:
+        _check_size(f"inputs[{i}]", item, kind)
+
+
+def _check_size(where: str, item: ces_v1.SessionInput, kind: str) -> None:
+    if kind in ("text", "dtmf"):
+        chars = len(getattr(item, kind))
+        if chars > MAX_TEXT_CHARS:
             raise EmulatorError.invalid_argument(
-                f"inputs[{i}] is {size / 2**20:.1f} MiB; the emulator takes at most "
-                f"{MAX_INPUT_BYTES // 2**20} MiB per input: send a smaller {kind}"
+                f"{where}.{kind} is {chars} characters; a turn takes at most {MAX_TEXT_CHARS} "
+                f"(CES reads at most 15 000 input tokens a turn): send a shorter message"
             )
+        return
+    size = ces_v1.SessionInput.pb(item).ByteSize()
+    limit = MAX_STRUCT_BYTES if kind in ("variables", "tool_responses") else MAX_INPUT_BYTES
+    if size > limit:
+        raise EmulatorError.invalid_argument(
+            f"{where} is {size / 2**20:.1f} MiB; the emulator takes at most "
+            f"{limit / 2**20:g} MiB of {kind} per input: send a smaller {kind}"
+        )
 
 
 def _merge_fragments(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.SessionInput]:

@@ -13,7 +13,7 @@ from ..errors import EmulatorError
 from ..registry import AppRegistry
 from ... import audio
 from ..voice import OUT_CHUNK_MS, Voice, audio_formats, voice_span
-from . import abort_for, log, unary
+from . import Undecodable, abort_for, check_decoded, decoder, log, unary
 
 SERVICE = "google.cloud.ces.v1.SessionService"
 
@@ -43,6 +43,7 @@ class SessionService:
     async def stream_run_session(self, request: ces_v1.RunSessionRequest, context):
         started = time.time_ns()
         try:
+            check_decoded(request)
             runtime, name = self._target(request.config)
             async for output in runtime.run_turn(
                 name.id, request.config, list(request.inputs), stream_text=request.config.enable_text_streaming, turn_started_ns=started
@@ -69,6 +70,7 @@ class SessionService:
             first = await inbox.get()
             if first is None or isinstance(first, Exception):
                 return
+            check_decoded(first)
             if ces_v1.BidiSessionClientMessage.pb(first).WhichOneof("message_type") != "config":
                 raise EmulatorError.invalid_argument(
                     "the first BidiRunSession message must carry config (SessionConfig with session="
@@ -80,17 +82,19 @@ class SessionService:
             voice = self._voice(runtime) if (in_fmt or out_fmt) else None
             endpointer = voice.endpointer(in_fmt) if (voice and in_fmt) else None
             backlog: list = []  # messages read while agent audio was playing
+            warnings: list[tuple[int, str]] = []  # (time, message) of chunks skipped since the last turn
             while True:
                 message = backlog.pop(0) if backlog else await inbox.get()
                 if message is None or isinstance(message, Exception):
                     utterance = endpointer.flush() if endpointer else None
                     if utterance and utterance.transcript:
-                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer):
+                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer, warnings):
                             yield out
                     return  # half-close: the client is done
                 if message == "go_away":
                     yield ces_v1.BidiSessionServerMessage(go_away=ces_v1.GoAway())
                     return
+                check_decoded(message)
                 if ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") != "realtime_input":
                     raise EmulatorError.invalid_argument("config may only be sent once, in the first message; send realtime_input")
                 item = message.realtime_input
@@ -102,8 +106,9 @@ class SessionService:
                         )
                     try:
                         samples = endpointer.decode(item.audio)
-                    except EmulatorError as exc:  # one bad chunk: say so in the log, keep the stream
+                    except EmulatorError as exc:  # one bad chunk: skip it, keep the stream, tell the client
                         log.warning("BidiRunSession %s: %s", name.id, exc.message)
+                        warnings.append((time.time_ns(), exc.message))
                         continue
                     # Recognition blocks: off the event loop, so other sessions keep flowing.
                     partials, utterance, _started = await asyncio.to_thread(endpointer.feed, samples)
@@ -111,15 +116,17 @@ class SessionService:
                         yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=text))
                     if utterance is not None and utterance.transcript:
                         yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=utterance.transcript))
-                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer):
+                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer, warnings):
                             yield out
                     continue
                 if out_fmt is not None:  # text, DTMF or events in a voice session: answered aloud
-                    async for out in self._voice_turn(runtime, name, config, item, None, voice, out_fmt, inbox, backlog, endpointer):
+                    async for out in self._voice_turn(runtime, name, config, item, None, voice, out_fmt, inbox, backlog, endpointer, warnings):
                         yield out
                     continue
                 started = time.time_ns()
                 async for output in runtime.run_turn(name.id, config, [item], turn_started_ns=started):
+                    if output.turn_completed:
+                        _report_warnings(output.diagnostic_info.root_span, warnings)
                     yield ces_v1.BidiSessionServerMessage(session_output=output)
                     if "end_session" in output:
                         yield ces_v1.BidiSessionServerMessage(end_session=output.end_session)
@@ -135,7 +142,7 @@ class SessionService:
             voice = self._voices[runtime.app.app_id] = Voice(runtime.app)
         return voice
 
-    async def _voice_turn(self, runtime, name, config, said, utterance, voice, out_fmt, inbox, backlog, endpointer):
+    async def _voice_turn(self, runtime, name, config, said, utterance, voice, out_fmt, inbox, backlog, endpointer, warnings):
         """One spoken (or typed) turn: the agent's outputs, then its reply as audio paced in real
         time (stopped by barge-in), then the completion with VAD / ASR / TTS spans."""
         item = ces_v1.SessionInput(text=said) if isinstance(said, str) else said
@@ -160,6 +167,7 @@ class SessionService:
             if kind == "end_session":
                 yield ces_v1.BidiSessionServerMessage(end_session=output.end_session)
         root = diagnostic.root_span
+        _report_warnings(root, warnings)
         if utterance is not None:
             root.child_spans.append(voice_span("VAD", utterance.speech_started_ns, utterance.speech_ended_ns, {"audio duration (ms)": len(utterance.samples) / 16}))
             asr_end = utterance.speech_ended_ns + int(utterance.asr_ms * 1e6)
@@ -198,7 +206,7 @@ class SessionService:
                 message = inbox.get_nowait() if timeout <= 0 else await asyncio.wait_for(inbox.get(), timeout)
             except asyncio.TimeoutError:
                 return None
-            if endpointer is not None and not (message is None or isinstance(message, (Exception, str))) \
+            if endpointer is not None and not (message is None or isinstance(message, (Exception, str, Undecodable))) \
                     and ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") == "realtime_input" \
                     and ces_v1.SessionInput.pb(message.realtime_input).WhichOneof("input_type") == "audio":
                 try:
@@ -226,16 +234,26 @@ class SessionService:
                 "RunSession": unary(self.run_session, ces_v1.RunSessionRequest, ces_v1.RunSessionResponse),
                 "StreamRunSession": grpc.unary_stream_rpc_method_handler(
                     self.stream_run_session,
-                    request_deserializer=ces_v1.RunSessionRequest.deserialize,
+                    request_deserializer=decoder(ces_v1.RunSessionRequest),
                     response_serializer=ces_v1.RunSessionResponse.serialize,
                 ),
                 "BidiRunSession": grpc.stream_stream_rpc_method_handler(
                     self.bidi_run_session,
-                    request_deserializer=ces_v1.BidiSessionClientMessage.deserialize,
+                    request_deserializer=decoder(ces_v1.BidiSessionClientMessage),
                     response_serializer=ces_v1.BidiSessionServerMessage.serialize,
                 ),
             },
         )
+
+
+def _report_warnings(root: ces_v1.Span, warnings: list[tuple[int, str]]) -> None:
+    """Audio chunks skipped since the last turn go into this turn's diagnostic info, where the
+    client sees them: a `Warning` span each, and the messages under `warnings`."""
+    for at_ns, message in warnings:
+        root.child_spans.append(voice_span("Warning", at_ns, at_ns, {"message": message}))
+    if warnings:
+        root.attributes["warnings"] = [m for _, m in warnings]
+        warnings.clear()
 
 
 def _cover_children(root: ces_v1.Span) -> None:

@@ -1,0 +1,139 @@
+"""Bad and hostile requests get the right status and a short, actionable message, and never
+hold up other clients."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from google.api_core import exceptions
+from google.cloud import ces_v1
+from google.protobuf.internal import encoder
+
+from conftest import APP, run, texts
+from test_async_and_bidi import Bidi
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, written by hand (the official types refuse to build these)."""
+    return encoder._VarintBytes((number << 3) | 2) + encoder._VarintBytes(len(payload)) + payload
+
+
+def _raw_run_session(channel, data: bytes):
+    call = channel.unary_unary("/google.cloud.ces.v1.SessionService/RunSession")
+    return call(data, timeout=30)
+
+
+@pytest.mark.parametrize("what, data, says", [
+    ("bad UTF-8 in config.session", _field(1, _field(1, b"projects/p/locations/l/apps/skyway/sessions/\xff\xfe")), "bad UTF-8"),
+    ("not protobuf at all", b"\xff\xff\xff\xff", "corrupt"),
+])
+def test_undecodable_requests_are_invalid_argument(channel, what, data, says):
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_run_session(channel, data)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+    assert "is not a valid google.cloud.ces.v1.RunSessionRequest" in err.value.details()
+    assert says in err.value.details()
+
+
+def test_too_deep_variables_are_invalid_argument(channel, sessions, session_name):
+    value = _field(3, b"x")  # Value.string_value
+    for _ in range(300):  # Value.list_value -> ListValue.values -> Value ...
+        value = _field(6, _field(1, value))
+    variables = _field(1, _field(1, b"deep") + _field(2, value))  # Struct.fields entry
+    inputs = ces_v1.RunSessionRequest.pb().DESCRIPTOR.fields_by_name["inputs"].number
+    data = _field(1, _field(1, session_name().encode())) + _field(inputs, _field(5, variables))
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_run_session(channel, data)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nest at most 100 deep" in err.value.details()
+    assert "welcome" in texts(run(sessions, session_name(), "Hello"))  # and it serves on
+
+
+def test_echoed_input_is_cut_to_a_short_prefix(sessions):
+    long_id = "x" * 5_000  # (the routing header carries it too, under gRPC's 8 KiB metadata limit)
+    with pytest.raises(exceptions.InvalidArgument) as err:
+        run(sessions, f"{APP}/sessions/{long_id}", "Hello")
+    message = err.value.message
+    assert "session id 'xxxx" in message and "(5002 chars)" in message
+    assert len(message) < 400
+
+
+def test_text_past_the_turn_limit_is_invalid_argument(sessions, session_name):
+    with pytest.raises(exceptions.InvalidArgument, match="a turn takes at most 65536"):
+        run(sessions, session_name(), "hello " * 20_000)
+    name = session_name()
+    fragment = ces_v1.SessionInput(text="word " * 10_000, will_continue=True)
+    run(sessions, name, fragment)
+    with pytest.raises(exceptions.InvalidArgument, match="with the will_continue fragments before it"):
+        run(sessions, name, ces_v1.SessionInput(text="word " * 10_000))
+    assert "welcome" in texts(run(sessions, name, "Hello"))  # the dropped fragments are gone
+
+
+def test_large_variables_are_invalid_argument(sessions, session_name):
+    big = {f"k{i}": "v" * 100 for i in range(12_000)}
+    with pytest.raises(exceptions.InvalidArgument, match="at most 1 MiB of variables"):
+        run(sessions, session_name(), ces_v1.SessionInput(variables=big))
+
+
+def test_a_maximal_text_turn_does_not_hold_up_other_sessions(sessions, session_name):
+    """Before: a 1 MB text took seconds of the event loop. The longest text allowed now answers,
+    and a neighbour's turn completes while it runs."""
+    done = {}
+
+    def heavy():
+        done["heavy"] = texts(run(sessions, session_name(), "hello " * 10_900))
+
+    thread = threading.Thread(target=heavy)
+    thread.start()
+    neighbour = texts(run(sessions, session_name(), "Hello"))
+    thread.join(60)
+    assert "welcome" in neighbour and "welcome" in done["heavy"]
+
+
+def test_a_pathological_mock_pattern_runs_in_linear_time(tools):
+    """`(a|a)+b` backtracks exponentially in Python's re; on RE2 it is linear. The answer is the
+    right one: no match, so the unmatched behaviour applies."""
+    request = ces_v1.ExecuteToolRequest(
+        tool=f"{APP}/tools/get_flight_status",
+        args={"flight_number": "a" * 40},
+        mock_config=ces_v1.MockConfig(
+            mocked_tool_calls=[ces_v1.MockedToolCall(tool_id="get_flight_status", expected_args_pattern={"flight_number": "(a|a)+b"},
+                                                     mock_response={"status": "mocked"})],
+            unmatched_tool_call_behavior=ces_v1.MockConfig.UnmatchedToolCallBehavior.FAIL,
+        ),
+    )
+    with pytest.raises(exceptions.FailedPrecondition, match="no mocked call"):
+        tools.execute_tool(request=request, timeout=30)
+    request.args = {"flight_number": "a" * 40 + "b"}
+    assert tools.execute_tool(request=request, timeout=30).response["status"] == "mocked"
+
+
+def test_no_input_is_taken_after_end_session(sessions, session_name):
+    name = session_name()
+    bye = run(sessions, name, "That's all, thanks. Goodbye!")
+    assert any(ces_v1.SessionOutput.pb(o).HasField("end_session") for o in bye)
+    with pytest.raises(exceptions.FailedPrecondition, match="ended in turn 1 .end_session.: the agent takes no more input"):
+        run(sessions, name, "Hello again")
+
+
+def test_a_corrupt_audio_chunk_is_reported_in_the_turns_diagnostic_info(sessions, session_name):
+    bidi = Bidi(sessions)
+    try:
+        bidi.send(config=ces_v1.SessionConfig(
+            session=session_name(),
+            input_audio_config=ces_v1.InputAudioConfig(audio_encoding=ces_v1.AudioEncoding.LINEAR16, sample_rate_hertz=16000),
+        ))
+        bidi.send(realtime_input=ces_v1.SessionInput(audio=b"\x01\x02\x03"))  # not whole 16-bit samples
+        bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
+        replies = bidi.turn()
+    finally:
+        bidi.close()
+    last = replies[-1].session_output
+    assert last.turn_completed
+    root = last.diagnostic_info.root_span
+    warnings = [s for s in root.child_spans if s.name == "Warning"]
+    assert warnings and "not whole LINEAR16 samples" in warnings[0].attributes["message"]
+    assert "not whole LINEAR16 samples" in root.attributes["warnings"][0]
+
