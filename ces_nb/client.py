@@ -51,7 +51,7 @@ class Client:
         try:
             return [a.name for a in self.agents.list_apps(parent=parent)]
         except Exception as exc:
-            raise explain(exc, target=self.target) from exc
+            raise explain(exc, target=self.target) from None
 
     def _first_app(self) -> str:
         apps = self.apps(EMULATOR_PARENT)
@@ -99,7 +99,7 @@ class Client:
             try:
                 tools = list(self.agents.list_tools(parent=app))
             except Exception as exc:
-                raise explain(exc, target=self.target, app=app) from exc
+                raise explain(exc, target=self.target, app=app) from None
             index: dict[str, Any] = {}
             for tool in tools:
                 index[tool.name] = tool

@@ -6,15 +6,23 @@ import grpc
 
 
 class CesError(RuntimeError):
-    """A call to CES or the emulator failed; the message says what to do next."""
+    """A call to CES or the emulator failed; the message says what to do next.
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+    Raised `from None`, so a notebook shows the message and not the gRPC exception chain;
+    the original is kept: `.grpc_error` (the google.api_core or grpc exception), `.code`
+    (its grpc.StatusCode) and `.details` (the server's own words)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, *, grpc_error: BaseException | None = None,
+                 details: str | None = None):
         super().__init__(message)
         self.code = code
+        self.grpc_error = grpc_error
+        self.details = details
 
 
 def explain(exc: Exception, *, target: str = "", app: str = "") -> CesError:
-    """A CesError with a next step, from a google.api_core or grpc exception."""
+    """A CesError with a next step, from a google.api_core or grpc exception (kept as `.grpc_error`).
+    Raise it `from None`: the message is what a notebook should show."""
     code = _code(exc)
     detail = getattr(exc, "message", None) or (exc.details() if isinstance(exc, grpc.RpcError) and hasattr(exc, "details") else str(exc))
     where = f" at {target}" if target else ""
@@ -32,7 +40,7 @@ def explain(exc: Exception, *, target: str = "", app: str = "") -> CesError:
         msg = f"CES did not answer in time{where} ({detail}); the turn may still be running on the server."
     else:
         msg = f"CES call failed{where}" + (f" with {code.name}" if code else "") + f": {detail}"
-    return CesError(msg, code)
+    return CesError(msg, code, grpc_error=exc, details=detail)
 
 
 def _code(exc: Exception) -> grpc.StatusCode | None:

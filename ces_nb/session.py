@@ -74,7 +74,7 @@ class Session:
         try:
             response = self.client.sessions.run_session(request={"config": self.session_config(), "inputs": request_inputs})
         except Exception as exc:
-            raise explain(exc, target=self.client.target, app=self.app) from exc
+            raise explain(exc, target=self.client.target, app=self.app) from None
         turn = Turn.from_outputs(response.outputs, request_inputs)
         return self._after(self._keep(turn), stream=False)
 
@@ -101,7 +101,7 @@ class Session:
         except Exception as exc:
             error = explain(exc, target=self.client.target, app=self.app)
             if not turn.outputs:
-                raise error from exc
+                raise error from None
             turn.partial, turn.error = True, str(error)
         return self._after(self._keep(turn), stream=True, on_output=on_output)
 
@@ -145,7 +145,7 @@ class Session:
         try:
             response = self.client.tools.execute_tool(request=request)
         except Exception as exc:
-            raise explain(exc, target=self.client.target, app=self.app) from exc
+            raise explain(exc, target=self.client.target, app=self.app) from None
         return ToolResult.from_response(response, args, mocked=mocked)
 
     @property
