@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -38,6 +39,19 @@ def _format(value: Any) -> dict:
     if int(out["sample_rate_hertz"]) not in audio.SAMPLE_RATES:
         raise ValueError(f"sample_rate_hertz {out['sample_rate_hertz']} is not one of {', '.join(map(str, audio.SAMPLE_RATES))}")
     return out
+
+
+def _read_audio(source: Any, rate: int) -> np.ndarray:
+    """A path, WAV bytes or (samples, rate) as samples at `rate`; ValueError saying what it takes otherwise."""
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise FileNotFoundError(f"no audio file at {source}; give the path of a WAV, FLAC or OGG file")
+    try:
+        return audio.read(source, rate)[0]
+    except (RuntimeError, TypeError, ValueError) as exc:  # soundfile's errors are RuntimeErrors
+        what = source if isinstance(source, (str, Path)) else f"the {type(source).__name__} given"
+        reason = str(exc).rsplit(": ", 1)[-1].rstrip(".")
+        raise ValueError(f"{what} is not audio ({reason}); give a WAV, FLAC or OGG file, an ndarray at the input rate, "
+                         "(samples, rate), WAV bytes, or raw bytes in the input encoding") from None
 
 
 class LiveSession:
@@ -112,7 +126,7 @@ class LiveSession:
         elif isinstance(source, np.ndarray):
             samples = audio.read((source, rate), rate)[0]
         else:
-            samples, _ = audio.read(source, rate)
+            samples = _read_audio(source, rate)
         samples = np.concatenate([samples, np.zeros(rate * trailing_silence_ms // 1000, dtype=np.int16)])
         with self._lock:
             self._pending_inputs.append(UserInput("audio", audio.to_wav(audio.encode(samples, "LINEAR16", rate), "LINEAR16", rate)))

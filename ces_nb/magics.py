@@ -114,11 +114,32 @@ def _path_parser(prog: str, description: str) -> MagicArgumentParser:
     return p
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _json_text_depth(text: str) -> int:
+    """How deep brackets nest in JSON text, strings skipped: counted before parsing, which
+    would hit the recursion limit on 10 000 nested lists."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _json_arg(value: str, flag: str) -> Any:
+    from .model import MAX_JSON_DEPTH
+
+    example = f"{flag} '{{\"customer_name\": \"Ada\"}}'"
+    depth = _json_text_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise UsageError(f"{flag} nests {depth} levels deep; CES takes at most {MAX_JSON_DEPTH} (protobuf's nesting limit). "
+                         f"Flatten it, or put the deep part in a JSON string; for example: {example}")
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag} takes JSON ({exc.msg}); for example: {flag} '{{\"customer_name\": \"Ada\"}}'") from None
+        raise UsageError(f"{flag} takes JSON ({exc.msg}); for example: {example}") from None
     if not isinstance(parsed, dict):
         raise UsageError(f"{flag} takes a JSON object, e.g. {flag} '{{\"k\": 1}}'")
     return parsed
@@ -440,6 +461,8 @@ class CesMagics(Magics):
 
         if spoken_text is None and not Path(source).is_file():
             raise UsageError(f"no audio file at {source}; give a WAV/FLAC/OGG path, or speak text: %ces say \"Hello\"")
+        if spoken_text is None:
+            _check_audio_file(source)
         session = self._session()
         try:
             if spoken_text is not None:
@@ -451,7 +474,7 @@ class CesMagics(Magics):
                 self.live.send_audio(source, realtime=False)
                 return self.live.next_turn()
             return session.send_audio(source)
-        except CesError as exc:
+        except (CesError, ValueError) as exc:
             raise UsageError(str(exc)) from None
 
     def _cmd_say(self, arg: str):
@@ -492,7 +515,17 @@ class CesMagics(Magics):
     def _cmd_save(self, arg: str) -> None:
         args = _parse(_path_parser("save", "Write the session as a transcript file."), arg)
         session = self._require_session()
-        path = session.save(args.path)
+        path = Path(args.path).expanduser()
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: name a file in it, e.g. %ces save {path / 'trip.json'}")
+        if not path.parent.is_dir():
+            raise UsageError(f"no folder {path.parent}: create it first (%mkdir -p {path.parent}), "
+                             "or save to an existing path like %ces save trip.json")
+        try:
+            path = session.save(path)
+        except OSError as exc:
+            raise UsageError(f"could not write {path} ({exc.strerror or exc}); save where you can write, "
+                             "e.g. %ces save trip.json") from None
         print(f"saved {len(session.turns)} turn(s) to {path}; reload with %ces load {path}")
 
     def _cmd_load(self, arg: str):
@@ -505,6 +538,18 @@ class CesMagics(Magics):
             return Transcript.load(args.path)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+
+def _check_audio_file(path: str) -> None:
+    """A UsageError unless soundfile can read the file, before any stream opens."""
+    import soundfile
+
+    try:
+        soundfile.info(str(path))
+    except Exception as exc:  # soundfile.LibsndfileError: "Error opening '…': Format not recognised."
+        reason = str(exc).rsplit(": ", 1)[-1].rstrip(".")
+        raise UsageError(f"{path} is not audio ({reason}); give a WAV, FLAC or OGG file, e.g. %ces --audio question.wav, "
+                         "or speak text: %ces say \"What is my loyalty tier?\"") from None
 
 
 def _mock_parser() -> MagicArgumentParser:

@@ -731,6 +731,31 @@ def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInp
     return inputs, outputs
 
 
+# How deep JSON given to CES (variables, tool responses, mocks) may nest. protobuf stops
+# decoding at 100 messages and each JSON level is two (Value and Struct or ListValue);
+# historical_contexts and BidiRunSession wrap variables a few messages deeper still.
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value: Any, stop: int | None = None) -> int:
+    """How many dicts and lists nest along the deepest path ({"a": [1]} is 2), iteratively;
+    returns as soon as it passes `stop` (so a structure that contains itself ends too)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if stop is not None and deepest > stop:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def json_value(value: Any) -> Any:
     """A span attribute that holds JSON text (args, responses) as the value it encodes."""
     if isinstance(value, str):
@@ -896,7 +921,12 @@ class Transcript:
         return cls([Turn.from_dict(t) for t in _get(d, "turns") or []], _get(d, "session", ""), _get(d, "app", ""), _get(d, "metadata") or {})
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder: name a file in it, e.g. {path / 'trip.json'}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"no folder {path.parent}: create it first (Path({str(path.parent)!r}).mkdir(parents=True)), "
+                                    "or save into a folder that exists, e.g. 'trip.json'")
         path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
         return path
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .client_tools import ClientTools
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
-from .model import ToolCall, ToolResult, Transcript, Turn, _output_dict, json_value, sorted_keys
+from .model import MAX_JSON_DEPTH, ToolCall, ToolResult, Transcript, Turn, _output_dict, json_depth, json_value, sorted_keys
 
 MAX_AUTO_ANSWERS = 20  # handler -> agent -> handler ... stops here, whatever the handlers do
 
@@ -227,6 +227,10 @@ class Session:
         return calls
 
     def _inputs(self, text: str | None, inputs: dict) -> list:
+        for key in ("variables", "tool_responses"):
+            if inputs.get(key) is not None and json_depth(inputs[key], MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+                raise ValueError(f"{key} nest more than {MAX_JSON_DEPTH} levels deep; CES takes at most {MAX_JSON_DEPTH} "
+                                 "(protobuf's nesting limit): flatten them, or send the deep part as a JSON string")
         try:
             return build_inputs(text, pending=self.pending, **inputs)
         except TypeError as exc:

@@ -53,6 +53,57 @@ def client(emulator):
     c.close()
 
 
+# -- %ces: UsageErrors that say what to type ---------------------------------------------------
+
+def test_save_to_a_missing_folder_or_a_folder_is_a_usage_error_saying_what_to_do(ip, tmp_path):
+    ip.run_line_magic("ces", "Hello")
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(UsageError, match=re.escape(f"no folder {missing}: create it first")) as err:
+        ip.run_line_magic("ces", f"save {missing / 'trip.json'}")
+    assert "%ces save trip.json" in str(err.value)
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path} is a folder")) as err:
+        ip.run_line_magic("ces", f"save {tmp_path}")
+    assert f"%ces save {tmp_path / 'trip.json'}" in str(err.value)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no folder {missing}: create it first")):
+        ces_nb.Transcript().save(missing / "trip.json")  # the Python API says it too
+    assert not missing.exists()
+
+
+def test_audio_flag_with_a_file_that_is_not_audio_is_a_usage_error(ip, tmp_path, client):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a sound\n" * 20)
+    with pytest.raises(UsageError, match=re.escape(f"{notes} is not audio")) as err:
+        ip.run_line_magic("ces", f"--audio {notes}")
+    assert "WAV" in str(err.value) and '%ces say "' in str(err.value)
+    # the Python API: a ValueError naming the file, before anything is sent
+    session = client.session()
+    with pytest.raises(ValueError, match=re.escape(f"{notes} is not audio")):
+        session.send_audio(str(notes))
+    assert session.turns == []
+
+
+@pytest.mark.parametrize("line, words", [
+    (f"--vars '{{\"a\": {DEEP}}}' Hello", "--vars nests 10001 levels deep"),
+    ("--vars '{\"a\": " + "[" * 60 + "]" * 60 + "}'", "--vars nests 61 levels deep"),
+    (f"new --vars '{{\"a\": {DEEP}}}'", "--vars nests 10001 levels deep"),
+    (f"mock get_flight_status --response '{{\"a\": {DEEP}}}'", "--response nests 10001 levels deep"),
+])
+def test_too_deep_json_is_a_usage_error_saying_how_deep_is_allowed(ip, line, words):
+    with pytest.raises(UsageError, match=re.escape(words)) as err:
+        ip.run_line_magic("ces", line)
+    assert "at most 32" in str(err.value) and "'{\"" in str(err.value)
+
+
+def test_too_deep_variables_from_python_are_a_value_error(client):
+    deep: list = []
+    for _ in range(60):
+        deep = [deep]
+    session = client.session()
+    with pytest.raises(ValueError, match="variables nest more than 32 levels deep; CES takes at most 32"):
+        session.send("Hello", variables={"a": deep})
+    assert session.send("Hello", variables={"a": [[[1]]]}).index == 1
+
+
 # -- Python API: the message, not the gRPC chain ------------------------------------------------
 
 def _failed_call(client) -> CesError:
