@@ -72,9 +72,15 @@ def test_text_past_the_turn_limit_is_invalid_argument(sessions, session_name):
 
 
 def test_large_variables_are_invalid_argument(sessions, session_name):
-    big = {f"k{i}": "v" * 100 for i in range(12_000)}
-    with pytest.raises(exceptions.InvalidArgument, match="at most 1 MiB of variables"):
+    big = {f"k{i}": "v" * 100 for i in range(3_000)}
+    with pytest.raises(exceptions.InvalidArgument, match="at most 256 KiB of variables"):
         run(sessions, session_name(), ces_v1.SessionInput(variables=big))
+
+
+def test_large_tool_args_are_invalid_argument(tools):
+    request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args={"flight_number": "x" * 300_000})
+    with pytest.raises(exceptions.InvalidArgument, match="at most 256 KiB of args"):
+        tools.execute_tool(request=request, timeout=30)
 
 
 def test_a_maximal_text_turn_does_not_hold_up_other_sessions(sessions, session_name):
@@ -119,8 +125,7 @@ def test_no_input_is_taken_after_end_session(sessions, session_name):
 
 
 def test_a_corrupt_audio_chunk_is_reported_in_the_turns_diagnostic_info(sessions, session_name):
-    bidi = Bidi(sessions)
-    try:
+    with Bidi(sessions) as bidi:
         bidi.send(config=ces_v1.SessionConfig(
             session=session_name(),
             input_audio_config=ces_v1.InputAudioConfig(audio_encoding=ces_v1.AudioEncoding.LINEAR16, sample_rate_hertz=16000),
@@ -128,8 +133,6 @@ def test_a_corrupt_audio_chunk_is_reported_in_the_turns_diagnostic_info(sessions
         bidi.send(realtime_input=ces_v1.SessionInput(audio=b"\x01\x02\x03"))  # not whole 16-bit samples
         bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
         replies = bidi.turn()
-    finally:
-        bidi.close()
     last = replies[-1].session_output
     assert last.turn_completed
     root = last.diagnostic_info.root_span

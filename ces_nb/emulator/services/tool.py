@@ -11,7 +11,7 @@ from ..agent_tools import ClientFunctionTool, SearchTool, build_tool
 from ..errors import EmulatorError, clip, quote
 from ..mocks import find_mock
 from ..registry import AppRegistry
-from ..runtime import grounding_output, to_struct
+from ..runtime import MAX_STRUCT_BYTES, byte_size, grounding_output, to_struct
 from . import unary
 
 SERVICE = "google.cloud.ces.v1.ToolService"
@@ -37,6 +37,11 @@ class ToolService:
         if display is None:
             raise EmulatorError.not_found(
                 f"tool {quote(name.id)} is not in app {quote(name.app)}; tools: {', '.join(sorted(runtime.app.tools))}"
+            )
+        size = ces_v1.ExecuteToolRequest.pb(request).args.ByteSize()
+        if size > MAX_STRUCT_BYTES:
+            raise EmulatorError.invalid_argument(
+                f"args are {byte_size(size)}; a tool takes at most {byte_size(MAX_STRUCT_BYTES)} of args: send smaller args"
             )
         args = json_format.MessageToDict(ces_v1.ExecuteToolRequest.pb(request).args)
         response = ces_v1.ExecuteToolResponse(tool=name.child("tools", display))
