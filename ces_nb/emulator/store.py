@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from google.adk.sessions import BaseSessionService, DatabaseSessionService, InMemorySessionService
+from sqlalchemy import event
 
 
 class StoreError(Exception):
@@ -43,7 +44,22 @@ def session_service_for(db: str) -> BaseSessionService:
     # ADK's store is async: plain sqlite:// URLs get the aiosqlite driver.
     if db.startswith("sqlite://"):
         db = "sqlite+aiosqlite://" + db[len("sqlite://"):]
-    return DatabaseSessionService(db_url=db)
+    service = DatabaseSessionService(db_url=db)
+    if service.db_engine.dialect.name == "sqlite":
+        event.listen(service.db_engine.sync_engine, "connect", _sqlite_pragmas)
+    return service
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    """WAL: readers never wait for the writer, and a commit appends to the log instead of
+    rewriting pages with a journal. synchronous=NORMAL syncs at checkpoints, not at every
+    commit: a committed turn is in the file (the OS's page cache) the moment the client
+    hears of it, so it survives the emulator's kill -9; only a machine crash can lose the
+    last ones. busy_timeout: writers queue instead of failing with "database is locked"."""
+    cursor = connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
 
 
 async def open_store(db: str) -> BaseSessionService:
