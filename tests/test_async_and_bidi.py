@@ -35,11 +35,13 @@ def test_async_client_runs_and_streams(emulator, session_name):
 
 
 class Bidi:
-    """A bidi stream driven from the test: put messages in, read replies out."""
+    """A bidi stream driven from the test: put messages in, read replies out. Use it in a `with`
+    block: leaving it half-closes the stream, so gRPC's request thread never stays blocked."""
 
     def __init__(self, sessions):
         self.outbox: queue.Queue = queue.Queue()
         self.replies: queue.Queue = queue.Queue()
+        self.closed = False
 
         def requests():
             while (message := self.outbox.get()) is not None:
@@ -53,7 +55,18 @@ class Bidi:
                 self.replies.put(exc)
             self.replies.put(None)
 
-        threading.Thread(target=pump, daemon=True).start()
+        self.pump = threading.Thread(target=pump, daemon=True)
+        self.pump.start()
+
+    def __enter__(self) -> "Bidi":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.closed:
+            self.outbox.put(None)
+            self.closed = True
+        self.pump.join(30)
+        assert not self.pump.is_alive(), "the bidi stream did not end after half-close"
 
     def send(self, **message) -> None:
         self.outbox.put(ces_v1.BidiSessionClientMessage(**message))
@@ -72,6 +85,7 @@ class Bidi:
 
     def close(self) -> list:
         self.outbox.put(None)
+        self.closed = True
         rest = []
         while (reply := self.replies.get(timeout=30)) is not None:
             rest.append(reply)
@@ -79,17 +93,17 @@ class Bidi:
 
 
 def test_bidi_session_across_turns_until_end_session(sessions, session_name):
-    bidi = Bidi(sessions)
-    bidi.send(config=ces_v1.SessionConfig(session=session_name()))
-    bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
-    first = bidi.turn()
-    assert "welcome" in first[0].session_output.text and first[-1].session_output.turn_index == 1
-    bidi.send(realtime_input=ces_v1.SessionInput(text="What's the status of flight SW77?"))
-    second = bidi.turn()
-    assert "Flight SW77" in second[0].session_output.text and second[-1].session_output.turn_index == 2
-    bidi.send(realtime_input=ces_v1.SessionInput(text="That's all, thanks. Goodbye!"))
-    third = bidi.turn()
-    rest = bidi.close()  # half-close ends the stream cleanly: no error arrives
+    with Bidi(sessions) as bidi:
+        bidi.send(config=ces_v1.SessionConfig(session=session_name()))
+        bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
+        first = bidi.turn()
+        assert "welcome" in first[0].session_output.text and first[-1].session_output.turn_index == 1
+        bidi.send(realtime_input=ces_v1.SessionInput(text="What's the status of flight SW77?"))
+        second = bidi.turn()
+        assert "Flight SW77" in second[0].session_output.text and second[-1].session_output.turn_index == 2
+        bidi.send(realtime_input=ces_v1.SessionInput(text="That's all, thanks. Goodbye!"))
+        third = bidi.turn()
+        rest = bidi.close()  # half-close ends the stream cleanly: no error arrives
     messages = third + rest
     kinds = [ces_v1.BidiSessionServerMessage.pb(m).WhichOneof("message_type") for m in messages]
     assert "end_session" in kinds
@@ -97,18 +111,18 @@ def test_bidi_session_across_turns_until_end_session(sessions, session_name):
 
 
 def test_bidi_without_config_first_is_invalid_argument(sessions):
-    bidi = Bidi(sessions)
-    bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
-    replies = bidi.turn()
+    with Bidi(sessions) as bidi:
+        bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
+        replies = bidi.turn()
     error = replies[-2] if replies[-1] is None else replies[-1]
     assert isinstance(error, exceptions.InvalidArgument)
     assert "first BidiRunSession message must carry config" in error.message
 
 
 def test_bidi_unknown_app_is_not_found(sessions):
-    bidi = Bidi(sessions)
-    bidi.send(config=ces_v1.SessionConfig(session="projects/p/locations/l/apps/ghost/sessions/x"))
-    replies = bidi.turn()
+    with Bidi(sessions) as bidi:
+        bidi.send(config=ces_v1.SessionConfig(session="projects/p/locations/l/apps/ghost/sessions/x"))
+        replies = bidi.turn()
     assert any(isinstance(r, exceptions.NotFound) for r in replies)
 
 
@@ -119,14 +133,14 @@ def test_shutdown_sends_go_away_to_open_streams(tmp_path):
         from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
 
         client = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
-        bidi = Bidi(client)
-        bidi.send(config=ces_v1.SessionConfig(session=f"{APP}/sessions/goaway"))
-        bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
-        assert bidi.turn()[-1].session_output.turn_completed
-        assert process.stop() == 0  # SIGTERM: clean exit
-        replies = []
-        while (reply := bidi.replies.get(timeout=30)) is not None:
-            replies.append(reply)
+        with Bidi(client) as bidi:
+            bidi.send(config=ces_v1.SessionConfig(session=f"{APP}/sessions/goaway"))
+            bidi.send(realtime_input=ces_v1.SessionInput(text="Hello"))
+            assert bidi.turn()[-1].session_output.turn_completed
+            assert process.stop() == 0  # SIGTERM: clean exit
+            replies = []
+            while (reply := bidi.replies.get(timeout=30)) is not None:
+                replies.append(reply)
         assert any(not isinstance(r, Exception) and "go_away" in r for r in replies)
     finally:
         channel.close()

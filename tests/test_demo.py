@@ -11,12 +11,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from emulator_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # the emulator and JupyterLab start: about 15 s here
 def test_demo_serves_the_notebooks_against_the_emulator():
     emulator_port, lab_port = free_port(), free_port()
     proc = subprocess.Popen(

@@ -72,6 +72,8 @@ def lab(tmp_path, emulator):
         proc.kill()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # JupyterLab, a kernel and chromium start: about 30 s here
 def test_fill_the_form_and_send_in_a_real_jupyterlab(lab, tmp_path):
     _require_chromium()
     from playwright.sync_api import expect, sync_playwright
