@@ -27,6 +27,7 @@ nothing is lost.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -457,6 +458,9 @@ class Turn:
     continuation: "Turn | None" = field(default=None, compare=False, repr=False)
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
     session: Any = field(default=None, compare=False, repr=False)
+    # What a loaded file held that its field cannot (left out of the turn), each naming the field:
+    # "turns[3].outputs[1].audio: not valid base64". Rendered as error cards.
+    load_errors: list[str] = field(default_factory=list, compare=False, repr=False)
 
     # -- building ------------------------------------------------------------------
 
@@ -491,26 +495,15 @@ class Turn:
         return turn
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Turn":
-        """From the transcript format, or a JSON SessionOutput list / Conversation.Turn from the wild."""
-        if isinstance(d, list):
-            return cls.from_outputs(d)
-        if not _has(d, "outputs") and _has(d, "messages"):
-            return cls.from_conversation_turn(d, int(_get(d, "turn_index", 0) or 0))
-        turn = cls.from_outputs(_get(d, "outputs") or [], _get(d, "inputs") or [])
-        if _has(d, "turn_index"):
-            turn.index = int(_get(d, "turn_index") or 0)
-        if _has(d, "messages") and not turn.messages:
-            turn.messages = [Message.from_dict(m) for m in _get(d, "messages") or []]
-        if _get(d, "root_span") and turn.root_span is None:
-            turn.root_span = Span.from_dict(_get(d, "root_span"))
-        turn.completed = bool(_get(d, "completed", turn.completed))
-        turn.partial = bool(_get(d, "partial", False))
-        turn.error = _get(d, "error")
-        turn.events = list(_get(d, "events") or [])
-        audio = _get(d, "audio") or {}
-        turn.audio_encoding = _get(audio, "encoding", turn.audio_encoding)
-        turn.audio_sample_rate = int(_get(audio, "sample_rate_hertz", turn.audio_sample_rate))
+    def from_dict(cls, d: dict, *, strict: bool = True, at: str = "turn") -> "Turn":
+        """From the transcript format, or a JSON SessionOutput list / Conversation.Turn from the wild.
+
+        A value its field cannot hold raises TranscriptError naming it (`turn.outputs[1].audio:
+        not valid base64`); with strict=False it is left out, listed in `load_errors`, and the
+        rest of the turn is kept."""
+        reader = _Reader(strict)
+        turn = reader.turn(d, _At(None, at))
+        turn.load_errors = reader.problems
         return turn
 
     def add_output(self, d: dict) -> Output | None:
@@ -894,6 +887,7 @@ class Transcript:
     session: str = ""
     app: str = ""
     metadata: dict = field(default_factory=dict)
+    load_errors: list[str] = field(default_factory=list, compare=False, repr=False)  # file-level, as on Turn
 
     def to_dict(self) -> dict:
         return {
@@ -906,19 +900,45 @@ class Transcript:
         }
 
     @classmethod
-    def from_dict(cls, d: dict | list) -> "Transcript":
-        """The transcript format, a Conversation (JSON), or a bare list of turns."""
+    def from_dict(cls, d: dict | list, *, strict: bool = False) -> "Transcript":
+        """The transcript format, a Conversation (JSON), or a bare list of turns.
+
+        One bad turn does not cost the others: a value its field cannot hold is left out of
+        its turn and listed in the turn's `load_errors` (rendered as an error card naming the
+        turn and the field). strict=True raises TranscriptError for the first one instead.
+        Data that is no transcript at all raises ValueError either way."""
         if isinstance(d, list):
-            return cls([Turn.from_dict(t) for t in d])
-        if _has(d, "turns") and _get(d, "format") != FORMAT:  # a Conversation from the wild
-            turns = [Turn.from_conversation_turn(t, i) for i, t in enumerate(_get(d, "turns") or [], start=1)]
+            turns = _read_turns(d, "", strict, conversation=False)
+            if d and all(t.load_errors and not _readable(t) for t in turns):
+                raise _not_a_transcript(f"a list, but none of its {len(d)} items is a turn (an object with outputs, "
+                                        f"or a list of SessionOutputs); the first: {turns[0].load_errors[0]}")
+            return cls(turns)
+        if not isinstance(d, dict):
+            raise _not_a_transcript(f'the JSON holds {_shown(d)}, where a transcript is an object with "turns"')
+        if not _has(d, "turns") and _get(d, "format") != FORMAT:
+            keys = sorted(str(k) for k in d)
+            listed = ", ".join(keys[:8]) + (", …" if len(keys) > 8 else "")
+            raise _not_a_transcript(f'an object with no "turns" (its keys: {listed or "none"})')
+        raw_turns = _get(d, "turns")
+        if raw_turns is not None and not isinstance(raw_turns, list):
+            raise _not_a_transcript(f'"turns" is {_shown(raw_turns)}, where a list of turns belongs')
+        reader = _Reader(strict)
+        top = _At(None, "")
+        if _get(d, "format") != FORMAT:  # a Conversation from the wild
+            turns = _read_turns(raw_turns or [], "turns", strict, conversation=True)
             meta = {k: _get(d, k) for k in ("start_time", "end_time", "source", "channel_type", "entry_agent") if _has(d, k)}
-            name = _get(d, "name", "")
-            return cls(turns, session=name, app=name.split("/conversations/")[0], metadata=meta)
+            name = reader.guard(top / _key(d, "name"), _string, _get(d, "name"), top / _key(d, "name")) or ""
+            return cls(turns, session=name, app=name.split("/conversations/")[0], metadata=meta, load_errors=reader.problems)
         version = _get(d, "version", VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise _not_a_transcript(f'"version" is {_shown(version)}, where a whole number belongs (this ces_nb writes {VERSION})')
         if version > VERSION:
             raise ValueError(f"transcript format version {version} is newer than this ces_nb reads ({VERSION}); upgrade ces_nb")
-        return cls([Turn.from_dict(t) for t in _get(d, "turns") or []], _get(d, "session", ""), _get(d, "app", ""), _get(d, "metadata") or {})
+        session = reader.guard(top / "session", _string, _get(d, "session"), top / "session") or ""
+        app = reader.guard(top / "app", _string, _get(d, "app"), top / "app") or ""
+        metadata = reader.guard(top / "metadata", _obj, _get(d, "metadata"), top / "metadata") or {}
+        turns = _read_turns(raw_turns or [], _key(d, "turns"), strict, conversation=False)
+        return cls(turns, session, app, metadata, load_errors=reader.problems)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
@@ -931,12 +951,26 @@ class Transcript:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Transcript":
+    def load(cls, path: str | Path, *, strict: bool = False) -> "Transcript":
+        """A transcript file (or a Conversation / SessionOutput list in JSON). A bad turn renders as
+        an error card naming the field, the other turns as usual; strict=True raises
+        TranscriptError for it instead (`trip.json: turns[3].outputs[1].audio: not valid base64`)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: " + str(_not_a_transcript("it is not UTF-8 text (a binary file?)"))) from None
+        except RecursionError:
+            raise ValueError(f"{path}: " + str(_not_a_transcript("its JSON nests too deep to read (about 1000 levels or more)"))) from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not JSON ({exc}); save one with session.save(path)") from exc
-        return cls.from_dict(data)
+            raise ValueError(f"{path} is not JSON ({exc}), so not a transcript; write one with session.save(path) "
+                             "or %ces save PATH") from None
+        try:
+            return cls.from_dict(data, strict=strict)
+        except TranscriptError as exc:
+            raise TranscriptError(exc.path, f"{exc.problem}. Load it without strict=True to see the other turns, "
+                                  "this one as an error card", source=str(path)) from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     @property
     def ended(self) -> bool:
@@ -974,3 +1008,415 @@ class Transcript:
         from .render.text import transcript_text
 
         return transcript_text(self)
+
+
+# -- reading JSON that may not be what it claims ----------------------------------------------
+
+class TranscriptError(ValueError):
+    """A value in a transcript that its field cannot hold. `.path` names the field as the JSON
+    spells it (`turns[3].outputs[1].audio`), `.problem` says what is wrong with it."""
+
+    def __init__(self, path: str, problem: str, *, source: str = ""):
+        where = ": ".join(p for p in (source, path) if p)
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.path, self.problem, self.source = path, problem, source
+
+
+def _not_a_transcript(why: str) -> ValueError:
+    return ValueError(f"not a transcript: {why}. Write one with session.save(path) or %ces save PATH")
+
+
+class _At:
+    """Where a value sits (`turns[3].outputs[1].audio`), spelled out only when something is wrong,
+    so a 5 000-deep span tree costs no 5 000 growing strings."""
+
+    __slots__ = ("parent", "part")
+
+    def __init__(self, parent: "_At | None", part: str):
+        self.parent, self.part = parent, part
+
+    def __truediv__(self, part: str) -> "_At":
+        return _At(self, part)
+
+    def __str__(self) -> str:
+        parts, node = [], self
+        while node is not None:
+            parts.append(node.part)
+            node = node.parent
+        parts.reverse()
+        if len(parts) > 16:  # a deep span tree: the ends say where, the middle only how far
+            parts = [*parts[:6], f"…{len(parts) - 12} more…", *parts[-6:]]
+        out = ""
+        for part in parts:
+            out += part if (not out or part.startswith("[")) else f".{part}"
+        return out
+
+
+_JSON_NAMES = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (dict, "an object"), ((list, tuple), "a list"))
+
+
+def _shown(value: Any) -> str:
+    """`a number: 5`, `an object: {"a": 1}`: what a value is, and the start of it."""
+    if value is None:
+        return "null"
+    kind = next((name for types, name in _JSON_NAMES if isinstance(value, types)), f"a {type(value).__name__}")
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return f"{kind}: {text if len(text) <= 60 else text[:59] + '…'}"
+
+
+def _key(d: dict, name: str) -> str:
+    """The spelling of `name` that `d` uses (for paths in messages)."""
+    return name if name in d or _camel(name) not in d else _camel(name)
+
+
+def _need(value: Any, types: Any, at: _At, what: str) -> Any:
+    if not isinstance(value, types):
+        raise TranscriptError(str(at), f"expected {what}, got {_shown(value)}")
+    return value
+
+
+def _string(value: Any, at: _At) -> str:
+    return "" if value is None else _need(value, str, at, "a string")
+
+
+def _obj(value: Any, at: _At) -> dict:
+    return {} if value is None else _need(value, dict, at, "an object")
+
+
+def _items(value: Any, at: _At) -> list:
+    return [] if value is None else _need(value, list, at, "a list")
+
+
+def _whole(value: Any, at: _At) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TranscriptError(str(at), f"expected a whole number, got {_shown(value)}")
+    try:
+        return int(value)
+    except ValueError:
+        raise TranscriptError(str(at), f"expected a whole number, got {_shown(value)}") from None
+
+
+def _number(value: Any, at: _At) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TranscriptError(str(at), f"expected a number, got {_shown(value)}")
+    return value
+
+
+def _base64(value: Any, at: _At) -> None:
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return
+    if not isinstance(value, str):
+        raise TranscriptError(str(at), f"expected base64 text, got {_shown(value)}")
+    text = "".join(value.split())
+    try:
+        base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
+    except (binascii.Error, ValueError):
+        raise TranscriptError(str(at), "not valid base64") from None
+
+
+def _time(value: Any, at: _At, parse, what: str) -> None:
+    try:
+        parse(value)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        raise TranscriptError(str(at), f"not {what}, got {_shown(value)}") from None
+
+
+def _fields(d: dict, at: _At, check, *names: str) -> None:
+    for name in names:
+        if _has(d, name):
+            check(_get(d, name), at / _key(d, name))
+
+
+def _first_kind(d: dict, kinds: tuple) -> str | None:
+    return next((k for k in kinds if _has(d, k)), None)
+
+
+def _check_call(raw: Any, at: _At) -> None:
+    """A ToolCall or ToolResponse."""
+    _need(raw, dict, at, "an object")
+    _fields(raw, at, _string, "id", "tool", "display_name")
+    _fields(raw, at, _obj, "args", "response")
+    if _has(raw, "toolset_tool"):
+        _fields(_obj(_get(raw, "toolset_tool"), at / _key(raw, "toolset_tool")), at / _key(raw, "toolset_tool"), _string, "toolset", "tool_id")
+
+
+def _check_list(raw: dict, name: str, at: _At, check) -> None:
+    key = _key(raw, name)
+    for i, item in enumerate(_items(_get(raw, name), at / key)):
+        check(item, at / f"{key}[{i}]")
+
+
+def _check_media(value: Any, at: _At) -> None:
+    body = _obj(value, at)
+    _fields(body, at, _string, "mime_type")
+    _fields(body, at, _base64, "data")
+
+
+def _check_input(raw: Any, at: _At) -> "UserInput | None":
+    _need(raw, dict, at, "an input (an object)")
+    kind = _first_kind(raw, INPUT_KINDS)
+    if kind is None:
+        return None
+    value, here = _get(raw, kind), at / _key(raw, kind)
+    if kind in ("text", "dtmf"):
+        _string(value, here)
+    elif kind == "event":
+        if isinstance(value, dict):
+            _fields(value, here, _string, "event")
+        else:
+            _string(value, here)
+    elif kind in ("image", "blob"):
+        _check_media(value, here)
+    elif kind == "audio":
+        _base64(value, here)
+    elif kind == "tool_responses":
+        _check_list(_obj(value, here), "tool_responses", here, _check_call)
+    elif kind == "variables":
+        _obj(value, here)
+    return UserInput.from_dict(raw)
+
+
+def _check_citation(raw: Any, at: _At) -> None:
+    _fields(_need(raw, dict, at, "a cited chunk (an object)"), at, _string, "title", "uri", "text")
+
+
+def _check_query(raw: Any, at: _At) -> None:
+    _fields(_need(raw, dict, at, "a search query (an object)"), at, _string, "query", "uri")
+
+
+def _check_output(raw: Any, at: _At) -> bool:
+    _need(raw, dict, at, "an output (an object)")
+    kind = _first_kind(raw, OUTPUT_KINDS)
+    if kind is not None:
+        value, here = _get(raw, kind), at / _key(raw, kind)
+        if kind == "text":
+            _string(value, here)
+        elif kind == "audio":
+            _base64(value, here)
+        elif kind == "tool_calls":
+            _check_list(_obj(value, here), "tool_calls", here, _check_call)
+        elif kind == "citations":
+            _check_list(_obj(value, here), "cited_chunks", here, _check_citation)
+        elif kind == "google_search_suggestions":
+            body = _obj(value, here)
+            _check_list(body, "htmls", here, _string)
+            _check_list(body, "web_search_queries", here, _check_query)
+        elif kind == "end_session":
+            _fields(_obj(value, here), here, _obj, "metadata")
+        elif kind == "payload":
+            _obj(value, here)
+    _fields(raw, at, _whole, "turn_index")
+    return True
+
+
+def _check_chunk(raw: Any, at: _At) -> None:
+    _need(raw, dict, at, "a chunk (an object)")
+    kind = _first_kind(raw, CHUNK_KINDS)
+    if kind is None:
+        return
+    value, here = _get(raw, kind), at / _key(raw, kind)
+    if kind in ("text", "transcript"):
+        _string(value, here)
+    elif kind in ("image", "blob"):
+        _check_media(value, here)
+    elif kind in ("tool_call", "tool_response"):
+        _check_call(value, here)
+    elif kind == "agent_transfer":
+        _fields(_obj(value, here), here, _string, "target_agent", "display_name")
+    else:
+        _obj(value, here)
+
+
+def _check_message(raw: Any, at: _At) -> Message:
+    _need(raw, dict, at, "a message (an object)")
+    _fields(raw, at, _string, "role")
+    _check_list(raw, "chunks", at, _check_chunk)
+    if _get(raw, "event_time") not in (None, ""):
+        _time(_get(raw, "event_time"), at / _key(raw, "event_time"), _timestamp_ns, "a timestamp")
+    return Message.from_dict(raw)
+
+
+def _check_span(raw: Any, at: _At) -> Span:
+    """One span, its children not included."""
+    _need(raw, dict, at, "a span (an object)")
+    _fields(raw, at, _string, "name")
+    _fields(raw, at, _obj, "attributes")
+    for name in ("start_time", "end_time"):
+        if _get(raw, name) not in (None, ""):
+            _time(_get(raw, name), at / _key(raw, name), _timestamp_ns, "a timestamp")
+    if _get(raw, "duration") not in (None, ""):
+        _time(_get(raw, "duration"), at / _key(raw, "duration"), _duration_ns, "a duration")
+    return Span._one(raw)
+
+
+def _check_event(raw: Any, at: _At) -> dict:
+    _need(raw, dict, at, "an event (an object)")
+    for kind in ("recognition_result", "interruption_signal"):
+        if kind in raw:
+            _fields(_obj(raw[kind], at / kind), at / kind, _string, "transcript")
+    _fields(raw, at, _number, "after_audio_ms")
+    return raw
+
+
+def _check_audio(raw: Any, at: _At) -> tuple[str | None, int | None]:
+    from .audio import SAMPLE_RATES, encoding_name
+
+    body = _obj(raw, at)
+    encoding = rate = None
+    if _get(body, "encoding") is not None:
+        here = at / _key(body, "encoding")
+        encoding = _string(_get(body, "encoding"), here)
+        try:
+            encoding_name(encoding)
+        except ValueError as exc:
+            raise TranscriptError(str(here), str(exc)) from None
+    if _get(body, "sample_rate_hertz") is not None:
+        here = at / _key(body, "sample_rate_hertz")
+        rate = _whole(_get(body, "sample_rate_hertz"), here)
+        if rate <= 0:
+            raise TranscriptError(str(here), f"expected a sample rate such as {', '.join(map(str, SAMPLE_RATES))}, got {rate}")
+    return encoding, rate
+
+
+# What a check that did not foresee a value may still raise while building from it.
+_UNFORESEEN = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, binascii.Error)
+
+
+class _Reader:
+    """Builds turns from JSON, checking each value against its field. strict: the first bad value
+    raises TranscriptError; otherwise it is left out, noted in `problems`, and the rest is kept."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.problems: list[str] = []
+
+    def guard(self, at: _At, fn, *args):
+        """fn(*args), or None when it meets a value its field cannot hold."""
+        try:
+            return fn(*args)
+        except TranscriptError as exc:
+            if self.strict:
+                raise
+            self.problems.append(str(exc))
+        except _UNFORESEEN as exc:
+            error = TranscriptError(str(at), f"could not be read ({type(exc).__name__}: {exc})")
+            if self.strict:
+                raise error from None
+            self.problems.append(str(error))
+        return None
+
+    def each(self, d: dict, name: str, at: _At, check) -> list:
+        """d[name] as a list, each item through `check`; the items it refuses are left out."""
+        key = _key(d, name)
+        out = []
+        for i, raw in enumerate(self.guard(at / key, _items, _get(d, name), at / key) or []):
+            item = self.guard(at / f"{key}[{i}]", check, raw, at / f"{key}[{i}]")
+            if item is not None:
+                out.append(item)
+        return out
+
+    def span(self, raw: Any, at: _At) -> Span | None:
+        """A span tree, iteratively; a bad span is left out with its children, its siblings stay."""
+        root = self.guard(at, _check_span, raw, at)
+        stack = [(root, raw, at)] if root is not None else []
+        while stack:
+            span, d, here = stack.pop()
+            key = _key(d, "child_spans")
+            for i, child_raw in enumerate(self.guard(here / key, _items, _get(d, "child_spans"), here / key) or []):
+                where = here / f"{key}[{i}]"
+                child = self.guard(where, _check_span, child_raw, where)
+                if child is not None:
+                    span.children.append(child)
+                    stack.append((child, child_raw, where))
+        return root
+
+    def diagnostics(self, turn: "Turn", info: Any, at: _At) -> None:
+        info = self.guard(at, _obj, info, at) or {}
+        if _has(info, "messages"):
+            turn.messages = self.each(info, "messages", at, _check_message)
+        root = _get(info, "root_span")
+        if isinstance(root, Span):
+            turn.root_span = root
+        elif root:
+            turn.root_span = self.span(root, at / _key(info, "root_span"))
+
+    def output(self, turn: "Turn", raw: Any, at: _At) -> None:
+        if not self.guard(at, _check_output, raw, at):
+            return
+        if _has(raw, "diagnostic_info"):
+            self.diagnostics(turn, _get(raw, "diagnostic_info"), at / _key(raw, "diagnostic_info"))
+            raw = {k: v for k, v in raw.items() if k not in ("diagnostic_info", "diagnosticInfo")}
+        self.guard(at, turn.add_output, raw)
+
+    def turn(self, d: Any, at: _At) -> "Turn":
+        if isinstance(d, list):  # a bare list of SessionOutputs
+            turn = Turn()
+            for i, raw in enumerate(d):
+                self.output(turn, raw, at / f"[{i}]")
+            return turn
+        _need(d, dict, at, "a turn (an object)")
+        if not _has(d, "outputs") and _has(d, "messages"):
+            return self.conversation_turn(d, at, self.guard(at / "turn_index", _whole, _get(d, "turn_index"), at / "turn_index") or 0)
+        turn = Turn(inputs=self.each(d, "inputs", at, _check_input))
+        key = _key(d, "outputs")
+        for i, raw in enumerate(self.guard(at / key, _items, _get(d, "outputs"), at / key) or []):
+            self.output(turn, raw, at / f"{key}[{i}]")
+        if _has(d, "turn_index"):
+            index = self.guard(at / _key(d, "turn_index"), _whole, _get(d, "turn_index"), at / _key(d, "turn_index"))
+            turn.index = index if index is not None else turn.index
+        if _has(d, "messages") and not turn.messages:
+            turn.messages = self.each(d, "messages", at, _check_message)
+        if _get(d, "root_span") and turn.root_span is None:
+            turn.root_span = self.span(_get(d, "root_span"), at / _key(d, "root_span"))
+        turn.completed = bool(_get(d, "completed", turn.completed))
+        turn.partial = bool(_get(d, "partial", False))
+        turn.error = self.guard(at / "error", _string, _get(d, "error"), at / "error") or None
+        turn.events = self.each(d, "events", at, _check_event)
+        if _has(d, "audio"):
+            encoding, rate = self.guard(at / "audio", _check_audio, _get(d, "audio"), at / "audio") or (None, None)
+            turn.audio_encoding = encoding or turn.audio_encoding
+            turn.audio_sample_rate = rate or turn.audio_sample_rate
+        return turn
+
+    def conversation_turn(self, d: Any, at: _At, index: int) -> "Turn":
+        """A stored Conversation.Turn: its messages and root_span, the user's chunks as inputs."""
+        _need(d, dict, at, "a turn (an object)")
+        turn = Turn(index=index, completed=True)
+        turn.messages = self.each(d, "messages", at, _check_message)
+        if _get(d, "root_span"):
+            turn.root_span = self.span(_get(d, "root_span"), at / _key(d, "root_span"))
+        turn.inputs, turn.outputs = _io_from_messages(turn.messages, index)
+        if turn.outputs:
+            turn.outputs[-1].turn_completed = True
+        return turn
+
+
+def _readable(turn: "Turn") -> bool:
+    return bool(turn.inputs or turn.outputs or turn.messages or turn.root_span is not None)
+
+
+def _read_turns(entries: list, name: str, strict: bool, conversation: bool) -> list["Turn"]:
+    """Each entry as a Turn; one that cannot be a turn at all becomes an empty Turn whose
+    load_errors say why (strict: TranscriptError)."""
+    turns: list[Turn] = []
+    for i, raw in enumerate(entries):
+        at = _At(None, f"{name}[{i}]")
+        reader = _Reader(strict)
+        try:
+            turn = reader.conversation_turn(raw, at, i + 1) if conversation else reader.turn(raw, at)
+            turn.load_errors = reader.problems
+        except (TranscriptError, *_UNFORESEEN) as exc:
+            error = exc if isinstance(exc, TranscriptError) else TranscriptError(str(at), f"could not be read ({type(exc).__name__}: {exc})")
+            if strict:
+                raise error from None
+            # Numbered after the turn before it, so its card sits where it was.
+            turn = Turn(index=i + 1 if conversation else (turns[-1].index if turns else 0) + 1, load_errors=[str(error)])
+        turns.append(turn)
+    return turns

@@ -22,6 +22,7 @@ from traitlets.config import Config
 
 import ces_nb
 from ces_nb import CesError
+from ces_nb.model import Output, Transcript, Turn, TranscriptError, UserInput
 
 from conftest import APP
 from emulator_process import EmulatorProcess, free_port
@@ -142,3 +143,122 @@ def test_unreachable_endpoint_error_keeps_its_status_code():
         c.close()
     assert err.code == grpc.StatusCode.UNAVAILABLE and err.grpc_error is not None
     assert "_InactiveRpcError" not in "".join(traceback.format_exception(err))
+
+
+# -- a transcript with one bad turn ---------------------------------------------------------------
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not UTF-8 text"),
+    (b"5", "holds a number"),
+    (b'"hello"', "holds a string"),
+    (b"null", "holds null"),
+    (b'{"name": "my-package", "version": "1.0"}', 'no "turns"'),
+    (b'{"format": "ces_nb.transcript", "version": 1, "turns": 5}', '"turns" is a number'),
+    (b'{"format": "ces_nb.transcript", "version": "one", "turns": []}', "version"),
+    (b"[1, 2, 3]", "none of its 3 items is a turn"),
+    (DEEP.encode(), "nests too deep"),
+])
+def test_load_of_a_file_that_is_not_a_transcript_is_a_usage_error(ip, tmp_path, content, words):
+    path = tmp_path / "thing.json"
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match=re.escape(words)) as err:
+        ip.run_line_magic("ces", f"load {path}")
+    assert "not a transcript" in str(err.value) and "%ces save" in str(err.value)
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _recorded(client, tmp_path) -> dict:
+    session = client.session()
+    for text in ("Hello", "How many bags can I check?", "What is my loyalty tier?", "Can I bring my cat on the plane?"):
+        session.send(text)
+    return json.loads(session.save(tmp_path / "trip.json").read_text())
+
+
+def test_a_transcript_with_bad_turns_renders_every_other_turn(client, tmp_path):
+    data = _recorded(client, tmp_path)
+    good = [t["outputs"][0]["text"] for t in data["turns"]]
+    data["turns"][1]["outputs"] = 5
+    data["turns"][2]["outputs"][0]["text"] = {HOSTILE: 1}
+    data["turns"][3]["outputs"].insert(1, {"audio": "%%% not base64 %%%", "turn_index": 4})
+    data["turns"].append(7)
+    data["metadata"] = 5
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+
+    loaded = Transcript.load(path)
+    assert loaded.load_errors == ["metadata: expected an object, got a number: 5"] and loaded.metadata == {}
+    assert [t.index for t in loaded] == [1, 2, 3, 4, 5]
+    assert loaded[0].text == good[0] and loaded[3].text == good[3]  # the good parts of a bad turn stay
+    assert loaded[1].load_errors == ["turns[1].outputs: expected a list, got a number: 5"]
+    assert loaded[2].load_errors[0].startswith("turns[2].outputs[0].text: expected a string, got an object")
+    assert loaded[3].load_errors == ["turns[3].outputs[1].audio: not valid base64"]
+    assert loaded[4].load_errors == ["turns[4]: expected a turn (an object), got a number: 7"]
+    bundle = loaded._repr_mimebundle_()
+    plain, html = bundle["text/plain"], bundle["text/html"]
+    for text in (good[0], good[3]):
+        assert text in plain
+    assert "Hello traveler" in html and html.count('class="ces-turn"') == 5
+    for field in ("metadata: expected an object", "turns[1].outputs", "turns[2].outputs[0].text", "turns[3].outputs[1].audio", "turns[4]"):
+        assert field in plain and field in html
+    assert "&lt;script" in html and HOSTILE not in html
+
+
+def test_strict_load_names_the_turn_and_the_field(client, tmp_path):
+    data = _recorded(client, tmp_path)
+    data["turns"][3]["outputs"].insert(1, {"audio": "%%% not base64 %%%", "turn_index": 4})
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TranscriptError, match=re.escape("turns[3].outputs[1].audio: not valid base64")) as err:
+        Transcript.load(path, strict=True)
+    assert err.value.path == "turns[3].outputs[1].audio" and str(path) in str(err.value)
+    assert isinstance(err.value, ValueError)
+    data["turns"][0]["root_span"]["child_spans"][0]["start_time"] = "yesterday"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TranscriptError, match=re.escape("turns[0].root_span.child_spans[0].start_time: not a timestamp")):
+        Transcript.load(path, strict=True)
+    kept = Transcript.load(path)[0]
+    assert kept.root_span is not None and kept.text  # only the bad span is left out
+
+
+def test_load_magic_renders_the_good_turns_of_a_bad_transcript(ip, client, tmp_path):
+    data = _recorded(client, tmp_path)
+    data["turns"][1]["inputs"] = [{"text": {"x": HOSTILE}}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    loaded = ip.run_line_magic("ces", f"load {path}")
+    assert len(loaded) == 4 and loaded[1].inputs == [] and loaded[1].text
+    html = loaded._repr_mimebundle_()["text/html"]
+    assert "turns[1].inputs[0].text: expected a string" in html and HOSTILE not in html
+
+
+def test_a_turn_that_cannot_be_drawn_shows_an_error_card_and_the_others_draw(client):
+    session = client.session()
+    first = session.send("Hello")
+    broken = Turn(index=2, outputs=[Output("text", {HOSTILE: 1}, 2)], completed=True)
+    corrupt_wav = Turn(index=3, inputs=[UserInput("audio", b"RIFF\x00\x00\x00\x00WAVEgarbage")], completed=True)
+    t = Transcript([first, broken, corrupt_wav])
+    bundle = t._repr_mimebundle_()
+    assert first.text in bundle["text/plain"] and "Turn 2" in bundle["text/plain"] and "Turn 3" in bundle["text/plain"]
+    html = bundle["text/html"]
+    assert "Hello traveler" in html and html.count('class="ces-turn"') == 3
+    assert "Turn 2 could not be drawn" in html and HOSTILE not in html
+    assert "Turn 2 could not be drawn" in bundle["text/plain"]
+    assert "[audio " in bundle["text/plain"]  # the unreadable WAV says what it is
+
+
+def test_a_bad_span_deep_in_a_tree_is_left_out_alone_and_named_briefly():
+    raw: dict = {"name": "root", "duration": "1s"}
+    node = raw
+    for i in range(5000):
+        child = {"name": f"s{i}", "duration": "0.001s"}
+        node["child_spans"] = [child, {"name": f"sibling{i}"}] if i == 4000 else [child]
+        node = child
+    node["start_time"] = "yesterday"
+    data = {"format": "ces_nb.transcript", "version": 1, "turns": [{"turn_index": 1, "outputs": [], "root_span": raw}]}
+    (problem,) = Transcript.from_dict(data)[0].load_errors
+    assert problem.startswith("turns[0].root_span.child_spans[0]") and "…4991 more…" in problem
+    assert problem.endswith('.child_spans[0].start_time: not a timestamp, got a string: "yesterday"') and len(problem) < 300
+    root = Transcript.from_dict(data)[0].root_span
+    assert sum(1 for _ in root.walk()) == 5001  # the one bad span out, its sibling in

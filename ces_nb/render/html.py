@@ -18,7 +18,7 @@ from typing import Any
 
 from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
 from .markdown import markdown_html
-from .text import transcript_text, turn_text
+from .text import broken_message, transcript_text, turn_text, unreadable
 
 _ids = itertools.count(1)
 _SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -241,9 +241,24 @@ def _wrap(body: str, fallback: str, *, css: bool = True) -> str:
 
 
 def turn_body_html(turn: Turn) -> str:
-    status = "partial" if turn.partial else ("completed" if turn.completed else "waiting for tool responses" if turn.tool_calls else "open")
-    badge_class = "ces-badge ces-partial" if turn.partial else "ces-badge"
+    """One turn; a turn that cannot be drawn becomes an error card, so the turns around it still show."""
+    try:
+        return _turn_body_html(turn)
+    except Exception as exc:
+        return (f'<div class="ces-turn"><div class="ces-head"><b>Turn {_e(turn.index)}</b>'
+                f'<span class="ces-badge ces-partial">unreadable</span></div>'
+                f'<div class="ces-error">{_e(broken_message(turn, exc))}</div></div>')
+
+
+def _turn_body_html(turn: Turn) -> str:
+    if unreadable(turn):
+        status = "unreadable"
+    else:
+        status = "partial" if turn.partial else ("completed" if turn.completed else "waiting for tool responses" if turn.tool_calls else "open")
+    badge_class = "ces-badge ces-partial" if turn.partial or turn.load_errors else "ces-badge"
     parts = [f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b><span class="{badge_class}">{_e(status)}</span></div>']
+    for problem in turn.load_errors:
+        parts.append(f'<div class="ces-error">could not read {_e(problem)}; left out</div>')
     if turn.inputs or turn.heard:
         heard = f'<div><span class="ces-chip">heard</span>{_e(turn.heard)}</div>' if turn.heard else ""
         parts.append('<div class="ces-user"><span class="ces-label">user</span>' + " ".join(input_html(i) for i in turn.inputs) + heard + "</div>")
@@ -298,6 +313,7 @@ def tool_result_html(result: ToolResult, text: str) -> str:
 
 def transcript_html(transcript: Transcript, text: str | None = None) -> str:
     head = f'<div class="ces-head"><b>Transcript</b><span>{_e(transcript.session or "(unsaved)")}</span><span>{len(transcript.turns)} turn(s)</span></div>'
+    head += "".join(f'<div class="ces-error">could not read {_e(problem)}; left out</div>' for problem in transcript.load_errors)
     return _wrap(head + "".join(turn_body_html(t) for t in transcript.turns), transcript_text(transcript) if text is None else text)
 
 

@@ -34,14 +34,37 @@ def _audio_seconds(data: bytes) -> str:
 
         import soundfile
 
-        info = soundfile.info(io.BytesIO(data))
+        try:
+            info = soundfile.info(io.BytesIO(data))
+        except Exception:  # a corrupt WAV: say what it is, draw the rest
+            return f"{len(data)} bytes, not a readable WAV"
         return f"{info.frames / info.samplerate:.1f} s"
     return f"{len(data)} bytes"
 
 
+def unreadable(turn: Turn) -> bool:
+    """A turn that came from a file with nothing readable in it, only load errors."""
+    return bool(turn.load_errors) and not (turn.inputs or turn.outputs or turn.messages or turn.root_span is not None)
+
+
+def broken_message(turn: Turn, exc: BaseException) -> str:
+    return (f"Turn {turn.index} could not be drawn ({type(exc).__name__}: {exc}); the other turns are unaffected. "
+            "Its parts are in turn.inputs, turn.outputs and turn.root_span")
+
+
 def turn_text(turn: Turn) -> str:
-    status = "partial" if turn.partial else ("completed" if turn.completed else "waiting")
+    """The turn as text; a turn that cannot be drawn says so, so the turns around it still show."""
+    try:
+        return _turn_text(turn)
+    except Exception as exc:
+        return f"Turn {turn.index} (unreadable)\n  error: {broken_message(turn, exc)}"
+
+
+def _turn_text(turn: Turn) -> str:
+    status = "unreadable" if unreadable(turn) else "partial" if turn.partial else ("completed" if turn.completed else "waiting")
     lines = [f"Turn {turn.index} ({status})"]
+    for problem in turn.load_errors:
+        lines.append(f"  unreadable: {problem} (left out)")
     if turn.inputs:
         lines.append("user:  " + " ".join(input_text(i) for i in turn.inputs))
     if turn.heard:
@@ -93,6 +116,7 @@ def _ms(value: float | None) -> str:
 
 def transcript_text(transcript: Transcript) -> str:
     head = f"Transcript {transcript.session or '(unsaved)'}: {len(transcript.turns)} turn(s)"
+    head += "".join(f"\n  unreadable: {problem} (left out)" for problem in transcript.load_errors)
     return "\n\n".join([head, *(turn_text(t) for t in transcript.turns)])
 
 
