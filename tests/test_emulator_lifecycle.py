@@ -130,3 +130,50 @@ def test_a_chatty_emulator_never_blocks_on_its_output():
         assert len(process.output()) > 65536
     finally:
         process.stop()
+
+
+def test_warm_up_never_runs_tool_code(tmp_path):
+    """Tool code may have side effects; the start-up warm-up plays the examples without it.
+    The same tool does run when a client's turn calls it."""
+    import shutil
+    import tempfile
+
+    from ces_nb.emulator.server import demo_app_path
+
+    export = tmp_path / "skyway"
+    shutil.copytree(demo_app_path(), export)
+    marks = tempfile.mkdtemp(prefix="ces-nb-side-effects-")
+    os.chmod(marks, 0o777)  # tool workers may run as an unprivileged user
+    code = export / "tools/get_flight_status/python_function/python_code.py"
+    code.write_text(code.read_text().replace(
+        '    number = flight_number.strip().upper()\n',
+        f'    open({marks!r} + "/called-" + flight_number, "w").close()  # a side effect\n'
+        '    number = flight_number.strip().upper()\n'))
+    process = EmulatorProcess("--app", str(export), "--db", ":memory:")
+    try:
+        assert os.listdir(marks) == []  # serving, and the example's call to the tool never ran
+        channel = grpc.insecure_channel(process.address)
+        sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
+        assert "Flight SW12" in texts(run(sessions, f"{APP}/sessions/side-effect", "What's the status of flight SW12?"))
+        channel.close()
+        assert os.listdir(marks) == ["called-SW12"]
+    finally:
+        process.stop()
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def test_warm_up_keeps_to_its_budget():
+    import asyncio
+
+    from ces_nb.emulator.server import EmulatorServer
+
+    async def played(**budget) -> int:
+        server = EmulatorServer(port=0, db=":memory:")
+        await server.start()
+        try:
+            return await server.warm_up(**budget)
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(played()) >= 8  # the demo's examples
+    assert asyncio.run(played(budget_s=0)) == 0

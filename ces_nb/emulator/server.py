@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -29,6 +30,18 @@ DEFAULT_PORT = 50551
 # Bigger than gRPC's 4 MiB default so a large input gets a clear INVALID_ARGUMENT
 # from the emulator rather than a bare RESOURCE_EXHAUSTED from the transport.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+# Warm-up (see EmulatorServer.warm_up): at most this long for one turn, and for all of it.
+WARM_UP_TURN_S = 2.0
+WARM_UP_BUDGET_S = 15.0
+
+
+class _NoToolCode:
+    """Stands in for the python-tool runner during warm-up: tool code may have side effects."""
+
+    async def run(self, code: str, function: str, args: dict, *_, **__) -> dict:
+        return {"warm_up": f"{function} does not run during the emulator's warm-up"}
 
 
 def demo_app_path() -> Path:
@@ -110,26 +123,45 @@ class EmulatorServer:
         for name in ["", *service_names()]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def warm_up(self) -> None:
+    async def warm_up(self, turn_budget_s: float = WARM_UP_TURN_S, budget_s: float = WARM_UP_BUDGET_S) -> int:
         """Plays the user side of each app's examples once, on a scratch in-memory store that no
-        client sees. ADK and google-genai import a lot on first use, and the python-tool worker
-        starts on first call: this moves that from the first client turn to startup, where
-        `ces-nb emulator` can then freeze it out of garbage collection. Skipped with a real model."""
+        client sees. ADK and google-genai import a lot on first use: this moves that from the first
+        client turn to startup, where `ces-nb emulator` can then freeze it out of garbage
+        collection. Skipped with a real model.
+
+        Tool code never runs here: a python tool may book, write or send something, and no client
+        asked for this turn. Its calls get a stand-in answer. A turn slower than `turn_budget_s`,
+        or a warm-up past `budget_s` in all, is given up: warming must never delay serving much.
+        Returns how many turns it played."""
+        played = 0
         if self.model or self.registry is None:
-            return
+            return played
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
         for app in self.apps:
-            scratch = AppRuntime(app, InMemorySessionService(), self.registry.python_runner)
+            scratch = AppRuntime(app, InMemorySessionService(), _NoToolCode())
             for n, script in enumerate(scratch.scripts):  # the examples as the playback model reads them
                 session_id = f"warm-up-{n}"
                 config = ces_v1.SessionConfig(session=f"projects/-/locations/-/apps/{app.app_id}/sessions/{session_id}")
                 for turn in script.turns:
                     if not turn.user.strip():
                         continue
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        log.info("warm-up stopped after %g s (its budget)", budget_s)
+                        return played
                     try:
-                        await scratch.run_turn_to_end(session_id, config, [ces_v1.SessionInput(text=turn.user)])
+                        await asyncio.wait_for(
+                            scratch.run_turn_to_end(session_id, config, [ces_v1.SessionInput(text=turn.user)]),
+                            min(turn_budget_s, left))
+                        played += 1
+                    except asyncio.TimeoutError:
+                        log.info("warm-up of %s, example %r: a turn took over %g s; skipped", app.app_id, script.name, turn_budget_s)
+                        break
                     except Exception as exc:  # best effort: a client's turn would meet the same error
                         log.debug("warm-up of %s, example %r: %s", app.app_id, script.name, exc)
                         break
+        return played
 
     async def stop(self, grace: float = 2.0) -> None:
         """Sends go_away to open bidi streams, then stops within `grace` seconds."""
