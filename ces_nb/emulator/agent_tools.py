@@ -3,7 +3,7 @@
 | CES tool            | ADK behaviour                                                    |
 |---------------------|------------------------------------------------------------------|
 | clientFunction      | long-running: the turn pauses and emits tool_calls               |
-| pythonFunction      | runs the export's code in a worker subprocess with a timeout     |
+| pythonFunction      | runs the export's code in a sandboxed worker with a timeout      |
 | dataStoreTool       | bm25 search over the app's documents; the reply carries citations|
 | googleSearchTool    | the same search, offline; the reply carries search suggestions   |
 | end_session         | ends the turn; the runtime emits end_session                     |
@@ -28,7 +28,7 @@ from google.genai import types
 from .documents import DocumentIndex
 from .export import LoadedApp
 from .playback import adk_name
-from .python_runner import DEFAULT_TIMEOUT_S, PythonToolRunner
+from .python_runner import PythonToolRunner
 from .schemas import python_function_declaration, to_genai_schema
 
 # Session-state key (not a CES variable: the underscore hides it from the
@@ -77,10 +77,11 @@ class CesTool(BaseTool):
     async def execute(self, args: dict[str, Any], tool_context: ToolContext | None) -> Any:
         raise NotImplementedError
 
-    def _timeout(self) -> float:
+    def _timeout(self) -> float | None:
+        """The export's own timeout, if it sets one: the runner caps it at its maximum."""
         if self.ces_tool is not None and self.ces_tool.timeout:
-            return self.ces_tool.timeout.total_seconds() or DEFAULT_TIMEOUT_S
-        return DEFAULT_TIMEOUT_S
+            return self.ces_tool.timeout.total_seconds() or None
+        return None
 
 
 def _first_function(code: str) -> str | None:

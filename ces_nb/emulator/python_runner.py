@@ -1,92 +1,244 @@
-"""Run pythonFunction tool code in worker subprocesses, with a timeout.
+"""Run pythonFunction tool code in sandboxed worker subprocesses.
 
-Workers are kept warm (spawning Python per call costs tens of milliseconds)
-and killed and replaced when a call times out, so a runaway tool never blocks
-the emulator.
+Workers are kept warm (spawning Python per call costs tens of milliseconds). Each runs
+`python -I python_worker.py` in its own session (so it and anything it forks form one
+process group), with a scrubbed environment, a private 0700 working directory as HOME and
+TMPDIR, no inherited file descriptors but its pipes and stderr, and the rlimits of
+SandboxLimits; as root it drops to an unprivileged user first, and it dies with the
+emulator (PR_SET_PDEATHSIG). A call that times out, is cancelled (a client's deadline or
+cancel), crashes its worker, or returns too much kills the worker's process group; a
+fresh worker serves the next call.
+
+What this cannot stop, without namespaces or cgroups: tool code still sees the process
+list and other processes' command lines in /proc, and reads whatever its user may read
+(all of the emulator user's files when the emulator is not root); a child it forks and
+moves to a new session with os.setsid() outlives the process-group kill (it keeps the
+rlimits).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import json
+import logging
+import os
+import shutil
+import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
-DEFAULT_TIMEOUT_S = 10.0
+from .sandbox import FLAGS, SandboxLimits
+
+log = logging.getLogger("ces_nb.emulator")
+
+DEFAULT_TIMEOUT_S = SandboxLimits.timeout_s
+WORKER = str(Path(__file__).with_name("python_worker.py"))
+START_TIMEOUT_S = 30.0  # a worker's start-up, on a loaded machine
+
+
+class _ResultTooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
 
 
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process):
+    def __init__(self, proc: asyncio.subprocess.Process, home: str):
         self.proc = proc
+        self.home = home
+        self._killed = False
 
-    async def call(self, request: dict) -> dict:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        await self.proc.stdin.drain()
-        line = await self.proc.stdout.readline()
-        if not line:
+    async def read_frame(self, max_bytes: int) -> dict:
+        assert self.proc.stdout
+        header = await self.proc.stdout.readline()
+        if not header:
             raise ConnectionError("the tool worker exited")
-        return json.loads(line)
+        size = int(header)
+        if size > max_bytes:
+            raise _ResultTooLarge(size)
+        return json.loads(await self.proc.stdout.readexactly(size))
+
+    async def call(self, payload: bytes, max_bytes: int) -> dict:
+        assert self.proc.stdin
+        self.proc.stdin.write(b"%d\n" % len(payload) + payload)
+        await self.proc.stdin.drain()
+        return await self.read_frame(max_bytes)
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
+        """SIGKILLs the worker's process group, once, and closes our ends of its pipes."""
+        if self._killed:
+            return
+        self._killed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        # A child that left the group may still hold the pipes' other ends, and asyncio's
+        # wait() returns only once all of them are closed.
+        transport = self.proc._transport  # noqa: SLF001 - asyncio keeps the pipe transports only here
+        for fd in (0, 1):
+            if (pipe := transport.get_pipe_transport(fd)) is not None:
+                pipe.abort() if fd == 0 else pipe.close()
 
 
 class PythonToolRunner:
     """A small pool of warm workers, bound to the event loop that first uses it."""
 
-    def __init__(self, max_workers: int = 2):
+    def __init__(self, max_workers: int = 2, limits: SandboxLimits | None = None):
         self._max = max_workers
+        self.limits = limits or SandboxLimits()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
+        self._reaping: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
-        self._ids = itertools.count(1)
+        self._ids = _sandbox_ids(self.limits.user)
+        self._config = {
+            "parent": os.getpid(),
+            "uid": self._ids[0] if self._ids else None,
+            "gid": self._ids[1] if self._ids else None,
+            "cpu_s": self.limits.cpu_s,
+            "memory_bytes": self.limits.memory_mb << 20,
+            "file_bytes": self.limits.max_file_mb << 20,
+            "open_files": self.limits.max_open_files,
+            # Per user, and not enforced on root: it binds under the sandbox user, is harmless
+            # on root, and would count all of any other user's processes (see SandboxLimits).
+            "procs": self.limits.max_procs if _is_root() else None,
+        }
+        self._max_result = int(self.limits.max_result_mb * 2**20)
 
     async def _spawn(self) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ces_nb.emulator.python_worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        worker = _Worker(proc)
+        home = tempfile.mkdtemp(prefix="ces-nb-tool-")  # 0700
+        if self._ids:
+            try:
+                os.chown(home, *self._ids)
+            except OSError as exc:  # e.g. a user namespace that maps no such ids
+                self._keep_root(f"python tools run as root: cannot give uid {self._ids[0]} a directory: {exc}")
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": home, "TMPDIR": home}
+        env.update({k: os.environ[k] for k in ("LANG", "LC_ALL") if k in os.environ})
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", WORKER, json.dumps({**self._config, "home": home}),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                cwd=home, env=env, close_fds=True, start_new_session=True, limit=1 << 20,
+            )
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        worker = _Worker(proc, home)
         self._all.add(worker)
+        try:
+            ready = await asyncio.wait_for(worker.read_frame(4096), START_TIMEOUT_S)
+        except BaseException:
+            self._discard(worker)
+            raise
+        if "warning" in ready:
+            self._keep_root(ready["warning"])
         return worker
 
-    async def run(self, code: str, function: str, args: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> dict:
-        """Returns the function's result as a dict, or {"error": "..."}."""
+    def _keep_root(self, why: str) -> None:
+        """The sandbox user does not work here: say so once, and stop trying."""
+        log.warning("%s (%s)", why, FLAGS["user"])
+        self._ids = None
+        self._config.update(uid=None, gid=None)
+
+    def _take_idle(self) -> _Worker | None:
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.proc.returncode is None:
+                return worker
+            self._discard(worker)
+        return None
+
+    async def run(self, code: str, function: str, args: dict[str, Any], timeout: float | None = None) -> dict:
+        """Returns the function's result as a dict, or {"error": "..."}. `timeout` is the
+        tool's own (None: the default), capped at the limits' max_timeout_s."""
+        seconds = self.limits.timeout_for(timeout)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max)
         async with self._slots:
-            worker = self._idle.pop() if self._idle else await self._spawn()
-            request = {"id": next(self._ids), "code": code, "function": function, "args": args}
+            payload = json.dumps({"code": code, "function": function, "args": args}).encode()
+            worker = self._take_idle()
+            if worker is None:
+                try:
+                    worker = await self._spawn()
+                except (OSError, EOFError, ValueError) as exc:  # TimeoutError is an OSError
+                    log.error("the python tool worker could not start: %r", exc)
+                    return {"error": f"the tool worker could not start ({exc!r}); see the emulator's log"}
+            keep = False
             try:
-                reply = await asyncio.wait_for(worker.call(request), timeout)
-            except asyncio.TimeoutError:
-                self._discard(worker)
-                return {"error": f"{function} timed out after {timeout:g} s"}
-            except (ConnectionError, BrokenPipeError, json.JSONDecodeError) as exc:
-                self._discard(worker)
-                return {"error": f"{function} crashed the tool worker: {exc}"}
-            self._idle.append(worker)
+                reply = await asyncio.wait_for(worker.call(payload, self._max_result), seconds)
+                keep = not reply.pop("retire", False)
+            except TimeoutError:
+                return {"error": self._timed_out(function, timeout, seconds)}
+            except _ResultTooLarge as exc:
+                return {"error": f"the tool's result is {exc.size / 2**20:.1f} MiB; the limit is "
+                                 f"{self.limits.max_result_mb:g} MiB ({FLAGS['max_result_mb']})"}
+            except (ConnectionError, EOFError, ValueError) as exc:
+                return {"error": f"{function} crashed the tool worker ({await _how_it_ended(worker, exc)})"}
+            finally:
+                # Whatever else happened (a cancel included), a worker not known good is killed.
+                if keep:
+                    self._idle.append(worker)
+                else:
+                    self._discard(worker)
         if "error" in reply:
-            return {"error": reply["error"]}
+            limit = self.limits.describe(reply.get("limit"))
+            return {"error": reply["error"] + (f"; {limit}" if limit else "")}
         result = reply.get("result")
         return result if isinstance(result, dict) else {"result": result}
+
+    def _timed_out(self, function: str, requested: float | None, seconds: float) -> str:
+        message = f"{function} timed out after {seconds:g} s"
+        if requested and requested > seconds:
+            message += f" (its timeout of {requested:g} s is capped at {seconds:g} s: {FLAGS['max_timeout_s']})"
+        return message
 
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
         self._all.discard(worker)
+        task = asyncio.get_running_loop().create_task(self._reap(worker))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def _reap(self, worker: _Worker) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.proc.wait(), 5)
+        worker.proc._transport.close()  # noqa: SLF001 - after wait(): frees it without a warning
+        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, worker.home, True)
 
     async def close(self) -> None:
         for worker in list(self._all):
-            worker.kill()
-            try:
-                await asyncio.wait_for(worker.proc.wait(), 2)
-            except asyncio.TimeoutError:
-                pass
-        self._all.clear()
+            self._discard(worker)
         self._idle.clear()
+        if self._reaping:
+            await asyncio.wait(set(self._reaping), timeout=10)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _sandbox_ids(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) the workers drop to: only when the emulator runs as root."""
+    if user is None or not _is_root():
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        log.warning("no user %r to run python tools as: they run as root (%s)", user, FLAGS["user"])
+        return None
+    return (entry.pw_uid, entry.pw_gid) if entry.pw_uid != 0 else None
+
+
+async def _how_it_ended(worker: _Worker, exc: BaseException) -> str:
+    if isinstance(exc, (ConnectionError, EOFError)):  # it exited: say how
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.proc.wait(), 1)
+    code = worker.proc.returncode
+    if code is None:
+        return str(exc)
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
