@@ -70,6 +70,8 @@ class LiveSession:
         self._pending_inputs: list[UserInput] = []
         self._lock = threading.Lock()
         self._closing = False
+        self._received = False  # any server message yet, on any of this session's streams
+        self.error: CesError | None = None  # why the stream died, once it has; sends then raise it
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class LiveSession:
     def open(self, history: bool = False) -> None:
         from google.cloud import ces_v1
 
+        if not history:  # (re)opened by the caller: a fresh start
+            self.error, self._closing = None, False
         config = self.session.session_config()
         config.input_audio_config = ces_v1.InputAudioConfig(**self.input_audio)
         config.output_audio_config = ces_v1.OutputAudioConfig(**self.output_audio)
@@ -99,6 +103,11 @@ class LiveSession:
         self._reader = threading.Thread(target=self._read, args=(first, requests, retry_until), daemon=True, name="ces-nb-live")
         self._reader.start()
 
+    @property
+    def alive(self) -> bool:
+        """Open, and able to take what you send."""
+        return self.error is None and not self._closing and self._reader is not None and self._reader.is_alive()
+
     def close(self, timeout: float = 30.0) -> None:
         """Half-close: the server finishes what it heard, then the stream ends."""
         self._closing = True
@@ -112,14 +121,26 @@ class LiveSession:
     def _put(self, **message) -> None:
         from google.cloud import ces_v1
 
+        self._check()
+        self._requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(**message)))
+
+    def _check(self) -> None:
+        """Raise why nothing can be sent: never opened, or the stream died (and how)."""
         if self._requests is None:
             raise CesError("the live session is not open: use `with session.live() as live:`")
-        self._requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(**message)))
+        if self.error is not None:
+            raise self._again()
+
+    def _again(self) -> CesError:
+        """The stream's error afresh, so raising it again does not pile up tracebacks."""
+        e = self.error
+        return CesError(str(e), e.code, grpc_error=e.grpc_error, details=e.details)
 
     def send_audio(self, source: Any, realtime: bool = True, trailing_silence_ms: int = TRAILING_SILENCE_MS) -> None:
         """Speak: a path (WAV, FLAC, OGG ...), an ndarray at the input rate, (samples, rate), WAV
         bytes, or raw bytes already in the input encoding. Silence is added after it so the
         server hears the end of speech."""
+        self._check()
         encoding, rate = self.input_audio["audio_encoding"], int(self.input_audio["sample_rate_hertz"])
         if isinstance(source, (bytes, bytearray)) and source[:4] != b"RIFF":
             samples = audio.decode(bytes(source), encoding, rate)
@@ -146,11 +167,13 @@ class LiveSession:
         self.send_audio((speech.samples, speech.sample_rate), realtime=realtime)
 
     def send_text(self, text: str) -> None:
+        self._check()
         with self._lock:
             self._pending_inputs.append(UserInput("text", text))
         self._put(text=text)
 
     def send_dtmf(self, digits: str) -> None:
+        self._check()
         with self._lock:
             self._pending_inputs.append(UserInput("dtmf", digits))
         self._put(dtmf=digits)
@@ -158,6 +181,7 @@ class LiveSession:
     def send_event(self, name: str) -> None:
         from google.cloud import ces_v1
 
+        self._check()
         with self._lock:
             self._pending_inputs.append(UserInput("event", name))
         self._put(event=ces_v1.Event(event=name))
@@ -165,12 +189,23 @@ class LiveSession:
     # -- receiving -----------------------------------------------------------------------
 
     def next_turn(self, timeout: float = 60.0) -> Turn:
-        """The next completed turn (it is also added to the session's history)."""
-        try:
-            item = self.turns.get(timeout=timeout)
-        except queue.Empty:
-            raise CesError(f"no turn completed within {timeout:.0f} s; is the audio long enough, "
-                           f"with {TRAILING_SILENCE_MS} ms of silence after it?") from None
+        """The next completed turn (it is also added to the session's history). On a stream that
+        died, raises why at once (CesError with the gRPC status) instead of waiting out `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                item = self.turns.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+                break
+            except queue.Empty:
+                if self.error is not None:
+                    raise self._again() from None
+                if self._closing and (self._reader is None or not self._reader.is_alive()):
+                    raise CesError("the live stream is closed; open a new one with session.live() (%ces live in a notebook)") from None
+                if time.monotonic() >= deadline:
+                    raise CesError(f"no turn completed within {timeout:.0f} s; is the audio long enough, "
+                                   f"with {TRAILING_SILENCE_MS} ms of silence after it?") from None
+        if isinstance(item, CesError) and item is self.error:
+            raise self._again()
         if isinstance(item, BaseException):
             raise item
         return item
@@ -195,7 +230,7 @@ class LiveSession:
             try:
                 # The official client waits for the first reply inside the call, so it runs here.
                 for message in self.session.client.sessions.bidi_run_session(requests=outgoing()):
-                    received = True
+                    received = self._received = True
                     kind = ces_v1.BidiSessionServerMessage.pb(message).WhichOneof("message_type")
                     if kind == "go_away":
                         self._reconnect(requests)
@@ -206,13 +241,34 @@ class LiveSession:
                 if not received and retry_until is not None and time.monotonic() < retry_until:
                     time.sleep(0.5)
                     continue
-                self._finish_partial(explain(exc, target=self.session.client.target, app=self.session.app))
+                self._died(exc)
                 return
             except Exception as exc:
-                self._finish_partial(explain(exc, target=self.session.client.target, app=self.session.app))
+                self._died(exc)
                 return
+            if not self._closing:  # the server ended the stream, no go_away, nothing wrong
+                self.error = CesError(f"the live stream to {self.session.client.target} ended: the server closed it. "
+                                      "Open a new one with session.live() (%ces live in a notebook)")
             self._finish_partial(None)
             return
+
+    def _died(self, exc: Exception) -> None:
+        """The stream broke: keep why (status, the server's words, what to do) for every later send."""
+        if self._closing:  # our own close, cancelled mid-call: nothing to report
+            self._finish_partial(None)
+            return
+        import grpc
+
+        base = explain(exc, target=self.session.client.target, app=self.session.app)
+        status = base.code.name if base.code else type(exc).__name__
+        if self._received:
+            message = (f"the live stream to {self.session.client.target} died: {status}, {base.details}. Nothing more can be "
+                       "sent on it: open a new one with session.live() (%ces live in a notebook)"
+                       + (" once the emulator runs again (ces-nb emulator)" if base.code == grpc.StatusCode.UNAVAILABLE else ""))
+        else:
+            message = f"the live stream could not open ({status}): {base}"
+        self.error = CesError(message, base.code, grpc_error=base.grpc_error, details=base.details)
+        self._finish_partial(self.error)
 
     def _on_message(self, message) -> None:
         from .model import _as_dict, _output_dict
@@ -259,5 +315,6 @@ class LiveSession:
 
     def __repr__(self) -> str:
         fmt = f"{self.input_audio['audio_encoding']} {self.input_audio['sample_rate_hertz']} Hz"
-        return f"<ces_nb.LiveSession {self.session.name} ({fmt}; {self.reconnects} reconnect(s))>"
+        state = "; stream died" if self.error is not None else ""
+        return f"<ces_nb.LiveSession {self.session.name} ({fmt}; {self.reconnects} reconnect(s){state})>"
 

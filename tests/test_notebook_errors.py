@@ -262,3 +262,52 @@ def test_a_bad_span_deep_in_a_tree_is_left_out_alone_and_named_briefly():
     assert problem.endswith('.child_spans[0].start_time: not a timestamp, got a string: "yesterday"') and len(problem) < 300
     root = Transcript.from_dict(data)[0].root_span
     assert sum(1 for _ in root.walk()) == 5001  # the one bad span out, its sibling in
+
+
+# -- live sessions ----------------------------------------------------------------------------------
+
+def test_sending_on_a_live_stream_that_died_says_it_died_and_why():
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0")
+    client = ces_nb.connect(APP, endpoint=server.address)
+    live = client.session().live()
+    try:
+        live.open()
+        live.send_text("Hello")
+        assert "traveler" in live.next_turn().text
+        server.proc.kill()  # kill -9: no go_away, the socket just goes
+        server.proc.wait()
+        started = time.monotonic()
+        with pytest.raises(CesError, match=r"the live stream to 127\.0\.0\.1:\d+ died: UNAVAILABLE") as err:
+            live.send_text("What is my loyalty tier?")
+            live.next_turn(timeout=20)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "session.live()" in str(err.value)
+        # known dead: every later send says so at once, it never waits out a timeout
+        with pytest.raises(CesError, match="died: UNAVAILABLE"):
+            live.send_text("Anyone there?")
+        with pytest.raises(CesError, match="died: UNAVAILABLE"):
+            live.next_turn(timeout=20)
+        assert time.monotonic() - started < 5
+        assert not live.alive and live.error is not None
+    finally:
+        live.close(5)
+        client.close()
+        server.stop()
+
+
+def test_say_on_a_dead_live_stream_is_a_usage_error_naming_the_cause(shell):
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0")
+    shell.extension_manager.load_extension("ces_nb")
+    try:
+        shell.run_line_magic("config", f"CesMagics.emulator_address = {server.address!r}")
+        shell.run_line_magic("ces", "new --app skyway")
+        shell.run_line_magic("ces", "live")
+        assert shell.run_line_magic("ces", 'say "What is my loyalty tier?"').heard == "what is my loyalty tier"
+        server.proc.kill()
+        server.proc.wait()
+        with pytest.raises(UsageError, match="live stream .* died: UNAVAILABLE.*%ces live"):
+            for _ in range(2):  # the death may be noticed at the send or at the answer
+                shell.run_line_magic("ces", 'say "How many bags can I check?"')
+    finally:
+        shell.run_line_magic("ces", "live --close")
+        shell.extension_manager.unload_extension("ces_nb")
+        server.stop()
