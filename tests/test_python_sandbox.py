@@ -357,6 +357,18 @@ def test_a_tool_that_leaves_a_thread_running_gets_a_fresh_worker_next_call():
     assert first["pid"] != second["pid"] and not first_alive
 
 
+def test_a_worker_that_dies_in_a_call_is_reported_and_replaced():
+    async def main():
+        runner = PythonToolRunner()
+        try:
+            died = await runner.run("import os\ndef f():\n    os._exit(3)\n", "f", {})
+            return died, await runner.run("def g():\n    return {'ok': 1}\n", "g", {})
+        finally:
+            await runner.close()
+
+    assert asyncio.run(main()) == ({"error": "f crashed the tool worker (exit code 3)"}, {"ok": 1})
+
+
 def test_errors_in_tool_code_name_their_line():
     body = run_tool("def f(x):\n    y = 1\n    return {'v': x / 0}\n", x=3)
     assert body == {"error": "ZeroDivisionError: division by zero (line 3)"}

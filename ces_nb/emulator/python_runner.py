@@ -77,7 +77,8 @@ class _Worker:
         # wait() returns only once all of them are closed.
         transport = self.proc._transport  # noqa: SLF001 - asyncio keeps the pipe transports only here
         for fd in (0, 1):
-            if (pipe := transport.get_pipe_transport(fd)) is not None:
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None and not pipe.is_closing():  # one the worker's exit closed is done
                 pipe.abort() if fd == 0 else pipe.close()
 
 
