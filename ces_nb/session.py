@@ -237,9 +237,17 @@ class Session:
             raise TypeError(f"{exc}; inputs are text, dtmf=, event=, variables=, image=, blob=, tool_responses=") from None
 
     def _keep(self, turn: Turn) -> Turn:
+        """Add a turn to the history under the server's number, unless a turn here has it already
+        (a server that restarted without this session's turns counts from 1 again): then it is
+        numbered on from the last, with a note, so no two turns share a number."""
         self._audio_format(turn)
+        last = self.turns[-1].index if self.turns else 0
         if not turn.index:
-            turn.index = (self.turns[-1].index if self.turns else 0) + 1
+            turn.index = last + 1
+        elif turn.index <= last:
+            server, turn.index = turn.index, last + 1
+            turn.notes.append(f"the server numbered this turn {server} (it does not have the turns before it, "
+                              f"e.g. it restarted without them); kept as turn {turn.index} so no two turns share a number")
         self.turns.append(turn)
         return turn
 

@@ -311,3 +311,47 @@ def test_say_on_a_dead_live_stream_is_a_usage_error_naming_the_cause(shell):
         shell.run_line_magic("ces", "live --close")
         shell.extension_manager.unload_extension("ces_nb")
         server.stop()
+
+
+# -- turn numbers across reconnects -------------------------------------------------------------------
+
+def _reconnect_scenario(db: str):
+    """Two turns, the emulator restarts at the same address (go_away), two more turns."""
+    port = free_port()
+    server = EmulatorProcess("--db", db, "--audio-pace", "0", port=port)
+    client = ces_nb.connect(APP, endpoint=server.address)
+    session = client.session()
+    live = session.live()
+    try:
+        live.open()
+        for text in ("Hello", "How many bags can I check?"):
+            live.send_text(text)
+            live.next_turn()
+        server.stop()  # SIGTERM: go_away to open streams, then exit
+        server = EmulatorProcess("--db", db, "--audio-pace", "0", port=port)
+        for text in ("What is my loyalty tier?", "Can I bring my cat on the plane?"):
+            live.send_text(text)
+            live.next_turn(timeout=30)
+        assert live.reconnects == 1
+        stored = client.conversation(session.id)
+        return session, stored
+    finally:
+        live.close(5)
+        client.close()
+        server.stop()
+
+
+def test_after_a_reconnect_turn_numbers_follow_the_server(tmp_path):
+    session, stored = _reconnect_scenario(str(tmp_path / "s.db"))
+    assert [t.index for t in session.turns] == [1, 2, 3, 4] == [t.index for t in stored.turns]
+    assert [t.text for t in session.turns] == [t.text for t in stored.turns]
+    assert not any(t.notes for t in session.turns)
+
+
+def test_after_a_reconnect_to_a_server_without_the_session_no_two_turns_share_a_number():
+    session, stored = _reconnect_scenario(":memory:")
+    assert [t.index for t in session.turns] == [1, 2, 3, 4]
+    assert "Blue member" in session.turns[2].text
+    if len(stored.turns) == 2:  # the new server knows turns 1-2 only as history: it counts its own from 1
+        assert "the server numbered this turn 1" in session.turns[2].notes[0]
+        assert "the server numbered this turn 2" in session.turns[3].notes[0]
