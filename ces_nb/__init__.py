@@ -23,6 +23,7 @@ _LAZY = {
     "Session": ("ces_nb.session", "Session"),
     "Turn": ("ces_nb.model", "Turn"),
     "Transcript": ("ces_nb.model", "Transcript"),
+    "TranscriptError": ("ces_nb.model", "TranscriptError"),
     "Span": ("ces_nb.model", "Span"),
     "CesError": ("ces_nb.errors", "CesError"),
     "client_tool": ("ces_nb.magics", "client_tool"),
@@ -39,7 +40,7 @@ __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
 if TYPE_CHECKING:
     from .client import Client, connect
     from .errors import CesError
-    from .model import Span, Transcript, Turn
+    from .model import Span, Transcript, TranscriptError, Turn
     from .session import Session
 
 

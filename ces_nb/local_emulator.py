@@ -11,6 +11,7 @@ is stopped when the Python process (the kernel) exits.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -123,14 +124,13 @@ def ensure_emulator(address: str | None = None, apps: list[str] | None = None, d
         )
 
 
-def _stop(proc: subprocess.Popen, log_path: str) -> None:
+def _stop(proc: subprocess.Popen, log_path: str | None = None) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    try:
-        os.unlink(log_path)
-    except OSError:
-        pass
+    if log_path:
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)

@@ -192,18 +192,23 @@ def _wer(server, encoding: str, rate: int) -> None:
     from ces_nb.emulator.server import demo_app_path
 
     phrases = [p for p in app_phrases(load_export(str(demo_app_path()))) if len(p.split()) > 1]
-    config = {"session": f"{APP}/sessions/wer-{encoding}-{rate}",
-              "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}}
-    stream = Stream(client_for(server), config)
+    def open_stream(n: int) -> Stream:
+        return Stream(client_for(server), {"session": f"{APP}/sessions/wer-{encoding}-{rate}-{n}",
+                                           "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}})
+
+    streams = [open_stream(0)]
     heard = []
     try:
         for phrase in phrases:
-            stream.send_audio(speech(phrase, encoding, rate), encoding, rate)
-            got = stream.until_completed()
+            streams[-1].send_audio(speech(phrase, encoding, rate), encoding, rate)
+            got = streams[-1].until_completed()
             finals = [m.recognition_result.transcript for m in got if kind(m) == "recognition_result"]
             heard.append(finals[-1] if finals else "")
+            if any(kind(m) == "end_session" for m in got):  # that session takes no more input
+                streams.append(open_stream(len(streams)))
     finally:
-        stream.close()
+        for stream in streams:
+            stream.close()
     error = jiwer.wer([normalize(p) for p in phrases], heard)
     assert error <= 0.20, list(zip(phrases, heard))
 

@@ -72,7 +72,7 @@ def list_conversations(client, app: str, since: Any = None, source: str | None =
         if bar is not None:
             bar.close()
     except Exception as exc:
-        raise explain(exc, target=client.target, app=app) from exc
+        raise explain(exc, target=client.target, app=app) from None
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if details and len(frame):
         transcripts, errors = fetch_all(client, list(frame["name"]), max_workers, progress)
@@ -127,5 +127,5 @@ def get_conversation(client, name: str):
     try:
         conversation = client.agents.get_conversation(name=name)
     except Exception as exc:
-        raise explain(exc, target=client.target) from exc
+        raise explain(exc, target=client.target) from None
     return Transcript.from_conversation(conversation)
