@@ -206,23 +206,34 @@ def test_a_client_deadline_kills_the_worker(tools):
     assert snippet(tools, "result = {'ok': 1}") == {"ok": 1}
 
 
-def test_workers_die_with_the_emulator(sandbox_app):
+def test_workers_die_with_the_emulator(sandbox_app, tools):
     server = EmulatorProcess("--app", sandbox_app, "--db", ":memory:")
     client, channel = tool_client(server.address)
     path = pid_file()
     try:
         # One worker busy in a call when the emulator dies, another idle.
         busy = threading.Thread(target=lambda: _ignore_errors(snippet, client,
-                                f"import os, time\nopen({path!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"))
+                                f"import os, time\nopen({path!r}, 'w').write(f'{{os.getpid()}} {{os.getcwd()}}')\ntime.sleep(60)"))
         busy.start()
-        sleeper = int(wait_for_file(path))
-        idle = int(snippet(client, "import os\nresult = {'pid': os.getpid()}")["pid"])
+        sleeper, sleeper_dir = wait_for_file(path).split(" ", 1)
+        sleeper = int(sleeper)
+        body = snippet(client, "import os\nresult = {'pid': os.getpid(), 'dir': os.getcwd()}")
+        idle = int(body["pid"])
         assert idle != sleeper
+        dirs = [sleeper_dir, body["dir"]]
         assert {idle, sleeper} <= set(workers_of(server.proc.pid))
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
         assert gone_within([idle, sleeper], 5), "workers outlived the emulator"
         busy.join(10)
+        # A killed emulator cannot remove its workers' directories: the next runner does,
+        # and leaves alone those of a live one.
+        assert all(os.path.isdir(d) for d in dirs)
+        assert run_tool("import os\ndef f():\n    return {'dir': os.getcwd()}\n")["dir"] not in dirs
+        assert not any(os.path.exists(d) for d in dirs)
+        live = snippet(tools, "import os\nresult = {'dir': os.getcwd()}")["dir"]
+        run_tool("def f():\n    return {}\n")
+        assert os.path.isdir(live)
     finally:
         channel.close()
         server.stop()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ log = logging.getLogger("ces_nb.emulator")
 DEFAULT_TIMEOUT_S = SandboxLimits.timeout_s
 WORKER = str(Path(__file__).with_name("python_worker.py"))
 START_TIMEOUT_S = 30.0  # a worker's start-up, on a loaded machine
+HOME_PREFIX = "ces-nb-tool-"
+LOCK_NAME = ".ces-nb-lock"
 
 
 class _ResultTooLarge(Exception):
@@ -44,8 +47,50 @@ class _ResultTooLarge(Exception):
         self.size = size
 
 
+class _Home:
+    """A worker's private directory (0700). Its emulator holds a lock in it while it lives,
+    so that one a killed emulator left behind can be told apart and swept."""
+
+    def __init__(self, ids: tuple[int, int] | None):
+        self.path = tempfile.mkdtemp(prefix=HOME_PREFIX)
+        # Locked under a temporary name, then renamed: a sweeper never sees it unlocked.
+        tmp = os.path.join(self.path, LOCK_NAME + ".new")
+        self._lock = os.open(tmp, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        os.rename(tmp, os.path.join(self.path, LOCK_NAME))
+        if ids:
+            try:
+                os.chown(self.path, *ids)
+            except OSError:
+                self.remove()
+                raise
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock)
+
+
+def _sweep_homes() -> None:
+    """Removes the directories of workers whose emulator was killed (kill -9)."""
+    with os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            if not entry.name.startswith(HOME_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(os.path.join(entry.path, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue  # not a worker's, or not ours to read
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its emulator lives
+            finally:
+                os.close(fd)
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process, home: str):
+    def __init__(self, proc: asyncio.subprocess.Process, home: _Home):
         self.proc = proc
         self.home = home
         self._killed = False
@@ -92,6 +137,7 @@ class PythonToolRunner:
         self._all: set[_Worker] = set()
         self._reaping: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
+        self._swept = False
         self._ids = _sandbox_ids(self.limits.user)
         self._config = {
             "parent": os.getpid(),
@@ -108,22 +154,24 @@ class PythonToolRunner:
         self._max_result = int(self.limits.max_result_mb * 2**20)
 
     async def _spawn(self) -> _Worker:
-        home = tempfile.mkdtemp(prefix="ces-nb-tool-")  # 0700
-        if self._ids:
-            try:
-                os.chown(home, *self._ids)
-            except OSError as exc:  # e.g. a user namespace that maps no such ids
-                self._keep_root(f"python tools run as root: cannot give uid {self._ids[0]} a directory: {exc}")
-        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": home, "TMPDIR": home}
+        if not self._swept:
+            self._swept = True
+            _sweep_homes()
+        try:
+            home = _Home(self._ids)
+        except OSError as exc:  # chown: e.g. a user namespace that maps no such ids
+            self._keep_root(f"python tools run as root: cannot give uid {self._ids[0]} a directory: {exc}")
+            home = _Home(None)
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": home.path, "TMPDIR": home.path}
         env.update({k: os.environ[k] for k in ("LANG", "LC_ALL") if k in os.environ})
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", WORKER, json.dumps({**self._config, "home": home}),
+                sys.executable, "-I", WORKER, json.dumps({**self._config, "home": home.path}),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd=home, env=env, close_fds=True, start_new_session=True, limit=1 << 20,
+                cwd=home.path, env=env, close_fds=True, start_new_session=True, limit=1 << 20,
             )
         except BaseException:
-            shutil.rmtree(home, ignore_errors=True)
+            home.remove()
             raise
         worker = _Worker(proc, home)
         self._all.add(worker)
@@ -205,7 +253,7 @@ class PythonToolRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(worker.proc.wait(), 5)
         worker.proc._transport.close()  # noqa: SLF001 - after wait(): frees it without a warning
-        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, worker.home, True)
+        await asyncio.get_running_loop().run_in_executor(None, worker.home.remove)
 
     async def close(self) -> None:
         for worker in list(self._all):
