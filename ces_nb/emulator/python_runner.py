@@ -10,10 +10,12 @@ cancel), crashes its worker, or returns too much kills the worker's process grou
 fresh worker serves the next call.
 
 What this cannot stop, without namespaces or cgroups: tool code still sees the process
-list and other processes' command lines in /proc, and reads whatever its user may read
-(all of the emulator user's files when the emulator is not root); a child it forks and
-moves to a new session with os.setsid() outlives the process-group kill (it keeps the
-rlimits).
+list and other processes' command lines in /proc, and reads whatever its user may read:
+when the emulator is not root that user is the emulator's own, so its files and its
+/proc/<pid>/environ too. Processes of the sandbox user (`nobody` is shared) may signal
+each other. A child that tool code forks and moves to a new session with os.setsid()
+outlives the process-group kill (it keeps the rlimits). A killed emulator's worker
+directories stay until the next runner's first spawn sweeps them.
 """
 
 from __future__ import annotations
