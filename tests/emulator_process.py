@@ -17,6 +17,8 @@ from ces_nb.local_emulator import wait_until_serving
 
 class EmulatorProcess:
     def __init__(self, *args: str, port: int | None = None, timeout: float = 90):
+        if "--port" in args:
+            raise ValueError("pass the port as EmulatorProcess(..., port=N): readiness is checked on it")
         self.args = args
         for _attempt in range(3):  # a free port can be taken between picking and binding it
             self.port = port or free_port()

@@ -83,15 +83,9 @@ def test_say_and_send_audio_shortcuts(client):
 
 def test_go_away_reconnects_with_history_and_loses_no_turn():
     port = free_port()
-    import subprocess
-    import sys
 
-    def start():
-        proc = subprocess.Popen([sys.executable, "-m", "ces_nb", "emulator", "--port", str(port), "--db", ":memory:", "--audio-pace", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        while "listening on" not in (proc.stdout.readline() or "listening on"):
-            pass
-        return proc
+    def start() -> EmulatorProcess:
+        return EmulatorProcess("--db", ":memory:", "--audio-pace", "0", port=port)
 
     server = start()
     client = ces_nb.connect(APP, endpoint=f"127.0.0.1:{port}")
@@ -101,8 +95,7 @@ def test_go_away_reconnects_with_history_and_loses_no_turn():
     try:
         live.send_text("Hello")
         assert "traveler" in live.next_turn().text
-        server.terminate()  # SIGTERM: the emulator says go_away to open streams, then exits
-        server.wait(15)
+        assert server.stop() == 0  # SIGTERM: the emulator says go_away to open streams, then exits
         server = start()   # a new server at the same address
         live.send_text("What is my loyalty tier?")
         turn = live.next_turn(timeout=60)
@@ -110,8 +103,7 @@ def test_go_away_reconnects_with_history_and_loses_no_turn():
         assert [t.user_text for t in session.turns] == ["Hello", "What is my loyalty tier?"]
     finally:
         live.close(5)
-        server.terminate()
-        server.wait(15)
+        server.stop()
         client.close()
 
 
