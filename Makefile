@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: all install demo test emulator notebooks bench clean
+.PHONY: all install demo test emulator notebooks bench chaos clean
 
 all: install
 
@@ -40,6 +40,18 @@ bench: install
 	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/tool_roundtrip.py
 	$(BIN)/python benchmarks/frames.py
+
+# The chaos test (tests/faults) with CHAOS_RUNS random seeds, each printed so a failure can be
+# replayed: `make chaos SEED=1234`. (`make test` runs it too, with one fixed seed.)
+CHAOS_RUNS ?= 3
+chaos: install
+	@seeds="$(SEED)"; failed=""; \
+	if [ -z "$$seeds" ]; then seeds=$$(for _ in $$(seq $(CHAOS_RUNS)); do od -An -N4 -tu4 /dev/urandom | tr -d ' '; done); fi; \
+	for seed in $$seeds; do \
+		echo "== chaos seed $$seed (replay: make chaos SEED=$$seed)"; \
+		CHAOS_SEED=$$seed $(BIN)/python -m pytest tests/faults -q -rA $(PYTEST_ARGS) || failed="$$failed $$seed"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== chaos FAILED with seed(s)$$failed; replay one: make chaos SEED=N"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info
