@@ -39,6 +39,7 @@ from .export import LoadedApp
 from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, compile_example, fill_placeholders
 from .python_runner import PythonToolRunner
 from .tracing import TURN_SPAN, ToolRecord, build_root_span, tracer, turn_router
+from .turn_store import TurnStore
 
 log = logging.getLogger("ces_nb.emulator")
 # ADK advises a Gemini context cache on every multi-agent app; meaningless for playback.
@@ -104,7 +105,8 @@ class _SessionCapture(BasePlugin):
 class AppRuntime:
     def __init__(self, app: LoadedApp, session_service: BaseSessionService, runner: PythonToolRunner, model: str | None = None):
         self.app = app
-        self.session_service = session_service
+        # Turns reach the store whole: a turn cut short leaves nothing of itself there.
+        self.session_service = self.turns = TurnStore(session_service)
         self.python_runner = runner
         self.model_name = model
         self.indexes: dict[str, DocumentIndex] = {}
@@ -116,7 +118,7 @@ class AppRuntime:
         self.root = self._build_agent(root_agent, set())
         self._sessions: dict[str, TurnState] = {}
         self._live: OrderedDict[str, None] = OrderedDict()  # sessions whose live object is cached, oldest first
-        self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=session_service,
+        self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=self.turns,
                              plugins=[_SessionCapture(self)])
 
     # -- building -----------------------------------------------------------------
@@ -184,6 +186,12 @@ class AppRuntime:
     def forget(self, session_id: str) -> None:
         """Drop cached state for a session deleted from the store."""
         self._sessions.pop(session_id, None)
+        self._live.pop(session_id, None)
+
+    def _drop_live(self, session_id: str) -> None:
+        state = self._sessions.get(session_id)
+        if state is not None:
+            state.session = None
         self._live.pop(session_id, None)
 
     def keep_live(self, session: Session) -> None:
@@ -351,10 +359,15 @@ class AppRuntime:
         router = turn_router()
         span = tracer().start_span(TURN_SPAN, start_time=started_ns)
         router.open(span.get_span_context().trace_id)
+        self.turns.begin(session)
         try:
             with trace.use_span(span, end_on_exit=False):
                 await self._turn(session, config, inputs, stream_text, started_ns, span, queue)
         except BaseException as exc:  # handed to the consumer, never lost in the task
+            # Nothing of this turn was stored; the live object holds it, so the next turn
+            # reads the session back from the store instead.
+            self.turns.abort(session.id)
+            self._drop_live(session.id)
             span.end()
             router.close(span.get_span_context().trace_id)
             await queue.put(exc if isinstance(exc, Exception) else EmulatorError.internal("turn cancelled"))
@@ -434,6 +447,7 @@ class AppRuntime:
                 actions=EventActions(state_delta={META_KEY: meta}),
             ),
         )
+        await self.turns.commit(session.id)  # before the client hears the turn completed
         await out.finish(diagnostic)
 
     def _new_message(self, inputs, pending: dict[str, str]) -> tuple[types.Content | None, dict, list[str]]:

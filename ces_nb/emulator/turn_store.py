@@ -1,0 +1,66 @@
+"""Turns reach the store whole, or not at all.
+
+ADK writes each event to the session store as it happens: the user's message (a tool
+answer included) at the start of a run, then every model and tool event. A turn cut
+short (the emulator killed, the client's deadline, a cancel) would leave half of it
+stored, with no turn record: a re-sent tool answer would then find its call already
+answered, and the next turn would start from an agent that never finished speaking.
+
+`TurnStore` stands between the runner and the real store. While a turn is open, the
+session's new events live only on the live session object; `commit` writes them to the
+store in order, the turn record last, before the client hears that the turn completed.
+`abort` drops them: the caller forgets the live object, and the next turn reads the
+session back from the store as it was after the last completed turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from google.adk.events import Event
+from google.adk.sessions import BaseSessionService, Session
+
+
+class TurnStore(BaseSessionService):
+    def __init__(self, store: BaseSessionService):
+        self.store = store
+        # session id -> (the live session, how many of its events were stored when the turn began)
+        self._open: dict[str, tuple[Session, int]] = {}
+
+    def begin(self, session: Session) -> None:
+        self._open[session.id] = (session, len(session.events))
+
+    async def commit(self, session_id: str) -> None:
+        """Write the open turn's events to the store, in order."""
+        session, stored = self._open.pop(session_id)
+        pending = session.events[stored:]
+        # The store appends each event to the session object itself: take them off first.
+        del session.events[stored:]
+        for event in pending:
+            await self.store.append_event(session, event)
+
+    def abort(self, session_id: str) -> None:
+        """Forget the open turn; its events were never stored."""
+        self._open.pop(session_id, None)
+
+    async def append_event(self, session: Session, event: Event) -> Event:
+        if session.id in self._open:
+            return await super().append_event(session, event)  # the live session only
+        return await self.store.append_event(session, event)
+
+    async def get_session(self, *, app_name: str, user_id: str, session_id: str, config: Optional[Any] = None) -> Optional[Session]:
+        open_turn = self._open.get(session_id)
+        if open_turn is not None:
+            return open_turn[0]  # the runner continues the live session, open events included
+        return await self.store.get_session(app_name=app_name, user_id=user_id, session_id=session_id, config=config)
+
+    async def create_session(self, *, app_name: str, user_id: str, state: Optional[dict[str, Any]] = None,
+                             session_id: Optional[str] = None) -> Session:
+        return await self.store.create_session(app_name=app_name, user_id=user_id, state=state, session_id=session_id)
+
+    async def list_sessions(self, *, app_name: str, user_id: Optional[str] = None):
+        return await self.store.list_sessions(app_name=app_name, user_id=user_id)
+
+    async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
+        self._open.pop(session_id, None)
+        await self.store.delete_session(app_name=app_name, user_id=user_id, session_id=session_id)
