@@ -44,6 +44,7 @@ class Session:
         self.name = f"{app}/sessions/{self.id}"
         self.config = dict(config)
         self.turns: list[Turn] = []
+        self.interrupted: list[Turn] = []  # partial turns a later completed turn replaced (see _keep)
         self.tools = tools or ClientTools()
         self.auto_answer = True
         self.forked_from: tuple[str, int] | None = None
@@ -215,10 +216,12 @@ class Session:
 
     @property
     def pending(self) -> dict[str, ToolCall]:
-        """Client tool calls the agent is still waiting on, by call id."""
+        """Client tool calls the agent is still waiting on, by call id. An answer sent in a turn
+        that was cut short (partial) doesn't count: the server stores a turn whole or not at all,
+        and one that broke was almost always not stored."""
         calls: dict[str, ToolCall] = {}
         for turn in self.turns:
-            for item in turn.inputs:
+            for item in ([] if turn.partial else turn.inputs):
                 if item.kind == "tool_responses":
                     for response in item.value:
                         calls.pop(response.id, None)
@@ -237,10 +240,20 @@ class Session:
             raise TypeError(f"{exc}; inputs are text, dtmf=, event=, variables=, image=, blob=, tool_responses=") from None
 
     def _keep(self, turn: Turn) -> Turn:
-        """Add a turn to the history under the server's number, unless a turn here has it already
-        (a server that restarted without this session's turns counts from 1 again): then it is
-        numbered on from the last, with a note, so no two turns share a number."""
+        """Add a turn to the history under the server's number.
+
+        * A turn cut short (partial) was never stored by the server, which will give the same
+          number to the next turn it completes: that turn takes the partial one's place, and
+          the partial one moves to `interrupted`.
+        * A server that restarted without this session's turns counts from 1 again: a turn
+          whose number a completed turn here has already is numbered on from the last, with a
+          note, so no two turns share a number."""
         self._audio_format(turn)
+        while turn.index and self.turns and self.turns[-1].partial and self.turns[-1].index >= turn.index:
+            cut = self.turns.pop()
+            self.interrupted.append(cut)
+            turn.notes.append(f"turn {cut.index} was cut short before (partial: {cut.error or 'no error recorded'}); "
+                              f"the server never stored it, and this is the turn it completed")
         last = self.turns[-1].index if self.turns else 0
         if not turn.index:
             turn.index = last + 1
