@@ -13,6 +13,7 @@ import sys
 
 def _emulator(args: argparse.Namespace) -> int:
     from .emulator.export import ExportError, load_export
+    from .emulator.sandbox import SandboxLimits
     from .emulator.server import EmulatorServer, demo_app_path
     from .emulator.store import StoreError, display_url
 
@@ -22,8 +23,18 @@ def _emulator(args: argparse.Namespace) -> int:
         print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        tool_limits = SandboxLimits(
+            timeout_s=args.tool_timeout, max_timeout_s=args.tool_max_timeout, cpu_s=args.tool_cpu_s,
+            memory_mb=args.tool_memory_mb, max_result_mb=args.tool_max_result_mb, max_file_mb=args.tool_max_file_mb,
+            max_open_files=args.tool_max_open_files, max_procs=args.tool_max_procs, user=args.tool_user or None)
+    except ValueError as exc:
+        print(f"ces-nb emulator: {exc}", file=sys.stderr)
+        return 2
+
     async def serve() -> int:
-        server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace)
+        server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
+                                tool_limits=tool_limits)
         try:
             address = await server.start()
         except (OSError, StoreError) as exc:
@@ -109,6 +120,31 @@ def _demo(args: argparse.Namespace) -> int:
         return proc.wait()
 
 
+def _sandbox_flags(parser: argparse.ArgumentParser) -> None:
+    """The limits on pythonFunction tool code (ces_nb.emulator.sandbox.SandboxLimits documents each)."""
+    from .emulator.sandbox import SandboxLimits
+
+    d = SandboxLimits()
+    tools = parser.add_argument_group("python tool sandbox", "limits on the export's pythonFunction code; an export can't raise them")
+    tools.add_argument("--tool-timeout", type=float, default=d.timeout_s, metavar="S",
+                       help=f"seconds a call may run when its tool sets no timeout (default {d.timeout_s:g})")
+    tools.add_argument("--tool-max-timeout", type=float, default=d.max_timeout_s, metavar="S",
+                       help=f"the most any call may run, whatever its tool's timeout (default {d.max_timeout_s:g})")
+    tools.add_argument("--tool-cpu-s", type=int, default=d.cpu_s, metavar="S", help=f"CPU seconds per call (default {d.cpu_s})")
+    tools.add_argument("--tool-memory-mb", type=int, default=d.memory_mb, metavar="MB",
+                       help=f"address space of a tool worker (default {d.memory_mb})")
+    tools.add_argument("--tool-max-result-mb", type=float, default=d.max_result_mb, metavar="MB",
+                       help=f"largest result a tool may return (default {d.max_result_mb:g})")
+    tools.add_argument("--tool-max-file-mb", type=int, default=d.max_file_mb, metavar="MB",
+                       help=f"largest file tool code may write (default {d.max_file_mb})")
+    tools.add_argument("--tool-max-open-files", type=int, default=d.max_open_files, metavar="N",
+                       help=f"open files per tool worker (default {d.max_open_files})")
+    tools.add_argument("--tool-max-procs", type=int, default=d.max_procs, metavar="N",
+                       help=f"processes and threads of the tool user (default {d.max_procs}; binds only when the emulator runs as root)")
+    tools.add_argument("--tool-user", default=d.user, metavar="USER",
+                       help=f"as root, run tool code as this user (default {d.user}; '' keeps root)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ces-nb", description="ces_nb: explore CES agent sessions in Jupyter")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     emu.add_argument("--audio-pace", type=float, default=1.0,
                      help="agent audio goes out at this fraction of its playing time: 1 = as spoken, so users can "
                           "barge in (default); 0 = as fast as possible")
+    _sandbox_flags(emu)
     emu.add_argument("--log-level", default="WARNING", help="server log level (default WARNING)")
     emu.set_defaults(func=_emulator)
     check = sub.add_parser("health", help="exit 0 when a CES emulator serves at ADDRESS (asked through gRPC health)")

@@ -498,3 +498,25 @@ def test_results_of_megabytes_work_and_past_the_limit_say_so(tools):
     body = snippet(tools, "result = {'data': 'x' * (9 * 2**20)}")
     assert body["error"].startswith("the tool's result is 9.0 MiB; the limit is 8 MiB (--tool-max-result-mb)"), body
     assert snippet(tools, "result = {'ok': 1}") == {"ok": 1}
+
+
+def test_the_cli_flags_set_the_limits(sandbox_app):
+    """`ces-nb emulator --tool-timeout ... --tool-memory-mb ...` reach the sandbox, and a bad value
+    stops start-up saying which."""
+    server = EmulatorProcess("--app", sandbox_app, "--db", ":memory:", "--tool-timeout", "1", "--tool-max-timeout", "1",
+                             "--tool-memory-mb", "256")
+    client, channel = tool_client(server.address)
+    try:
+        slow = snippet(client, "import time\ntime.sleep(5)\nresult = 1")
+        assert "timed out after 1 s" in slow["error"], slow
+        big = snippet(client, "result = len(bytearray(400 * 1024 * 1024))")
+        assert "the memory limit is 256 MiB (--tool-memory-mb)" in big["error"], big
+    finally:
+        channel.close()
+        server.stop()
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--tool-memory-mb", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--tool-memory-mb must be positive, not 0" in bad.stderr, bad.stderr

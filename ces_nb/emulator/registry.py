@@ -9,12 +9,14 @@ from .export import LoadedApp
 from .names import Name
 from .python_runner import PythonToolRunner
 from .runtime import AppRuntime
+from .sandbox import SandboxLimits
 
 
 class AppRegistry:
-    def __init__(self, apps: list[LoadedApp], session_service: BaseSessionService, model: str | None = None):
+    def __init__(self, apps: list[LoadedApp], session_service: BaseSessionService, model: str | None = None,
+                 tool_limits: SandboxLimits | None = None):
         self.session_service = session_service
-        self.python_runner = PythonToolRunner()
+        self.python_runner = PythonToolRunner(limits=tool_limits)
         self.runtimes: dict[str, AppRuntime] = {}
         for app in apps:
             if app.app_id in self.runtimes:

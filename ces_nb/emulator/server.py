@@ -20,6 +20,7 @@ from .registry import AppRegistry
 from .runtime import AppRuntime
 from .services.agent import AgentService
 from .services.session import SessionService
+from .sandbox import SandboxLimits
 from .services.tool import ToolService
 from .store import StoreLock, open_sqlite_file, open_store, sqlite_file
 
@@ -55,8 +56,10 @@ def default_db_path() -> str:
 
 class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 db: str | None = None, model: str | None = None, audio_pace: float = 1.0):
+                 db: str | None = None, model: str | None = None, audio_pace: float = 1.0,
+                 tool_limits: SandboxLimits | None = None):
         self.audio_pace = audio_pace
+        self.tool_limits = tool_limits  # what pythonFunction code may use (sandbox.py)
         self.apps = apps if apps is not None else [load_export(str(demo_app_path()))]
         self.host = host
         self.port = port
@@ -82,7 +85,7 @@ class EmulatorServer:
         except BaseException:
             self._release_store()
             raise
-        self.registry = AppRegistry(self.apps, store, self.model)
+        self.registry = AppRegistry(self.apps, store, self.model, self.tool_limits)
         self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
