@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -152,6 +153,7 @@ def test_warm_up_never_runs_tool_code(tmp_path):
     process = EmulatorProcess("--app", str(export), "--db", ":memory:")
     try:
         assert os.listdir(marks) == []  # serving, and the example's call to the tool never ran
+        assert _tool_workers_of(process.pid)  # though a worker is up already, for the first call
         channel = grpc.insecure_channel(process.address)
         sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
         assert "Flight SW12" in texts(run(sessions, f"{APP}/sessions/side-effect", "What's the status of flight SW12?"))
@@ -177,3 +179,16 @@ def test_warm_up_keeps_to_its_budget():
 
     assert asyncio.run(played()) >= 8  # the demo's examples
     assert asyncio.run(played(budget_s=0)) == 0
+
+
+def _tool_workers_of(pid: int) -> list[int]:
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"python_worker" in cmdline:
+            workers.append(int(stat.parent.name))
+    return workers

@@ -186,6 +186,15 @@ class PythonToolRunner:
             self._keep_root(ready["warning"])
         return worker
 
+    async def prewarm(self) -> None:
+        """Start one idle worker now (it runs no tool code), so the first call doesn't wait for it."""
+        if self._idle:
+            return
+        try:
+            self._idle.append(await self._spawn())
+        except (OSError, EOFError, ValueError) as exc:  # the first call will say so again
+            log.warning("the python tool worker could not start: %r", exc)
+
     def _keep_root(self, why: str) -> None:
         """The sandbox user does not work here: say so once, and stop trying."""
         log.warning("%s (%s)", why, FLAGS["user"])

@@ -137,7 +137,11 @@ class EmulatorServer:
         or a warm-up past `budget_s` in all, is given up: warming must never delay serving much.
         Returns how many turns it played."""
         played = 0
-        if self.model or self.registry is None:
+        if self.registry is None:
+            return played
+        if any(app.tool_kind(t) == "python_function" for app in self.apps for t in app.tools.values()):
+            await self.registry.python_runner.prewarm()  # a worker, started; no tool code runs in it
+        if self.model:
             return played
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s
