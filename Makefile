@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two installs: the demo's (the package and JupyterLab) and the test suite's, a superset.
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 
@@ -14,19 +16,26 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $(DEMO_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,demo]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: install
+# Our own tutorials are trusted, so JupyterLab keeps their styles on first open.
+demo: $(DEMO_STAMP)
+	$(BIN)/jupyter trust notebooks/*.ipynb
 	$(BIN)/ces-nb demo
 
+# --durations: the slowest tests, each against its timeout (slow integration tests carry their own).
 test: install
-	$(BIN)/python -m pytest $(NBVAL) tests notebooks $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(NBVAL) tests notebooks --durations=15 $(PYTEST_ARGS)
 
-emulator: install
+emulator: $(DEMO_STAMP)
 	$(BIN)/ces-nb emulator
 
 # Re-run the tutorials in place after changing them (their outputs are checked by `make test`).
