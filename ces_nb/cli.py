@@ -34,7 +34,7 @@ def _emulator(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
-                                tool_limits=tool_limits)
+                                rest_port=args.rest_port, tool_limits=tool_limits)
         try:
             address = await server.start()
         except (OSError, StoreError) as exc:
@@ -59,6 +59,8 @@ def _emulator(args: argparse.Namespace) -> int:
         # Readiness is gRPC health (`ces-nb health ADDRESS`); this line is for people.
         await server.serving()
         print(f"CES emulator listening on {address} (apps: {app_ids}; db: {display_url(server.db)})", flush=True)
+        if server.rest_url:
+            print(f"CES emulator REST on {server.rest_url} (the HTTP/JSON binding)", flush=True)
         await stop.wait()
         print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
         await server.stop()
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="a CES app export (folder or zip); repeat for several apps (default: the SkyWay demo app)")
     emu.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     emu.add_argument("--port", type=int, default=50551, help="port to bind (default 50551; 0 picks a free one)")
+    emu.add_argument("--rest-port", type=int, default=None, metavar="PORT",
+                     help="also serve the REST (HTTP/JSON) binding on PORT, on the same host (0 picks a free one)")
     emu.add_argument("--db", default=None,
                      help="session store: a SQLite file, any SQLAlchemy URL, or :memory: (default: ~/.local/share/ces_nb/emulator.db)")
     emu.add_argument("--model", default=None,

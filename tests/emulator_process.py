@@ -11,30 +11,52 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 
 from ces_nb.local_emulator import wait_until_serving
 
 
 class EmulatorProcess:
-    def __init__(self, *args: str, port: int | None = None, timeout: float = 90):
-        if "--port" in args:
-            raise ValueError("pass the port as EmulatorProcess(..., port=N): readiness is checked on it")
+    def __init__(self, *args: str, port: int | None = None, rest_port: int | None = None, timeout: float = 90):
+        """rest_port: also serve REST there (`--rest-port`; 0 picks a free one), at `.rest_url`."""
+        if "--port" in args or "--rest-port" in args:
+            raise ValueError("pass the ports as EmulatorProcess(..., port=N, rest_port=M): readiness is checked on them")
         self.args = args
         for _attempt in range(3):  # a free port can be taken between picking and binding it
             self.port = port or free_port()
             self.address = f"127.0.0.1:{self.port}"
+            self.rest_port = None if rest_port is None else rest_port or free_port()
+            self.rest_url = None if self.rest_port is None else f"http://127.0.0.1:{self.rest_port}"
+            rest = [] if self.rest_port is None else ["--rest-port", str(self.rest_port)]
             self.log = tempfile.NamedTemporaryFile("w+", prefix="emulator-", suffix=".log", delete=False)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ces_nb", "emulator", "--port", str(self.port), *args],
+                [sys.executable, "-m", "ces_nb", "emulator", "--port", str(self.port), *rest, *args],
                 stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
             )
-            if wait_until_serving(self.address, timeout, self.proc):
+            deadline = time.monotonic() + timeout
+            if wait_until_serving(self.address, timeout, self.proc) and self._rest_answers(deadline):
                 return
             self.proc.kill()
             self.proc.wait()
-            if port is not None or "is taken" not in self.output():
+            out = self.output()
+            picked = (port is None and f"emulator: port {self.port} " in out) or (rest_port == 0 and "emulator: REST port" in out)
+            if "is taken" not in out or not picked:
                 break
         raise RuntimeError(f"emulator did not start at {self.address}: {self.output()[-3000:]}")
+
+    def _rest_answers(self, deadline: float) -> bool:
+        """With REST: poll until its port answers HTTP (any status will do)."""
+        while self.rest_url is not None and time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                urllib.request.urlopen(self.rest_url + "/", timeout=2).close()
+                return True
+            except urllib.error.HTTPError:  # the JSON 404 for "/": it serves
+                return True
+            except OSError:
+                time.sleep(0.05)
+        return self.rest_url is None
 
     @property
     def pid(self) -> int:

@@ -57,9 +57,11 @@ def default_db_path() -> str:
 class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  db: str | None = None, model: str | None = None, audio_pace: float = 1.0,
-                 tool_limits: SandboxLimits | None = None):
+                 rest_port: int | None = None, tool_limits: SandboxLimits | None = None):
         self.audio_pace = audio_pace
         self.tool_limits = tool_limits  # what pythonFunction code may use (sandbox.py)
+        self.rest_port = rest_port  # the HTTP/JSON binding (rest.py) on this port too; 0 picks a free one
+        self.rest = None
         self.apps = apps if apps is not None else [load_export(str(demo_app_path()))]
         self.host = host
         self.port = port
@@ -74,6 +76,10 @@ class EmulatorServer:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str | None:
+        return self.rest.url if self.rest is not None else None
 
     async def start(self) -> str:
         """Checks and holds the store, binds and starts serving; returns host:port (the real port
@@ -95,9 +101,8 @@ class EmulatorServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(options=options)
-        self.server.add_generic_rpc_handlers(
-            (self.sessions.handler(), AgentService(self.registry).handler(), ToolService(self.registry).handler())
-        )
+        agents, tools = AgentService(self.registry), ToolService(self.registry)
+        self.server.add_generic_rpc_handlers((self.sessions.handler(), agents.handler(), tools.handler()))
         self._health = health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         register_service_descriptors()
@@ -115,10 +120,28 @@ class EmulatorServer:
                 f"stop it, or pick another port: ces-nb emulator --port {self.port + 1} (or --port 0 for any free one)"
             )
         self.port = port
+        # -- REST (rest.py): the same handlers over HTTP/JSON, bound now so a taken port fails here
+        if self.rest_port is not None:
+            from .rest import RestServer
+
+            self.rest = RestServer({"SessionService": self.sessions, "AgentService": agents, "ToolService": tools},
+                                   self.host, self.rest_port)
+            try:
+                self.rest.bind()
+            except OSError:
+                self.rest = None
+                await self.server.stop(None)
+                self.server = None
+                self._release_store()
+                raise
+            self.rest_port = self.rest.port
+        # -- end REST
         # Bound, but not ready for turns until serving() says so (after the warm-up).
         for name in ["", *service_names()]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.rest is not None:
+            await self.rest.start()
         return self.address
 
     async def serving(self) -> None:
@@ -178,7 +201,8 @@ class EmulatorServer:
             await self._health.enter_graceful_shutdown()
         if self.sessions is not None:
             await self.sessions.go_away()
-        await self.server.stop(grace)
+        rest, self.rest = self.rest, None
+        await asyncio.gather(self.server.stop(grace), *([rest.stop(grace)] if rest is not None else []))
         if self.registry is not None:
             await self.registry.close()
         self._release_store()
