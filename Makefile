@@ -49,6 +49,8 @@ bench: install
 	$(BIN)/python benchmarks/import_time.py
 	$(BIN)/python benchmarks/tool_roundtrip.py
 	$(BIN)/python benchmarks/frames.py
+	$(BIN)/python benchmarks/isolation.py
+	$(BIN)/python benchmarks/rest_vs_grpc.py
 
 # The chaos test (tests/faults) with CHAOS_RUNS random seeds, each printed so a failure can be
 # replayed: `make chaos SEED=1234`. (`make test` runs it too, with one fixed seed.)
