@@ -14,13 +14,18 @@ import sys
 def _emulator(args: argparse.Namespace) -> int:
     from .emulator.export import ExportError, load_export
     from .emulator.sandbox import SandboxLimits
+    from .emulator.scripts import ScriptSourceError, check_script_sources
     from .emulator.server import EmulatorServer, demo_app_path
     from .emulator.store import StoreError, display_url
 
     try:
         apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
+        examples = check_script_sources(args.examples or [])
     except ExportError as exc:
         print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)
+        return 2
+    except ScriptSourceError as exc:  # an --examples path that is not there
+        print(f"ces-nb emulator: {exc}", file=sys.stderr)
         return 2
 
     try:
@@ -34,7 +39,7 @@ def _emulator(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
-                                rest_port=args.rest_port, tool_limits=tool_limits)
+                                examples=examples, rest_port=args.rest_port, tool_limits=tool_limits)
         try:
             address = await server.start()
         except (OSError, StoreError) as exc:
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     emu = sub.add_parser("emulator", help="run the embedded CES emulator in the foreground")
     emu.add_argument("--app", action="append", metavar="PATH",
                      help="a CES app export (folder or zip); repeat for several apps (default: the SkyWay demo app)")
+    emu.add_argument("--examples", action="append", metavar="PATH",
+                     help="more conversations to play back offline: a golden (cxas-scrapi YAML), a CES evaluation "
+                          "(JSON/YAML) or a ces_nb transcript, or a folder of them; repeatable")
     emu.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     emu.add_argument("--port", type=int, default=50551, help="port to bind (default 50551; 0 picks a free one)")
     emu.add_argument("--rest-port", type=int, default=None, metavar="PORT",

@@ -10,6 +10,11 @@ The layout is the one in the CES docs' "Export format reference":
 
 Cross-references use displayName. JSON and YAML are equally valid.
 
+Besides ``examples/``, the playback model plays back goldens: an export pulled into a
+cxas-scrapi project (``cxas pull --target-dir <project>/cxas_app/``, so the app is
+``<project>/cxas_app/<App>``) has its goldens in ``<project>/evals/goldens/*.yaml``; they
+are listed in ``script_sources`` (and read by ``scripts.py``).
+
 One emulator extension: a data-store tool's documents ship under
 ``tools/<name>/documents/`` (Markdown or text files, with an optional
 ``index.yaml|json`` giving each file's title and uri), because the real data
@@ -72,6 +77,9 @@ class LoadedApp:
     documents: dict[str, list[Document]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     source: str = ""
+    # Files or folders of more playback scripts (goldens, evaluations, transcripts): the
+    # project's evals/goldens, and `ces-nb emulator --examples PATH`.
+    script_sources: list[str] = field(default_factory=list)
 
     @property
     def root_agent(self) -> ces_v1.Agent:
@@ -219,6 +227,7 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
         examples=examples,
         skipped=skipped,
         source=str(path),
+        script_sources=project_goldens(str(path)),
     )
     _check_references(loaded)
     _load_documents(files, loaded)
@@ -226,6 +235,19 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
         log.warning("app %s: %s", loaded.app_id, note)
     loaded.app.validation_errors.extend(loaded.skipped)
     return loaded
+
+
+def project_goldens(path: str) -> list[str]:
+    """`<project>/evals/goldens` for an app at `<project>/cxas_app/<App>` (the cxas-scrapi
+    project layout), when that folder exists."""
+    import os
+
+    app_dir = os.path.abspath(path)
+    parent = os.path.dirname(app_dir)
+    if os.path.basename(parent) != "cxas_app":
+        return []
+    goldens = os.path.join(os.path.dirname(parent), "evals", "goldens")
+    return [goldens] if os.path.isdir(goldens) else []
 
 
 def _load_objects(files: _ExportFiles, folder: str, cls, skipped: list[str]) -> dict:

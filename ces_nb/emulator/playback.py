@@ -1,6 +1,7 @@
 """The offline model: an ADK BaseLlm that plays back the app's example conversations.
 
-Each example is compiled once into a Script: its user turns, and for each turn
+Each example is compiled once into a Script (scripts.py reads goldens, few-shot blocks in
+instructions and recorded transcripts into Scripts the same way): its user turns, and for each turn
 the agent's steps cut into groups, each group ending where the agent must wait
 for something (a tool call or a transfer). On every model call the playback
 reads the conversation from the LlmRequest alone (so it works under a plain
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,6 +31,8 @@ from google.cloud import ces_v1
 from google.genai import types
 from google.protobuf import json_format
 from opentelemetry import trace
+
+log = logging.getLogger("ces_nb.emulator")
 
 PLAYBACK_MODEL = "ces-nb-playback"
 TRANSFER_TOOL = "transfer_to_agent"
@@ -64,6 +68,8 @@ class ScriptTurn:
 class Script:
     name: str
     turns: list[ScriptTurn]
+    # Where it came from, for people: "examples/greeting", "evals/goldens/x.yaml#conversations[2]".
+    source: str = ""
 
 
 def adk_name(display_name: str) -> str:
@@ -102,50 +108,88 @@ def _struct(msg) -> dict:
     return json_format.MessageToDict(msg) if msg is not None else {}
 
 
-def compile_example(example: ces_v1.Example, root_agent: str) -> Script:
+class ScriptBuilder:
+    """Cuts one conversation into a Script, whatever it was written in (an example, a golden,
+    a few-shot block, a transcript): user turns, each with its agent steps in groups, a group
+    ending where the agent must wait (a tool call's response, a transfer).
+
+    Steps are said by the current agent (the entry agent, then each transfer's target) unless
+    the caller names another one."""
+
+    def __init__(self, name: str, agent: str, source: str = ""):
+        self.name, self.source, self.agent = name, source, agent
+        self.turns: list[ScriptTurn] = []
+        self._group: list[Step] = []
+
+    def user(self, utterance: str) -> None:
+        self._close()
+        self.turns.append(ScriptTurn(user=utterance, tokens=tokens(utterance)))
+
+    def responded(self) -> None:
+        """A tool response: what the agent does next is the next group."""
+        self._close()
+
+    def agent_turn(self) -> None:
+        """The agent speaks: before any user turn, that is an empty one (the session start)."""
+        if not self.turns:
+            self.turns.append(ScriptTurn(user="", tokens=frozenset()))
+
+    def say(self, text: str, agent: str | None = None) -> None:
+        self._add(Step("text", text=text, agent=agent or self.agent))
+
+    def payload(self, data: Any, agent: str | None = None) -> None:
+        self._add(Step("payload", data=data, agent=agent or self.agent))
+
+    def call(self, name: str, args: Any, agent: str | None = None) -> None:
+        # Calls in a row, before any response, are one step: parallel function calls.
+        self._add(Step("call", name=name, data=args, agent=agent or self.agent))
+
+    def transfer(self, target: str, agent: str | None = None) -> None:
+        self._add(Step("transfer", name=target, agent=agent or self.agent))
+        self._close()
+        self.agent = target
+
+    def build(self) -> Script:
+        self._close()
+        return Script(name=self.name, turns=self.turns, source=self.source)
+
+    def _add(self, step: Step) -> None:
+        self.agent_turn()
+        if self._group and self._group[-1].kind == "call" and step.kind in ("text", "payload"):
+            self._close()  # words after a call belong to the step after its response
+        self._group.append(step)
+
+    def _close(self) -> None:
+        if self._group and self.turns:
+            self.turns[-1].groups.append(self._group)
+        self._group = []
+
+
+def compile_example(example: ces_v1.Example, root_agent: str, source: str = "") -> Script:
     """Example messages -> user turns, each with its agent step groups."""
-    agent = example.entry_agent or root_agent
-    turns: list[ScriptTurn] = []
-    group: list[Step] = []
-
-    def close_group() -> None:
-        nonlocal group
-        if group and turns:
-            turns[-1].groups.append(group)
-        group = []
-
+    script = ScriptBuilder(example.display_name, example.entry_agent or root_agent, source)
     for message in example.messages:
         for chunk in message.chunks:
-            kind = ces_v1.Chunk.pb(chunk).WhichOneof("data")
             pb = ces_v1.Chunk.pb(chunk)
+            kind = pb.WhichOneof("data")
             if kind == "tool_response":
-                close_group()
+                script.responded()
                 continue
             if message.role == "user":
                 if kind in ("text", "transcript", "image", "blob"):
-                    close_group()
-                    utterance = user_utterance_of_chunk(chunk, kind)
-                    turns.append(ScriptTurn(user=utterance, tokens=tokens(utterance)))
+                    script.user(user_utterance_of_chunk(chunk, kind))
                 continue
-            if not turns:  # the agent speaks first: an empty user turn (session start)
-                turns.append(ScriptTurn(user="", tokens=frozenset()))
-            if group and group[-1].kind == "call" and kind in ("text", "payload"):
-                close_group()  # words after a call belong to the step after its response
+            script.agent_turn()
             if kind == "text":
-                group.append(Step("text", text=chunk.text, agent=agent))
+                script.say(chunk.text)
             elif kind == "payload":
-                group.append(Step("payload", data=_struct(pb.payload), agent=agent))
+                script.payload(_struct(pb.payload))
             elif kind == "tool_call":
-                # Calls in a row, before any response, are one step: parallel function calls.
                 call = chunk.tool_call
-                group.append(Step("call", name=call.tool or call.display_name, data=_struct(pb.tool_call.args), agent=agent))
+                script.call(call.tool or call.display_name, _struct(pb.tool_call.args))
             elif kind == "agent_transfer":
-                target = chunk.agent_transfer.target_agent or chunk.agent_transfer.display_name
-                group.append(Step("transfer", name=target, agent=agent))
-                close_group()
-                agent = target
-    close_group()
-    return Script(name=example.display_name, turns=turns)
+                script.transfer(chunk.agent_transfer.target_agent or chunk.agent_transfer.display_name)
+    return script.build()
 
 
 def user_utterance_of_chunk(chunk: ces_v1.Chunk, kind: str) -> str:
@@ -300,6 +344,9 @@ class PlaybackLlm(BaseLlm):
         choice = self.choose(steps)
         if choice is None:
             return [types.Part(text=self.fallback_text)], []
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s plays %s, turn %d (match %.2f)", self.agent_display_name,
+                      choice.script.source or choice.script.name, choice.turn, choice.match)
         last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
         done_calls = [(s.name, s.data) for s in steps[last_user + 1:] if s.kind == "call"]
         done = _progress(done_calls, choice.script.turns[choice.turn], self.agent_names)[0]

@@ -36,8 +36,9 @@ from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, se
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
 from .export import LoadedApp
-from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, compile_example, fill_placeholders
+from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, fill_placeholders
 from .python_runner import PythonToolRunner
+from .scripts import load_scripts
 from .tracing import TURN_SPAN, ToolRecord, build_root_span, tracer, turn_router
 from .turn_store import TurnStore
 
@@ -114,7 +115,7 @@ class AppRuntime:
         self.display_of_agent = {v: k for k, v in self.agent_names.items()}
         self.tools: dict[str, CesTool] = {}
         root_agent = app.root_agent
-        self.scripts = [compile_example(e, root_agent.display_name) for e in app.examples]
+        self.scripts = load_scripts(app)  # examples/, instruction few-shots, goldens, --examples files
         self.root = self._build_agent(root_agent, set())
         self._sessions: dict[str, TurnState] = {}
         self._live: OrderedDict[str, None] = OrderedDict()  # sessions whose live object is cached, oldest first
@@ -147,14 +148,15 @@ class AppRuntime:
     def _model_for(self, agent: ces_v1.Agent):
         if self.model_name:
             return self.model_name  # a real model id (e.g. gemini-2.5-flash), resolved by ADK
-        first_line = agent.instruction.strip().splitlines()[0] if agent.instruction.strip() else ""
-        capability = agent.description or first_line
-        fallback = "Sorry, I didn't catch that."
-        if capability:
-            fallback += f" I can help with this: {capability.rstrip('.')}. Could you rephrase?"
+        # No script matches: say so, and how to add one. Never a quote of the instruction (a real
+        # one opens with XML or a comment banner).
+        no_script = (
+            "Sorry, I didn't catch that: the emulator has no script for that message yet. Add an example "
+            "(examples/), a golden (evals/goldens/*.yaml) or a recorded transcript (ces-nb emulator --examples FILE)."
+        )
         return PlaybackLlm(
             agent_display_name=agent.display_name,
-            fallback_text=fallback,
+            fallback_text=no_script,
             scripts=self.scripts,
             agent_names=self.agent_names,
         )

@@ -56,13 +56,15 @@ def default_db_path() -> str:
 
 class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 db: str | None = None, model: str | None = None, audio_pace: float = 1.0,
+                 db: str | None = None, model: str | None = None, audio_pace: float = 1.0, examples: list[str] | None = None,
                  rest_port: int | None = None, tool_limits: SandboxLimits | None = None):
         self.audio_pace = audio_pace
         self.tool_limits = tool_limits  # what pythonFunction code may use (sandbox.py)
         self.rest_port = rest_port  # the HTTP/JSON binding (rest.py) on this port too; 0 picks a free one
         self.rest = None
         self.apps = apps if apps is not None else [load_export(str(demo_app_path()))]
+        for app in self.apps:  # `--examples`: more scripts for the playback model (scripts.py reads them)
+            app.script_sources.extend(p for p in examples or [] if p not in app.script_sources)
         self.host = host
         self.port = port
         self.db = db or default_db_path()
