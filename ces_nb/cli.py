@@ -110,12 +110,14 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"ces-nb demo: no notebooks folder at {notebooks}; pass --notebooks PATH", file=sys.stderr)
         return 2
     try:
-        address = ensure_emulator(f"127.0.0.1:{args.port}")  # stopped when this command exits
+        address = ensure_emulator(f"127.0.0.1:{args.port}", rest_port=args.rest_port)  # stopped when this command exits
     except CesError as exc:
         print(f"ces-nb demo: {exc}", file=sys.stderr)
         return 1
-    print(f"ces-nb demo: CES emulator at {address}; starting JupyterLab on {notebooks} (open the URL below)", flush=True)
-    env = {**os.environ, "CES_NB_EMULATOR": address}
+    rest = f"http://127.0.0.1:{args.rest_port}"
+    print(f"ces-nb demo: CES emulator at {address} (REST at {rest}); starting JupyterLab on {notebooks} "
+          f"(open the URL below; Ctrl-C stops both)", flush=True)
+    env = {**os.environ, "CES_NB_EMULATOR": address, "CES_NB_REST": rest}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.root_dir={notebooks}", f"--ServerApp.port={args.lab_port}", *args.lab_args]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI machines run as root
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="start the emulator and JupyterLab on the tutorial notebooks")
     demo.add_argument("--notebooks", default="notebooks", help="folder to open (default ./notebooks)")
     demo.add_argument("--port", type=int, default=50551, help="emulator port (default 50551; reused if one listens there)")
+    demo.add_argument("--rest-port", type=int, default=50552, help="the emulator's REST (HTTP/JSON) port (default 50552)")
     demo.add_argument("--lab-port", type=int, default=8888, help="JupyterLab port (default 8888)")
     demo.add_argument("lab_args", nargs="*", help="more JupyterLab options, after --")
     demo.set_defaults(func=_demo, log_level="WARNING")

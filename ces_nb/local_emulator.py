@@ -85,8 +85,10 @@ def foreign_message(address: str) -> str:
             f"or set ${ENV_ADDRESS} (port {port} is taken)")
 
 
-def ensure_emulator(address: str | None = None, apps: list[str] | None = None, db: str | None = None, timeout: float = 60.0) -> str:
-    """Return the address of a running emulator, starting one there if nothing listens."""
+def ensure_emulator(address: str | None = None, apps: list[str] | None = None, db: str | None = None, timeout: float = 60.0,
+                    rest_port: int | None = None) -> str:
+    """Return the address of a running emulator, starting one there if nothing listens (with the
+    REST binding on `rest_port` too, when given)."""
     address = address or default_address()
     with _lock:
         proc = _started.get(address)
@@ -105,6 +107,8 @@ def ensure_emulator(address: str | None = None, apps: list[str] | None = None, d
             cmd += ["--app", str(app)]
         if db:
             cmd += ["--db", db]
+        if rest_port is not None:
+            cmd += ["--rest-port", str(rest_port)]
         # Its output goes to a file, never a pipe nobody reads: a chatty emulator can't block on it.
         log = tempfile.NamedTemporaryFile("w+", prefix="ces-nb-emulator-", suffix=".log", delete=False)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)

@@ -54,7 +54,7 @@ def test_emulated_binder_build_runs_the_notebooks(tmp_path):
 
     run(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", *deps)
     run("binder/postBuild")
-    env["CES_NB_PORT"] = str(free_port())
+    env["CES_NB_PORT"], env["CES_NB_REST_PORT"] = str(free_port()), str(free_port())
     env["CES_NB_LOG"] = str(tmp_path / "emulator.log")
     # -o addopts= drops the repo's own nbval emulator plugin: the notebooks must use the one start launched.
     try:
@@ -63,7 +63,9 @@ def test_emulated_binder_build_runs_the_notebooks(tmp_path):
     finally:
         _kill_emulator_on(env["CES_NB_PORT"])  # start leaves it running for the session, as Binder wants
     assert " passed" in result.stdout and "failed" not in result.stdout
-    assert "listening on 127.0.0.1:" + env["CES_NB_PORT"] in (tmp_path / "emulator.log").read_text()
+    log = (tmp_path / "emulator.log").read_text()
+    assert "listening on 127.0.0.1:" + env["CES_NB_PORT"] in log
+    assert "REST on http://127.0.0.1:" + env["CES_NB_REST_PORT"] in log
 
 
 def _kill_emulator_on(port: str) -> None:

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.timeout(240)  # the emulator and JupyterLab start: about 15 s here
 def test_demo_serves_the_notebooks_against_the_emulator():
-    emulator_port, lab_port = free_port(), free_port()
+    emulator_port, rest_port, lab_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ces_nb", "demo", "--notebooks", str(ROOT / "notebooks"), "--port", str(emulator_port),
-         "--lab-port", str(lab_port)],
+         "--rest-port", str(rest_port), "--lab-port", str(lab_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -53,10 +53,12 @@ def test_demo_serves_the_notebooks_against_the_emulator():
         assert status == 200
         with socket.create_connection(("127.0.0.1", emulator_port), timeout=2):
             pass
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/projects/p/locations/us/apps") as r:  # REST is on
+            assert b"skyway" in r.read()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     time.sleep(1)
-    for port in (emulator_port, lab_port):
+    for port in (emulator_port, rest_port, lab_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after the demo stopped"
