@@ -48,6 +48,28 @@ def tools(channel):
     return ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel))
 
 
+@pytest.fixture(scope="module")
+def shell():
+    """An IPython shell for magics tests, without a history database."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryAccessor.enabled = False
+    return InteractiveShell.instance(config=config)
+
+
+@pytest.fixture
+def ip(shell, emulator):
+    """The shell with ces_nb loaded and pointed at the test emulator's skyway app."""
+    shell.extension_manager.load_extension("ces_nb")
+    shell.run_line_magic("config", f"CesMagics.emulator_address = {emulator.address!r}")
+    shell.run_line_magic("config", "CesMagics.app = 'skyway'")
+    shell.run_line_magic("config", "CesMagics.stream = False")
+    yield shell
+    shell.extension_manager.unload_extension("ces_nb")
+
+
 _counter = itertools.count(1)
 
 

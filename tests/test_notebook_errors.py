@@ -16,9 +16,7 @@ import traceback
 import grpc
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 import ces_nb
 from ces_nb import CesError
@@ -28,23 +26,6 @@ from conftest import APP
 from emulator_process import EmulatorProcess, free_port
 
 DEEP = "[" * 10_000 + "]" * 10_000
-
-
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryAccessor.enabled = False
-    return InteractiveShell.instance(config=config)
-
-
-@pytest.fixture
-def ip(shell, emulator):
-    shell.extension_manager.load_extension("ces_nb")
-    shell.run_line_magic("config", f"CesMagics.emulator_address = {emulator.address!r}")
-    shell.run_line_magic("config", "CesMagics.app = 'skyway'")
-    shell.run_line_magic("config", "CesMagics.stream = False")
-    yield shell
-    shell.extension_manager.unload_extension("ces_nb")
 
 
 @pytest.fixture
