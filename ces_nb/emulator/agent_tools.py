@@ -120,9 +120,91 @@ class PythonFunctionTool(CesTool):
             self._declaration.name = self.name
         return self._declaration.model_copy()  # shallow: the schema inside is never changed
 
+    # Set by build_tool: what `tools.<name>()` in the code resolves against.
+    app: LoadedApp | None = None
+    indexes: dict | None = None
+
     async def execute(self, args, tool_context):
+        """Runs the code with CES's globals: `context` (the session's state, written back
+        as this call's state delta) and `tools` (the app's other tools, run here)."""
+        from .callbacks import code_filename, session_context
+
         fn = self.ces_tool.python_function
-        return await self.runner.run(fn.python_code, fn.name or self.display_name, args, self._timeout())
+        context = session_context(tool_context, self.app) if tool_context is not None else {"state": {}}
+        if tool_context is not None:
+            context["function_call_id"] = tool_context.function_call_id or ""
+        reply = await runner_call(
+            self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
+            filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
+            context=context, on_tool_call=self.peer_caller(0),
+        )
+        if tool_context is not None:
+            apply_state_delta(tool_context.state, reply.get("state_delta"))
+        return tool_answer(reply)
+
+    def peer_caller(self, depth: int):
+        """Answers the code's `tools.<name>(args)`: the app's tool of that name, run with the
+        caller's state; a python tool runs nested, within the caller's deadline."""
+        from .callbacks import code_filename
+
+        async def call(name: str, args: dict, state: dict) -> dict:
+            if depth >= MAX_TOOL_DEPTH:
+                return {"error": f"tools.{name}(): calls nest deeper than {MAX_TOOL_DEPTH}"}
+            peer = self._peer(name)
+            if peer is None:
+                known = ", ".join(sorted(self.app.tools)) if self.app else ""
+                return {"error": f"tools.{name}(): the app has no tool named {name!r}; tools: {known}"}
+            if isinstance(peer, PythonFunctionTool):
+                fn = peer.ces_tool.python_function
+                reply = await runner_call(
+                    self.runner, fn.python_code, fn.name or peer.display_name, args, peer._timeout(),
+                    filename=code_filename(self.app, fn.python_code, f"tools/{peer.display_name}/python_function/python_code.py"),
+                    context={"state": state}, on_tool_call=peer.peer_caller(depth + 1), nested=True,
+                )
+                return {"result": tool_answer(reply), "state_delta": reply.get("state_delta") or {}}
+            if isinstance(peer, ClientFunctionTool):
+                return {"error": f"tools.{name}(): {name} is a client function; only the client can answer it"}
+            return {"result": await peer.execute(dict(args), None)}
+
+        return call
+
+    def _peer(self, name: str) -> "CesTool | None":
+        if self.app is None:
+            return None
+        peers = self.__dict__.setdefault("_peers", {})
+        if name not in peers:
+            display = next((d for d, t in self.app.tools.items() if name in (d, adk_name(d), t.python_function.name)), None)
+            peers[name] = build_tool(self.app, display, self.runner, self.indexes if self.indexes is not None else {}) if display else None
+        return peers[name]
+
+
+MAX_TOOL_DEPTH = 8
+
+
+async def runner_call(runner, code: str, function: str, args: dict, timeout, **options) -> dict:
+    """runner.call, or for a stand-in runner that only has run() (the emulator's warm-up
+    runs no code): its answer for a tool, None for a callback."""
+    call = getattr(runner, "call", None)
+    if call is None:
+        if options.get("callback"):
+            return {"result": None}
+        return {"result": await runner.run(code, function, args, timeout)}
+    return await call(code, function, args, timeout, **options)
+
+
+def apply_state_delta(state, delta: dict | None) -> None:
+    """A call's state delta onto ADK state (a key the code removed becomes None: ADK state
+    has no delete)."""
+    for key, value in (delta or {}).items():
+        state[key] = value
+
+
+def tool_answer(reply: dict) -> dict:
+    """The tool response the model sees: the result, or {"error", "traceback"}."""
+    if "error" in reply:
+        return {k: reply[k] for k in ("error", "traceback") if k in reply}
+    result = reply.get("result")
+    return result if isinstance(result, dict) else {"result": result}
 
 
 class SearchTool(CesTool):
@@ -198,7 +280,9 @@ def build_tool(app: LoadedApp, display_name: str, runner: PythonToolRunner, inde
     if kind == "client_function":
         return ClientFunctionTool(tool, display_name, tool.client_function.description, runner, long_running=True)
     if kind == "python_function":
-        return PythonFunctionTool(tool, display_name, tool.python_function.description, runner)
+        python_tool = PythonFunctionTool(tool, display_name, tool.python_function.description, runner)
+        python_tool.app, python_tool.indexes = app, indexes
+        return python_tool
     if kind in ("data_store_tool", "google_search_tool"):
         description = (tool.data_store_tool.description if kind == "data_store_tool" else tool.google_search_tool.description)
         index = indexes.setdefault(display_name, DocumentIndex(app.documents.get(display_name, [])))

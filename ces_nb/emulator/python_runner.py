@@ -31,9 +31,12 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from .sandbox import FLAGS, SandboxLimits
+
+# (tool name, args, the caller's state) -> {"result": ..., "state_delta": ...} or {"error": ...}
+ToolCallHandler = Callable[[str, dict, dict], Awaitable[dict]]
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -107,11 +110,24 @@ class _Worker:
             raise _ResultTooLarge(size)
         return json.loads(await self.proc.stdout.readexactly(size))
 
-    async def call(self, payload: bytes, max_bytes: int) -> dict:
+    async def send(self, payload: bytes) -> None:
         assert self.proc.stdin
         self.proc.stdin.write(b"%d\n" % len(payload) + payload)
         await self.proc.stdin.drain()
-        return await self.read_frame(max_bytes)
+
+    async def call(self, payload: bytes, max_bytes: int, on_tool_call: "ToolCallHandler | None" = None) -> dict:
+        """Sends a request and returns its reply, answering the worker's tool calls on the way."""
+        await self.send(payload)
+        while True:
+            frame = await self.read_frame(max_bytes)
+            request = frame.get("tool_call")
+            if request is None:
+                return frame
+            if on_tool_call is None:
+                answer = {"error": f"tools.{request.get('name')}() is not available here"}
+            else:
+                answer = await on_tool_call(str(request.get("name", "")), request.get("args") or {}, request.get("state") or {})
+            await self.send(json.dumps(answer, default=str).encode())
 
     def kill(self) -> None:
         """SIGKILLs the worker's process group, once, and closes our ends of its pipes."""
@@ -212,11 +228,36 @@ class PythonToolRunner:
     async def run(self, code: str, function: str, args: dict[str, Any], timeout: float | None = None) -> dict:
         """Returns the function's result as a dict, or {"error": "..."}. `timeout` is the
         tool's own (None: the default), capped at the limits' max_timeout_s."""
+        reply = await self.call(code, function, args, timeout)
+        if "error" in reply:
+            return {"error": reply["error"]}
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {"result": result}
+
+    async def call(
+        self, code: str, function: str, args: dict[str, Any], timeout: float | None = None, *,
+        filename: str | None = None, context: dict | None = None, callback: str | None = None,
+        on_tool_call: ToolCallHandler | None = None, nested: bool = False,
+    ) -> dict:
+        """The worker's whole reply: {"result", "state_delta"} or {"error", "traceback"}.
+
+        filename: the code's path in the export (tracebacks name it). context: the session
+        as CES shows it to code (state, agent_name, ...). callback: a CES callback kind.
+        on_tool_call answers the code's `tools.<name>()` calls within the same deadline.
+        nested: a call made by such a `tools.<name>()`: it takes no pool slot (its caller
+        holds one and waits for it), so a chain of calls can never deadlock the pool."""
         seconds = self.limits.timeout_for(timeout)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max)
-        async with self._slots:
-            payload = json.dumps({"code": code, "function": function, "args": args}).encode()
+        request: dict[str, Any] = {"code": code, "function": function, "args": args}
+        if filename:
+            request["filename"] = filename
+        if context is not None:
+            request["context"] = context
+        if callback:
+            request["callback"] = callback
+        payload = json.dumps(request, default=str).encode()
+        async with (contextlib.nullcontext() if nested else self._slots):
             worker = self._take_idle()
             if worker is None:
                 try:
@@ -226,7 +267,7 @@ class PythonToolRunner:
                     return {"error": f"the tool worker could not start ({exc!r}); see the emulator's log"}
             keep = False
             try:
-                reply = await asyncio.wait_for(worker.call(payload, self._max_result), seconds)
+                reply = await asyncio.wait_for(worker.call(payload, self._max_result, on_tool_call), seconds)
                 keep = not reply.pop("retire", False)
             except TimeoutError:
                 return {"error": self._timed_out(function, timeout, seconds)}
@@ -242,10 +283,10 @@ class PythonToolRunner:
                 else:
                     self._discard(worker)
         if "error" in reply:
-            limit = self.limits.describe(reply.get("limit"))
-            return {"error": reply["error"] + (f"; {limit}" if limit else "")}
-        result = reply.get("result")
-        return result if isinstance(result, dict) else {"result": result}
+            limit = self.limits.describe(reply.pop("limit", None))
+            if limit:
+                reply["error"] += f"; {limit}"
+        return reply
 
     def _timed_out(self, function: str, requested: float | None, seconds: float) -> str:
         message = f"{function} timed out after {seconds:g} s"

@@ -1,5 +1,6 @@
 """Worker process for pythonFunction tools, started and killed by python_runner as
-`python -I python_worker.py CONFIG_JSON`. It only imports the standard library.
+`python -I python_worker.py CONFIG_JSON`. It only imports the standard library (and
+ces_python, which does too).
 
 Before it runs any export code it drops to the sandbox user (when started as root), arms
 the parent-death signal, and sets its resource limits. Then it serves frames,
@@ -9,6 +10,15 @@ fd 1 a copy of stderr, so tool code that prints or reads stdin cannot touch the 
 A reply carries `retire: true` when the worker should not be reused (it ran out of
 memory or CPU time, or tool code left threads running). The parent-death signal fires
 when the thread that started the worker exits: the emulator's event loop thread.
+
+A request is `{"code", "function", "args"}`, plus optionally `filename` (the export's
+path of the code, which tracebacks name), `context` (the session: state, agent_name,
+user_content...) and `callback` (a CES callback kind: args are then runtime objects as
+dicts, see ces_python). The code runs with CES's globals (`context`, `tools`, `Part`,
+`Content`, `LlmResponse`...). While it runs, `tools.<name>(args)` writes a frame
+`{"tool_call": {"name", "args", "state"}}` and waits for the emulator's answer,
+`{"result", "state_delta"}`, on the same pipes. The reply is `{"result", "state_delta"}`
+or `{"error", "traceback"}`.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import contextlib
 import ctypes
 import errno
 import importlib
+import importlib.util
 import json
+import linecache
 import math
 import os
 import resource
@@ -32,11 +44,25 @@ import traceback
 PRELOAD = (
     "_strptime array base64 bisect calendar collections collections.abc copy csv dataclasses datetime "
     "decimal difflib encodings.ascii encodings.cp1252 encodings.idna encodings.latin_1 encodings.utf_16 "
-    "enum fractions functools hashlib heapq hmac html io itertools locale math operator pprint random re "
+    "enum fractions functools hashlib heapq hmac html inspect io itertools locale math operator pprint random re "
     "secrets statistics string struct textwrap time typing unicodedata urllib.parse uuid zoneinfo"
 ).split()
 
 PR_SET_PDEATHSIG = 1
+
+
+def _load_runtime():
+    """ces_python, by path (`-I` leaves this folder off sys.path), before privileges drop."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ces_python.py")
+    spec = importlib.util.spec_from_file_location("ces_python", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ces_python"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ces = _load_runtime()
+_OWN_FILES = {os.path.abspath(__file__), os.path.abspath(ces.__file__)}
 
 
 class _CpuLimit(BaseException):
@@ -149,26 +175,92 @@ def _limit_hit(exc: BaseException) -> str | None:
     return None
 
 
+class _Channel:
+    """The protocol's pipes, for tools.<name>() calls made while tool code runs."""
+
+    proto_in = None
+    proto_out = None
+
+
+def _write(body: bytes) -> None:
+    _Channel.proto_out.write(b"%d\n" % len(body) + body)
+    _Channel.proto_out.flush()
+
+
+def _call_tool(context, name: str, args: dict) -> dict:
+    """Asks the emulator to run another tool of the app; waits for its answer."""
+    state = context.state if context is not None else {}
+    _write(json.dumps({"tool_call": {"name": name, "args": args, "state": state}}, default=str).encode())
+    header = _Channel.proto_in.readline()
+    if not header:
+        raise ConnectionError("the emulator closed the tool worker's pipe")
+    answer = json.loads(_Channel.proto_in.read(int(header)))
+    if context is not None:
+        for key, value in (answer.get("state_delta") or {}).items():
+            if value is None:
+                context.state.pop(key, None)
+            else:
+                context.state[key] = value
+    if "error" in answer:
+        return {"error": answer["error"]}
+    result = answer.get("result")
+    return result if isinstance(result, dict) else {"result": result}
+
+
+def _compile(request: dict, compiled: dict):
+    code = request["code"]
+    filename = request.get("filename") or f"<tool {request['function']}>"
+    key = (code, filename)
+    if key not in compiled:
+        compiled[key] = compile(code, filename, "exec")
+        if not filename.startswith("<"):  # so tracebacks show the app's source lines
+            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    return compiled[key], filename
+
+
 def _run(request: dict, compiled: dict) -> dict:
-    code, function = request["code"], request["function"]
+    function = request["function"]
+    kind = request.get("callback")
+    filename = request.get("filename") or f"<tool {function}>"
+    before: dict = {}
+    context = None
     try:
-        if code not in compiled:
-            compiled[code] = compile(code, f"<tool {function}>", "exec")
-        namespace: dict = {"__name__": "ces_tool"}
+        code, filename = _compile(request, compiled)
+        raw = request.get("context") or {}
+        context = ces.CallbackContext(raw) if kind else ces.ToolContext(raw)
+        before = ces.snapshot(context.state)
+        namespace: dict = {"__name__": "ces_tool",
+                           **ces.globals_for(context, ces.Tools(lambda n, a: _call_tool(context, n, a)))}
         # Tool code may print: to stderr, which the emulator logs.
         with contextlib.redirect_stdout(sys.stderr):
-            exec(compiled[code], namespace)  # noqa: S102 - the app's own tool code
+            exec(code, namespace)  # noqa: S102 - the app's own tool code
             fn = namespace.get(function)
             if not callable(fn):
-                raise NameError(f"the tool code defines no function named {function!r}")
-            return {"result": fn(**request.get("args", {}))}
+                raise NameError(f"the {'callback' if kind else 'tool'} code defines no function named {function!r}")
+            if kind:
+                values = ces.callback_arguments(kind, request.get("args", {}), context)
+                result = ces.encode_return(ces.call_with(fn, kind, values))
+                # What the code changed in place counts too (a request's contents, a tool's input).
+                mutated = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in values.items()
+                           if k in ("llm_request", "llm_response", "input", "tool_response")}
+                return {"result": result, "state_delta": ces.state_delta(before, context.state), "mutated": mutated}
+            result = fn(**request.get("args", {}))
+        return {"result": result, "state_delta": ces.state_delta(before, context.state)}
     except _CpuLimit:
         raise
     except BaseException as exc:  # a tool's failure is reported, never fatal (SystemExit too)
         tb = traceback.extract_tb(exc.__traceback__)
-        where = next((f"line {f.lineno}" for f in reversed(tb) if f.filename.startswith("<tool")), "")
+        where = next((f for f in reversed(tb) if f.filename == filename), None)
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        reply = {"error": message + (f" ({where})" if where else "")}
+        if where is not None:
+            message += f" (line {where.lineno})" if filename.startswith("<") else f" ({filename}, line {where.lineno})"
+        reply = {"error": message}
+        if not filename.startswith("<"):
+            frames = traceback.StackSummary.from_list([f for f in tb if os.path.abspath(f.filename) not in _OWN_FILES])
+            reply["traceback"] = "Traceback (most recent call last):\n" + "".join(frames.format()) + \
+                "".join(traceback.format_exception_only(type(exc), exc))
+        if context is not None and kind:  # what a callback wrote before it failed still counts
+            reply["state_delta"] = ces.state_delta(before, context.state)
         if limit := _limit_hit(exc):
             reply["limit"] = limit
         if isinstance(exc, MemoryError) or not isinstance(exc, Exception):
@@ -205,10 +297,9 @@ def _serve(proto_in, proto_out, cpu_s: int) -> None:
     compiled: dict[str, object] = {}
     threads = threading.active_count()
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    _Channel.proto_in, _Channel.proto_out = proto_in, proto_out
     while header := proto_in.readline():
-        body = _answer(json.loads(proto_in.read(int(header))), compiled, cpu_s, cpu_hard, threads)
-        proto_out.write(b"%d\n" % len(body) + body)
-        proto_out.flush()
+        _write(_answer(json.loads(proto_in.read(int(header))), compiled, cpu_s, cpu_hard, threads))
 
 
 def main() -> None:

@@ -133,17 +133,38 @@ class AppRuntime:
             tools.append(tool)
         children = [self._build_agent(self.app.agents[c], seen) for c in agent.child_agents if c not in seen]
         instruction = "\n\n".join(x for x in (self.app.app.global_instruction, agent.instruction) if x)
+        # CES callbacks and guardrails, as ADK callbacks: only at the stages something runs at.
+        callbacks = self._callbacks_for(agent)
+        if callbacks is not None and "end_session" not in self.tools:  # Part.from_end_session needs the tool
+            self.tools["end_session"] = build_tool(self.app, "end_session", self.python_runner, self.indexes)
+        if callbacks is not None and self.tools["end_session"] not in tools:
+            tools.append(self.tools["end_session"])
         return LlmAgent(
             name=self.agent_names[agent.display_name],
             description=agent.description,
             # A callable instruction is passed through as is: CES placeholders
-            # like {@TOOL: x} are not ADK state templates.
-            instruction=lambda _ctx, text=instruction: text,
+            # like {@TOOL: x} are not ADK state templates. {variable}s take the session's values.
+            instruction=(lambda ctx, text=instruction: _fill_instruction(text, ctx)) if "{" in instruction
+            else (lambda _ctx, text=instruction: text),
             model=self._model_for(agent),
             tools=tools,
             sub_agents=children,
-            after_model_callback=self._fill_variables,
+            **(callbacks.adk_callbacks(self._fill_variables) if callbacks is not None
+               else {"after_model_callback": self._fill_variables}),
         )
+
+    def _callbacks_for(self, agent: ces_v1.Agent):
+        """The agent's CES callbacks and guardrails (callbacks.py, guardrails.py), or None."""
+        from .callbacks import AgentCallbacks, CallbackHost, Names
+        from .guardrails import AppGuardrails
+
+        if getattr(self, "_guardrails", None) is None:
+            host = CallbackHost(self.app, self.python_runner, Names(self.agent_names, self.tools), self.tools)
+            self._guardrails = AppGuardrails(self.app, host)
+        guardrails = self._guardrails.for_agent(agent)
+        if guardrails is None and not AgentCallbacks.wanted(agent):
+            return None
+        return AgentCallbacks(self._guardrails.host, agent, guardrails)
 
     def _model_for(self, agent: ces_v1.Agent):
         if self.model_name:
@@ -545,6 +566,11 @@ class AppRuntime:
 
     def _tool_by_adk_name(self, name: str) -> CesTool | None:
         return next((t for t in self.tools.values() if t.name == name), None)
+
+
+def _fill_instruction(text: str, ctx) -> str:
+    """An instruction's `{variable}`s, from the session state (what tools and callbacks wrote)."""
+    return fill_placeholders(text, {k: v for k, v in ctx.state.items() if not k.startswith("_")})
 
 
 class _ListSink:

@@ -7,7 +7,11 @@ id. The mapping keeps real timestamps and durations and renames to CES's shape:
     root       perceived latency (ms)
       LLM      agent, model, input token count, output token count, time to first chunk (ms)
       Tool     name, agent, args, response, tool call id
-      Callback agent, stage
+      Callback agent, stage (the CES callback, e.g. before_model_callback), name, file,
+               returned (None, LlmResponse, Content, dict), error and traceback if it raised
+      Guardrail agent, name, type (contentFilter, codeCallback, llmPolicy...), stage,
+               decision (OK, TRIGGER; NOT_EVALUATED offline for LLM-judged ones),
+               reason, action, evaluated
 """
 
 from __future__ import annotations
@@ -137,7 +141,11 @@ def build_root_span(
                 "tool call id": call_id,
             }, nested)]
         if span.name.startswith("ces.callback"):
-            return [_span("Callback", span, {"agent": agent, "stage": attrs.get("stage")}, nested)]
+            return [_span("Callback", span, {"agent": attrs.get("agent") or agent, "stage": attrs.get("stage"),
+                                             **{k: attrs.get(k) for k in CALLBACK_ATTRIBUTES}}, nested)]
+        if span.name == "ces.guardrail":
+            return [_span("Guardrail", span, {"agent": attrs.get("agent") or agent,
+                                              **{k: attrs.get(k) for k in GUARDRAIL_ATTRIBUTES}}, nested)]
         return nested  # workflow / agent layers: their LLM, Tool and Callback spans move up
 
     root_children = [c for kid in children.get(turn_span.context.span_id, []) for c in convert(kid, "")]
@@ -160,6 +168,9 @@ def _claim_tool(attrs, unclaimed: dict[str, ToolRecord]) -> tuple[ToolRecord | N
 
 
 SpanPb = ces_v1.Span.pb()
+# Set by callbacks.py / guardrails.py on their spans, beyond agent and stage.
+CALLBACK_ATTRIBUTES = ("name", "file", "returned", "error", "traceback")
+GUARDRAIL_ATTRIBUTES = ("name", "type", "stage", "decision", "reason", "action", "evaluated")
 
 
 def _span(name: str, otel: ReadableSpan, attributes: dict, children: list):
