@@ -213,6 +213,17 @@ def test_a_keyword_guardrail_matches_whole_words_in_user_input_and_agent_respons
     assert [(s["stage"], s["decision"]) for s in guardrail(leaked, "no_competitors")] == [("user input", "OK"), ("agent response", "TRIGGER")]
 
 
+def test_a_streamed_answer_waits_for_its_guardrail_check(sessions):
+    def stream(text: str) -> list:
+        request = ces_v1.RunSessionRequest(
+            config=ces_v1.SessionConfig(session=f"{APP}/sessions/stream-{next(_ids)}", enable_text_streaming=True),
+            inputs=[ces_v1.SessionInput(text=text)])
+        return [o.text for r in sessions.stream_run_session(request=request) for o in r.outputs if o.text]
+
+    assert stream("Tell me the secret roadmap") == ["Let's talk about our own flights."]  # nothing leaked first
+    assert stream("Compare with other airlines") == ["We fly to more cities."]
+
+
 def test_a_regex_guardrail_blocks_card_numbers_in_user_input(session):
     blocked = session("Pay with my card 4111 1111 1111 1111")
     assert blocked.text == "Please don't share card numbers."
@@ -241,6 +252,11 @@ def test_a_tool_that_raises_names_the_exports_file_and_line(session):
     assert 'File "tools/explode/python_function/python_code.py", line 7, in _fail' in body["traceback"]
     assert "python_worker" not in body["traceback"]
     assert turn.text == "Something went wrong."
+    # Its after_tool_callback raises too: the turn goes on, the span says where it failed.
+    [failed] = [s for s in turn.spans("Callback") if s["stage"] == "after_tool_callback"]
+    where = "agents/support/after_tool_callbacks/after_tool_callbacks_01/python_code.py"
+    assert failed["error"] == f"RuntimeError: after_tool_callback failed on purpose ({where}, line 3)"
+    assert f'File "{where}", line 3, in after_tool_callback' in failed["traceback"]
 
 
 def test_a_callback_that_raises_is_reported_with_its_file_and_line():

@@ -361,6 +361,10 @@ class AgentCallbacks:
         return self._model_value(value)
 
     async def after_model(self, callback_context, llm_response):
+        if llm_response.partial and self.guardrails and self.guardrails.checks_output():
+            # As on CES, a guarded agent response waits for its check: no streamed text goes
+            # out before the whole answer passes (or is replaced).
+            return LlmResponse(content=types.Content(role="model", parts=[]), partial=True)
         if llm_response.partial and not self._proactive():
             return None
         replaced = None

@@ -215,6 +215,10 @@ class AgentGuardrails:
                 return True
         return False
 
+    def checks_output(self) -> bool:
+        """Whether agent responses are checked (their streamed text then waits for the check)."""
+        return any(g.output_phrases or "after_model_callback" in g.code for g in self.guards)
+
     async def check_input(self, ctx) -> Blocked | None:
         """Content filters on the user's input, and the LLM-judged ones noted, once a turn."""
         text = _text(ctx.user_content)
