@@ -146,6 +146,12 @@ def test_before_model_callback_preempts_the_model(session):
     assert len(preempting) == 1 and preempting[0]["agent"] == "Support"
 
 
+def test_a_callback_can_call_a_tool_and_keeps_its_state_writes(session):
+    turn = session("How many points do I have?")
+    assert turn.text == "You have 200 points."
+    assert turn.variables()["points_checked"] is True  # written by the tool the callback called
+
+
 def test_a_disabled_callback_never_runs(session):
     for text in ("What are your opening hours?", "Compare with other airlines"):
         turn = session(text)

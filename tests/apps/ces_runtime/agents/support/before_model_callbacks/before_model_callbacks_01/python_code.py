@@ -6,6 +6,9 @@ def before_model_callback(callback_context: CallbackContext, llm_request: LlmReq
     text = (_user_text(callback_context) or "").lower()
     if "opening hours" in text:
         return LlmResponse.from_parts([Part.from_text(f"We are open 9 to 5, {callback_context.state['tier']} customer.")])
+    if "how many points" in text:
+        points = tools.loyalty_points({"account_id": "ab"})
+        return LlmResponse.from_parts([Part.from_text(f"You have {points['points']} points.")])
     if "goodbye" in text:
         return LlmResponse.from_parts([Part.from_text("Goodbye!"), Part.from_end_session(reason="the customer said goodbye")])
     return None
