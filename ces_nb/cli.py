@@ -37,9 +37,23 @@ def _emulator(args: argparse.Namespace) -> int:
         print(f"ces-nb emulator: {exc}", file=sys.stderr)
         return 2
 
+    if (args.model_base_url or args.model_api_key_env) and not args.model:
+        print("ces-nb emulator: --model-base-url and --model-api-key-env go with --model, e.g. "
+              "--model openai/llama3.2 --model-base-url http://localhost:11434/v1", file=sys.stderr)
+        return 2
+    if args.model:  # a model nothing can run exits now, not at the first turn
+        from .emulator.registry import ModelError, build_model
+
+        try:
+            build_model(args.model, args.model_base_url, args.model_api_key_env)
+        except ModelError as exc:
+            print(f"ces-nb emulator: {exc}", file=sys.stderr)
+            return 2
+
     async def serve() -> int:
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
-                                examples=examples, rest_port=args.rest_port, tool_limits=tool_limits)
+                                examples=examples, rest_port=args.rest_port, tool_limits=tool_limits,
+                                model_base_url=args.model_base_url, model_api_key_env=args.model_api_key_env)
         try:
             address = await server.start()
         except (OSError, StoreError) as exc:
@@ -169,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="also serve the REST (HTTP/JSON) binding on PORT, on the same host (0 picks a free one)")
     emu.add_argument("--db", default=None,
                      help="session store: a SQLite file, any SQLAlchemy URL, or :memory: (default: ~/.local/share/ces_nb/emulator.db)")
-    emu.add_argument("--model", default=None,
-                     help="a real model id (e.g. gemini-2.5-flash, needs GOOGLE_API_KEY) instead of the offline playback model")
+    emu.add_argument("--model", default=None, metavar="ID",
+                     help="a real model instead of the offline playback model: a Gemini id (e.g. gemini-2.5-flash, needs "
+                          "GOOGLE_API_KEY or Vertex settings) or a LiteLLM model string (e.g. openai/llama3.2; "
+                          "pip install 'ces_nb[model]')")
+    emu.add_argument("--model-base-url", default=None, metavar="URL",
+                     help="with a LiteLLM --model: the OpenAI-compatible server to call (Ollama: http://localhost:11434/v1)")
+    emu.add_argument("--model-api-key-env", default=None, metavar="VAR",
+                     help="the environment variable holding the model's API key (default with --model-base-url: "
+                          "OPENAI_API_KEY if set, else a dummy key, as local servers need none)")
     emu.add_argument("--audio-pace", type=float, default=1.0,
                      help="agent audio goes out at this fraction of its playing time: 1 = as spoken, so users can "
                           "barge in (default); 0 = as fast as possible")

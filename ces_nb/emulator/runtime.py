@@ -104,12 +104,12 @@ class _SessionCapture(BasePlugin):
 
 
 class AppRuntime:
-    def __init__(self, app: LoadedApp, session_service: BaseSessionService, runner: PythonToolRunner, model: str | None = None):
+    def __init__(self, app: LoadedApp, session_service: BaseSessionService, runner: PythonToolRunner, model=None):
         self.app = app
         # Turns reach the store whole: a turn cut short leaves nothing of itself there.
         self.session_service = self.turns = TurnStore(session_service)
         self.python_runner = runner
-        self.model_name = model
+        self.model_name = model  # --model: an id ADK resolves (Gemini), or a LiteLlm (registry.build_model)
         self.indexes: dict[str, DocumentIndex] = {}
         self.agent_names = {display: adk_name(display) for display in app.agents}
         self.display_of_agent = {v: k for k, v in self.agent_names.items()}
@@ -168,7 +168,7 @@ class AppRuntime:
 
     def _model_for(self, agent: ces_v1.Agent):
         if self.model_name:
-            return self.model_name  # a real model id (e.g. gemini-2.5-flash), resolved by ADK
+            return self.model_name  # a real model: every agent talks to it, as on CES
         # No script matches: say so, and how to add one. Never a quote of the instruction (a real
         # one opens with XML or a comment banner).
         no_script = (
@@ -182,10 +182,10 @@ class AppRuntime:
             agent_names=self.agent_names,
         )
 
-    @staticmethod
-    def _fill_variables(callback_context: CallbackContext, llm_response: LlmResponse) -> LlmResponse | None:
-        """Fills `{variable}` placeholders the model left, from session state."""
-        if not llm_response.content or not llm_response.content.parts:
+    def _fill_variables(self, callback_context: CallbackContext, llm_response: LlmResponse) -> LlmResponse | None:
+        """Fills `{variable}` placeholders the playback model left, from session state. A real
+        model's answer is left as it said it: CES fills variables in instructions, not in answers."""
+        if self.model_name or not llm_response.content or not llm_response.content.parts:
             return None
         state = {k: v for k, v in callback_context.state.to_dict().items() if not k.startswith("_")}
         for part in llm_response.content.parts:

@@ -57,7 +57,8 @@ def default_db_path() -> str:
 class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  db: str | None = None, model: str | None = None, audio_pace: float = 1.0, examples: list[str] | None = None,
-                 rest_port: int | None = None, tool_limits: SandboxLimits | None = None):
+                 rest_port: int | None = None, tool_limits: SandboxLimits | None = None,
+                 model_base_url: str | None = None, model_api_key_env: str | None = None):
         self.audio_pace = audio_pace
         self.tool_limits = tool_limits  # what pythonFunction code may use (sandbox.py)
         self.rest_port = rest_port  # the HTTP/JSON binding (rest.py) on this port too; 0 picks a free one
@@ -69,6 +70,9 @@ class EmulatorServer:
         self.port = port
         self.db = db or default_db_path()
         self.model = model
+        # With a LiteLLM model string: its OpenAI-compatible server, and the variable holding its key.
+        self.model_base_url = model_base_url
+        self.model_api_key_env = model_api_key_env
         self.server: grpc.aio.Server | None = None
         self.registry: AppRegistry | None = None
         self.sessions: SessionService | None = None
@@ -93,7 +97,12 @@ class EmulatorServer:
         except BaseException:
             self._release_store()
             raise
-        self.registry = AppRegistry(self.apps, store, self.model, self.tool_limits)
+        try:
+            self.registry = AppRegistry(self.apps, store, self.model, self.tool_limits,
+                                        model_base_url=self.model_base_url, model_api_key_env=self.model_api_key_env)
+        except BaseException:
+            self._release_store()
+            raise
         self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
