@@ -18,6 +18,31 @@ def _emulator(args: argparse.Namespace) -> int:
     from .emulator.server import EmulatorServer, demo_app_path
     from .emulator.store import StoreError, display_url
 
+    if args.check:  # the load report of each --app, file by file; nothing is served
+        from .emulator.load_report import check
+
+        results = [check(p) for p in (args.app or [str(demo_app_path())])]
+        print("\n\n".join(report.text() for report, _ in results))
+        return max(code for _, code in results)
+    try:
+        apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
+        examples = check_script_sources(args.examples or [])
+    except ExportError as exc:
+        print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)
+        return 2
+    except ScriptSourceError as exc:  # an --examples path that is not there
+        print(f"ces-nb emulator: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        tool_limits = SandboxLimits(
+            timeout_s=args.tool_timeout, max_timeout_s=args.tool_max_timeout, cpu_s=args.tool_cpu_s,
+            memory_mb=args.tool_memory_mb, max_result_mb=args.tool_max_result_mb, max_file_mb=args.tool_max_file_mb,
+            max_open_files=args.tool_max_open_files, max_procs=args.tool_max_procs, user=args.tool_user or None)
+    except ValueError as exc:
+        print(f"ces-nb emulator: {exc}", file=sys.stderr)
+        return 2
+
     try:
         apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
         examples = check_script_sources(args.examples or [])
@@ -172,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ces-nb", description="ces_nb: explore CES agent sessions in Jupyter")
     sub = parser.add_subparsers(dest="command", required=True)
     emu = sub.add_parser("emulator", help="run the embedded CES emulator in the foreground")
+    emu.add_argument("--check", action="store_true",
+                     help="print each --app's load report (what runs, runs approximately or is ignored, file by file) "
+                          "and exit: 0 when every app loads, 2 when one cannot; nothing is served")
     emu.add_argument("--app", action="append", metavar="PATH",
                      help="a CES app export (folder or zip); repeat for several apps (default: the SkyWay demo app)")
     emu.add_argument("--examples", action="append", metavar="PATH",

@@ -287,6 +287,8 @@ def test_routes_follow_the_client_transports():
     assert served == {
         "SessionService.RunSession", "SessionService.StreamRunSession",
         *(f"AgentService.{m}" for m in ("ListApps", "GetApp", "ListAgents", "GetAgent", "ListTools", "GetTool",
+                                         "ListToolsets", "GetToolset", "ListGuardrails", "GetGuardrail",
+                                         "ListExamples", "GetExample",
                                          "ListConversations", "GetConversation", "DeleteConversation")),
         "ToolService.ExecuteTool",
     }

@@ -6,6 +6,8 @@
 | pythonFunction      | runs the export's code in a sandboxed worker with a timeout      |
 | dataStoreTool       | bm25 search over the app's documents; the reply carries citations|
 | googleSearchTool    | the same search, offline; the reply carries search suggestions   |
+| widgetTool          | answers with the widget's payload (type, uiConfig, the call's data)|
+| toolset tools       | OpenAPI operations / MCP tools: fake code, else an error (no network)|
 | end_session         | ends the turn; the runtime emits end_session                     |
 | customize_response  | echoes its args                                                  |
 | anything else       | answers {"error": ...}: not supported offline                    |
@@ -30,6 +32,7 @@ from .export import LoadedApp
 from .playback import adk_name
 from .python_runner import PythonToolRunner
 from .schemas import python_function_declaration, to_genai_schema
+from .toolsets import FAKE_NONE, ToolsetOperation, fake_entry_code, json_schema_to_genai
 
 # Session-state key (not a CES variable: the underscore hides it from the
 # variables the client sees) that turns tool fakes on for the session.
@@ -71,7 +74,9 @@ class CesTool(BaseTool):
     async def run_async(self, *, args: dict[str, Any], tool_context: ToolContext) -> Any:
         code = self._fake_code(tool_context)
         if code is not None:
-            return await self.runner.run(code, _first_function(code) or self.name, args, self._timeout())
+            answer = await run_fake(self.runner, code, self.name, self.display_name, args, self._timeout())
+            if answer is not None:
+                return answer
         return await self.execute(args, tool_context)
 
     async def execute(self, args: dict[str, Any], tool_context: ToolContext | None) -> Any:
@@ -82,6 +87,16 @@ class CesTool(BaseTool):
         if self.ces_tool is not None and self.ces_tool.timeout:
             return self.ces_tool.timeout.total_seconds() or None
         return None
+
+
+async def run_fake(runner: PythonToolRunner, code: str, name: str, display_name: str, args: dict, timeout) -> Any:
+    """Runs a tool's fake code. CES fake code defines `fake_tool_call(tool, input, callback_context)`;
+    returning None there means "use the real tool" (None here). Other code: its first function, with the args."""
+    entry = fake_entry_code(code, name, display_name)
+    if entry is None:
+        return await runner.run(code, _first_function(code) or name, args, timeout)
+    result = await runner.run(entry[0], entry[1], args, timeout)
+    return None if isinstance(result, dict) and result.get(FAKE_NONE) else result
 
 
 def _first_function(code: str) -> str | None:
@@ -258,6 +273,64 @@ class CustomizeResponseTool(CesTool):
         return dict(args)
 
 
+class ToolsetTool(CesTool):
+    """One tool of an OpenAPI or MCP toolset. Offline it answers from the toolset's fake code
+    (`useToolFakes` / `toolFakeConfig.enableFakeMode`); otherwise with an error saying why."""
+
+    kind = "toolset_tool"
+
+    def __init__(self, toolset: ces_v1.Toolset, operation: ToolsetOperation, runner: PythonToolRunner):
+        super().__init__(toolset, operation.display_name, operation.description, runner)
+        self.operation = operation
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        if getattr(self, "_declaration", None) is None:
+            self._declaration = types.FunctionDeclaration(
+                name=self.name, description=self.description, parameters=json_schema_to_genai(self.operation.parameters))
+        return self._declaration.model_copy()
+
+    async def execute(self, args, tool_context):
+        return {"error": toolset_offline_error(self.ces_tool, self.operation)}
+
+
+def toolset_offline_error(toolset: ces_v1.Toolset, operation: ToolsetOperation) -> str:
+    kind = ces_v1.Toolset.pb(toolset).WhichOneof("toolset_type") or "toolset"
+    target = (f"{operation.method} {operation.path}" if operation.method
+              else f"the MCP server {toolset.mcp_toolset.server_address}" if kind == "mcp_toolset" else kind)
+    has_fake = bool(toolset.tool_fake_config.code_block.python_code)
+    fix = ("run the session with use_tool_fakes (or set toolFakeConfig.enableFakeMode) to use the toolset's fake code"
+           if has_fake else "add fake code to the toolset (toolFakeConfig.codeBlock.pythonCode) and run with use_tool_fakes")
+    return (f"{operation.display_name}: the offline ces_nb emulator makes no network calls, so it cannot call "
+            f"{target}; {fix}, or answer it with a mock_config through ExecuteTool")
+
+
+class WidgetTool(CesTool):
+    """widgetTool: the widget goes back to the client; offline its answer is the widget's payload."""
+
+    kind = "widget_tool"
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        widget = self.ces_tool.widget_tool
+        return types.FunctionDeclaration(name=self.name, description=self.description,
+                                         parameters=to_genai_schema(widget.parameters))
+
+    async def execute(self, args, tool_context):
+        from google.protobuf import json_format
+
+        widget = self.ces_tool.widget_tool
+        pb = ces_v1.WidgetTool.pb(widget)
+        payload: dict[str, Any] = {
+            "widget": widget.name or self.display_name,
+            "widgetType": ces_v1.WidgetTool.WidgetType(widget.widget_type).name,
+            "data": dict(args),
+        }
+        if pb.HasField("ui_config"):
+            payload["uiConfig"] = json_format.MessageToDict(pb.ui_config)
+        if widget.text_response_config.static_text:
+            payload["text"] = widget.text_response_config.static_text
+        return payload
+
+
 class UnsupportedTool(CesTool):
     kind = "unsupported"
 
@@ -275,6 +348,9 @@ def build_tool(app: LoadedApp, display_name: str, runner: PythonToolRunner, inde
         return EndSessionTool(None, "end_session", END_SESSION_DECLARATION.description, runner)
     if display_name == "customize_response":
         return CustomizeResponseTool(None, "customize_response", "Sends the given text as the response.", runner)
+    operation = getattr(app, "toolset_operations", {}).get(display_name)
+    if operation is not None and display_name not in app.tools:
+        return ToolsetTool(app.toolsets[operation.toolset], operation, runner)
     tool = app.tools[display_name]
     kind = app.tool_kind(tool)
     if kind == "client_function":
@@ -289,6 +365,8 @@ def build_tool(app: LoadedApp, display_name: str, runner: PythonToolRunner, inde
         return SearchTool(tool, display_name, description or f"Searches {display_name}.", runner, index, kind)
     if kind == "system_tool" and tool.system_tool.name == "end_session":
         return EndSessionTool(tool, display_name, tool.system_tool.description, runner)
+    if kind == "widget_tool":
+        return WidgetTool(tool, display_name, tool.widget_tool.description or f"Shows the {display_name} widget.", runner)
     return UnsupportedTool(tool, display_name, f"{display_name} (not available offline)", runner)
 
 

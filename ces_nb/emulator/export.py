@@ -7,8 +7,14 @@ The layout is the one in the CES docs' "Export format reference":
     agents/<name>/<name>.json|yaml    (instruction: agents/<name>/instruction.txt)
     tools/<name>/<name>.json|yaml     (pythonFunction.pythonCode: tools/<name>/python_function/python_code.py)
     examples/<name>/<name>.json|yaml
+    toolsets/<name>/<name>.json|yaml  (openApiToolset.openApiSchema: toolsets/<name>/open_api_toolset/open_api_schema.yaml)
+    guardrails/<name>/<name>.json|yaml
+    environment.json                  (values for `$env_var` in toolsets and tools, by displayName)
 
-Cross-references use displayName. JSON and YAML are equally valid.
+Cross-references use displayName; a folder's name need not be it (console exports name
+resource folders by UUID). JSON and YAML are equally valid. Toolsets become one tool per
+operation (toolsets.py). `load_report.build_report` says, file by file, what runs, what runs
+approximately and what is ignored, unknown keys included (`ces-nb emulator --check`).
 
 Besides ``examples/``, the playback model plays back goldens: an export pulled into a
 cxas-scrapi project (``cxas pull --target-dir <project>/cxas_app/``, so the app is
@@ -43,7 +49,7 @@ log = logging.getLogger("ces_nb.emulator")
 
 RESERVED_TOOLS = ("end_session", "transfer_to_agent", "customize_response")
 # Keys whose string value is a path to a file in the export, inlined on load.
-FILE_REFERENCE_KEYS = {"instruction", "globalInstruction", "pythonCode"}
+FILE_REFERENCE_KEYS = {"instruction", "globalInstruction", "pythonCode", "openApiSchema"}
 # Tool kinds the emulator can run offline; any other kind is stood in for.
 RUNNABLE_TOOL_KINDS = {
     "client_function",
@@ -51,6 +57,7 @@ RUNNABLE_TOOL_KINDS = {
     "data_store_tool",
     "google_search_tool",
     "system_tool",
+    "widget_tool",
 }
 
 
@@ -80,6 +87,15 @@ class LoadedApp:
     # Files or folders of more playback scripts (goldens, evaluations, transcripts): the
     # project's evals/goldens, and `ces-nb emulator --examples PATH`.
     script_sources: list[str] = field(default_factory=list)
+    # toolsets/ by displayName, and their tools by the name a conversation calls them
+    # (`<toolset>_<toolId>`, see toolsets.py); guardrails/ and environment.json as loaded.
+    toolsets: dict[str, ces_v1.Toolset] = field(default_factory=dict)
+    toolset_operations: dict[str, Any] = field(default_factory=dict)
+    toolset_notes: dict[str, list[str]] = field(default_factory=dict)
+    guardrails: dict[str, ces_v1.Guardrail] = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    # What runs, runs approximately or is ignored, file by file (load_report.LoadReport).
+    report: Any = None
 
     @property
     def root_agent(self) -> ces_v1.Agent:
@@ -177,15 +193,18 @@ def _to_message(cls, data: dict, rel: str):
 
 
 def _object_files(files: _ExportFiles, folder: str) -> list[str]:
-    """`folder/<name>/<name>.json|yaml` entries, in name order."""
-    found = []
+    """`folder/<name>/<name>.json|yaml` entries, in name order; a folder whose one JSON/YAML
+    file has another name (`agents/<name>/agent.yaml`) counts too."""
+    by_folder: dict[str, list[str]] = {}
     for rel in files.names():
         parts = PurePosixPath(rel).parts
-        if len(parts) == 3 and parts[0] == folder:
-            stem = PurePosixPath(parts[2]).stem
-            if stem == parts[1] and parts[2].rsplit(".", 1)[-1] in ("json", "yaml", "yml"):
-                found.append(rel)
-    return found
+        if len(parts) == 3 and parts[0] == folder and parts[2].rsplit(".", 1)[-1] in ("json", "yaml", "yml"):
+            by_folder.setdefault(parts[1], []).append(rel)
+    found = []
+    for name, rels in sorted(by_folder.items()):
+        named = [r for r in rels if PurePosixPath(r).stem == name]
+        found += named or (rels if len(rels) == 1 else [])
+    return sorted(found)
 
 
 def slugify(text: str) -> str:
@@ -208,6 +227,7 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
         raise ExportError(f"{app_rel}: rootAgent is missing; set it to the root agent's displayName")
 
     skipped: list[str] = []
+    environment = _load_environment(files, skipped)
     agents = _load_objects(files, "agents", ces_v1.Agent, skipped)
     if app.root_agent not in agents:
         known = ", ".join(sorted(agents)) or "none"
@@ -216,7 +236,7 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
             f"{app_rel}: rootAgent {app.root_agent!r} names no agent under agents/ "
             f"(agents loaded: {known}){problems}"
         )
-    tools = _load_objects(files, "tools", ces_v1.Tool, skipped)
+    tools = _load_objects(files, "tools", ces_v1.Tool, skipped, environment.get("tools"))
     examples = list(_load_objects(files, "examples", ces_v1.Example, skipped).values())
 
     loaded = LoadedApp(
@@ -229,11 +249,19 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
         source=str(path),
         script_sources=project_goldens(str(path)),
     )
+    loaded.environment = environment
+    _load_toolsets_and_guardrails(files, loaded)
     _check_references(loaded)
     _load_documents(files, loaded)
+    from .load_report import build_report
+
+    loaded.report = build_report(files, loaded)
+    level = logging.WARNING if loaded.report.counts()["ignored"] else logging.INFO
+    log.log(level, "app %s load report (ces-nb emulator --check prints it):\n%s", loaded.app_id, loaded.report.text())
     for note in loaded.skipped:
         log.warning("app %s: %s", loaded.app_id, note)
     loaded.app.validation_errors.extend(loaded.skipped)
+    loaded.app.validation_errors.extend(e.line() for e in loaded.report.problems() if e.line() not in loaded.skipped)
     return loaded
 
 
@@ -250,12 +278,15 @@ def project_goldens(path: str) -> list[str]:
     return [goldens] if os.path.isdir(goldens) else []
 
 
-def _load_objects(files: _ExportFiles, folder: str, cls, skipped: list[str]) -> dict:
-    """`folder/<name>/<name>.*` as `cls` messages by displayName; a bad file is skipped and noted."""
+def _load_objects(files: _ExportFiles, folder: str, cls, skipped: list[str], environment: dict | None = None) -> dict:
+    """`folder/<name>/<name>.*` as `cls` messages by displayName; a bad file is skipped and noted.
+    `environment`: environment.json's values for these objects, by displayName."""
     found = {}
     for rel in _object_files(files, folder):
         try:
             data = _inline_file_references(files, _parse_document(files, rel) or {})
+            if environment and isinstance(data, dict):
+                data = _apply_environment(data, environment, rel, folder)
             item = _to_message(cls, data, rel)
         except ExportError as exc:
             skipped.append(str(exc))
@@ -278,13 +309,20 @@ def _check_references(loaded: LoadedApp) -> None:
                     loaded.skipped.append(note)
                     agent.validation_errors.append(note)
             setattr(agent, attr, kept)
-        if agent.toolsets:
-            note = f"agent {agent.display_name!r}: toolsets are not supported offline; skipped"
-            loaded.skipped.append(note)
-            agent.validation_errors.append(note)
+        kept_toolsets = []
+        for ref in agent.toolsets:
+            if ref.toolset.rsplit("/", 1)[-1] in loaded.toolsets:
+                ref.toolset = ref.toolset.rsplit("/", 1)[-1]
+                kept_toolsets.append(ref)
+            else:
+                note = f"agent {agent.display_name!r}: toolset {ref.toolset!r} is not defined in the export; skipped"
+                loaded.skipped.append(note)
+                agent.validation_errors.append(note)
+        if len(kept_toolsets) != len(agent.toolsets):
+            agent.toolsets = kept_toolsets
     for tool in loaded.tools.values():
         kind = loaded.tool_kind(tool)
-        if kind not in RUNNABLE_TOOL_KINDS:
+        if kind not in RUNNABLE_TOOL_KINDS and not tool.tool_fake_config.code_block.python_code:  # fakes: load report
             loaded.skipped.append(
                 f"tool {tool.display_name!r}: {_camel(kind) or 'unknown tool type'} is not supported offline; "
                 "calls to it answer with an error response"
@@ -335,3 +373,61 @@ def _load_documents(files: _ExportFiles, loaded: LoadedApp) -> None:
                 f"tool {name!r}: no offline documents under {folder}; searches return no results"
             )
         loaded.documents[name] = docs
+
+
+def _load_environment(files: _ExportFiles, skipped: list[str]) -> dict:
+    """environment.json: per-environment values (`{"toolsets": {name: {...}}, "tools": {...}}`)
+    that replace `$env_var` in the export's toolsets and tools."""
+    rel = files.first("environment.json")
+    if rel is None:
+        return {}
+    try:
+        data = json.loads(files.read_text(rel) or "{}")
+    except json.JSONDecodeError as exc:
+        skipped.append(f"{rel}: not valid JSON ({exc}); its values are not used, so `$env_var` stays as it is")
+        return {}
+    if not isinstance(data, dict):
+        skipped.append(f"{rel}: expected an object of environment values; ignored")
+        return {}
+    return data
+
+
+def _apply_environment(data: dict, environment: dict, rel: str, folder: str) -> dict:
+    from .toolsets import substitute_env
+
+    name = data.get("displayName") or PurePosixPath(rel).stem
+    overrides = environment.get(name)
+    if overrides is None:
+        return data
+    notes: list[str] = []
+    return substitute_env(data, overrides, f"{folder}/{name}", notes)  # the load report lists the notes
+
+
+def _load_toolsets_and_guardrails(files: _ExportFiles, loaded: LoadedApp) -> None:
+    """toolsets/ (with environment.json's values) and their tools; guardrails/."""
+    from .toolsets import operations
+
+    loaded.toolsets = _load_objects(files, "toolsets", ces_v1.Toolset, loaded.skipped, loaded.environment.get("toolsets"))
+    for name, toolset in loaded.toolsets.items():
+        ops, notes = operations(toolset)
+        loaded.toolset_notes[name] = notes
+        for op in ops:
+            if op.display_name in loaded.tools:
+                notes.append(f"tool {op.tool_id!r} is named {op.display_name!r} in conversations, "
+                             "as a tool under tools/ is; the tools/ one is used")
+                continue
+            loaded.toolset_operations[op.display_name] = op
+    if not loaded.guardrails:  # another loader may have read them already
+        loaded.guardrails = _load_objects(files, "guardrails", ces_v1.Guardrail, loaded.skipped)
+
+
+def toolset_tool_names(loaded: LoadedApp, agent: ces_v1.Agent) -> list[str]:
+    """The toolset tools an agent has (its `toolsets[].toolIds`, or all of a toolset's tools
+    when it names none), by the name conversations call them."""
+    names = []
+    for ref in agent.toolsets:
+        wanted = set(ref.tool_ids)
+        for display, op in loaded.toolset_operations.items():
+            if op.toolset == ref.toolset and (not wanted or op.tool_id in wanted):
+                names.append(display)
+    return names

@@ -35,7 +35,8 @@ from opentelemetry import trace
 from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, search_suggestions_html
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
-from .export import LoadedApp
+from .export import LoadedApp, slugify, toolset_tool_names
+from .toolsets import transfer_rules_plugin
 from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, fill_placeholders
 from .python_runner import PythonToolRunner
 from .scripts import load_scripts
@@ -120,14 +121,14 @@ class AppRuntime:
         self._sessions: dict[str, TurnState] = {}
         self._live: OrderedDict[str, None] = OrderedDict()  # sessions whose live object is cached, oldest first
         self.runner = Runner(app_name=app.app_id, agent=self.root, session_service=self.turns,
-                             plugins=[_SessionCapture(self)])
+                             plugins=[_SessionCapture(self), *filter(None, [transfer_rules_plugin(app, self.agent_names)])])
 
     # -- building -----------------------------------------------------------------
 
     def _build_agent(self, agent: ces_v1.Agent, seen: set[str]) -> LlmAgent:
         seen = seen | {agent.display_name}
         tools = []
-        for ref in agent.tools:
+        for ref in [*agent.tools, *toolset_tool_names(self.app, agent)]:  # toolset tools: <toolset>_<toolId>
             tool = self.tools.get(ref) or build_tool(self.app, ref, self.python_runner, self.indexes)
             self.tools[ref] = tool
             tools.append(tool)
@@ -238,7 +239,9 @@ class AppRuntime:
         session = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session_id)
         if session is not None:
             return session
+        # A display name, or the resource name ListAgents returns (projects/../agents/<slug of it>).
         entry = config.entry_agent.rsplit("/", 1)[-1] if config.entry_agent else ""
+        entry = next((d for d in self.app.agents if entry in (d, slugify(d))), entry)
         if entry and entry not in self.app.agents:
             raise EmulatorError.invalid_argument(
                 f"entry_agent {quote(config.entry_agent)} is not an agent of app {self.app.app_id!r}; "

@@ -100,6 +100,11 @@ class AgentService:
         out.name = name.child("agents", slugify(agent.display_name))
         out.tools = [name.child("tools", t) for t in agent.tools]
         out.child_agents = [name.child("agents", slugify(c)) for c in agent.child_agents]
+        for ref in out.toolsets:
+            ref.toolset = name.child("toolsets", ref.toolset)
+        for rule in out.transfer_rules:
+            if rule.child_agent and "/" not in rule.child_agent:
+                rule.child_agent = name.child("agents", slugify(rule.child_agent))
         return out
 
     def _find(self, pool: dict, ident: str, what: str, app: str):
@@ -136,7 +141,54 @@ class AgentService:
     async def get_tool(self, request: ces_v1.GetToolRequest, context) -> ces_v1.Tool:
         name = names.parse("tool", request.name)
         runtime = self.registry.runtime(name)
+        if name.id in SYSTEM_TOOLS and name.id not in runtime.app.tools:
+            return self._tool_message(name, system_tool(name.id))
         return self._tool_message(name, self._find(runtime.app.tools, name.id, "tool", name.app))
+
+    # -- toolsets, guardrails, examples ---------------------------------------------
+
+    def _child_listing(self, parent: str, pool: dict, collection: str, request) -> tuple[list, str]:
+        name = names.parse("app", parent, "parent")
+        runtime = self.registry.runtime(name)
+        items = []
+        for display, item in sorted(pool(runtime).items()):
+            out = type(item)(item)
+            out.name = name.child(collection, display)
+            items.append(out)
+        return _page(items, request.page_size, request.page_token)
+
+    def _child_get(self, request_name: str, pool, collection: str, what: str):
+        name = _parse_child(request_name, collection, what)
+        runtime = self.registry.runtime(name)
+        items = pool(runtime)
+        item = next((v for d, v in items.items() if name.id in (d, slugify(d))), None)
+        if item is None:
+            known = ", ".join(sorted(items)) or "none"
+            raise EmulatorError.not_found(f"{what} {quote(name.id)} is not in app {quote(name.app)}; {what}s: {known}")
+        out = type(item)(item)
+        out.name = name.child(collection, next(d for d, v in items.items() if v is item))
+        return out
+
+    async def list_toolsets(self, request: ces_v1.ListToolsetsRequest, context) -> ces_v1.ListToolsetsResponse:
+        page, token = self._child_listing(request.parent, lambda rt: rt.app.toolsets, "toolsets", request)
+        return ces_v1.ListToolsetsResponse(toolsets=page, next_page_token=token)
+
+    async def get_toolset(self, request: ces_v1.GetToolsetRequest, context) -> ces_v1.Toolset:
+        return self._child_get(request.name, lambda rt: rt.app.toolsets, "toolsets", "toolset")
+
+    async def list_guardrails(self, request: ces_v1.ListGuardrailsRequest, context) -> ces_v1.ListGuardrailsResponse:
+        page, token = self._child_listing(request.parent, lambda rt: rt.app.guardrails, "guardrails", request)
+        return ces_v1.ListGuardrailsResponse(guardrails=page, next_page_token=token)
+
+    async def get_guardrail(self, request: ces_v1.GetGuardrailRequest, context) -> ces_v1.Guardrail:
+        return self._child_get(request.name, lambda rt: rt.app.guardrails, "guardrails", "guardrail")
+
+    async def list_examples(self, request: ces_v1.ListExamplesRequest, context) -> ces_v1.ListExamplesResponse:
+        page, token = self._child_listing(request.parent, _examples, "examples", request)
+        return ces_v1.ListExamplesResponse(examples=page, next_page_token=token)
+
+    async def get_example(self, request: ces_v1.GetExampleRequest, context) -> ces_v1.Example:
+        return self._child_get(request.name, _examples, "examples", "example")
 
     # -- conversations ------------------------------------------------------------
 
@@ -212,11 +264,41 @@ class AgentService:
                 "GetAgent": unary(self.get_agent, ces_v1.GetAgentRequest, ces_v1.Agent),
                 "ListTools": unary(self.list_tools, ces_v1.ListToolsRequest, ces_v1.ListToolsResponse),
                 "GetTool": unary(self.get_tool, ces_v1.GetToolRequest, ces_v1.Tool),
+                "ListToolsets": unary(self.list_toolsets, ces_v1.ListToolsetsRequest, ces_v1.ListToolsetsResponse),
+                "GetToolset": unary(self.get_toolset, ces_v1.GetToolsetRequest, ces_v1.Toolset),
+                "ListGuardrails": unary(self.list_guardrails, ces_v1.ListGuardrailsRequest, ces_v1.ListGuardrailsResponse),
+                "GetGuardrail": unary(self.get_guardrail, ces_v1.GetGuardrailRequest, ces_v1.Guardrail),
+                "ListExamples": unary(self.list_examples, ces_v1.ListExamplesRequest, ces_v1.ListExamplesResponse),
+                "GetExample": unary(self.get_example, ces_v1.GetExampleRequest, ces_v1.Example),
                 "ListConversations": unary(self.list_conversations, ces_v1.ListConversationsRequest, ces_v1.ListConversationsResponse),
                 "GetConversation": unary(self.get_conversation, ces_v1.GetConversationRequest, ces_v1.Conversation),
                 "DeleteConversation": unary(self.delete_conversation, ces_v1.DeleteConversationRequest, _Empty),
             },
         )
+
+
+SYSTEM_TOOLS = {
+    "end_session": "Ends the session. Set session_escalated when handing over to a human.",
+}
+
+
+def system_tool(name: str) -> ces_v1.Tool:
+    """A CES system tool (end_session) as GetTool returns it, for an export that lists it by name only."""
+    return ces_v1.Tool(display_name=name, system_tool=ces_v1.SystemTool(name=name, description=SYSTEM_TOOLS[name]))
+
+
+def _examples(runtime: AppRuntime) -> dict[str, ces_v1.Example]:
+    return {e.display_name: e for e in runtime.app.examples}
+
+
+def _parse_child(name: str, collection: str, what: str) -> names.Name:
+    m = re.match(r"^(projects/[^/]+/locations/[^/]+/apps/[^/]+)/" + collection + r"/([^/]+)$", name or "")
+    if not m:
+        got = quote(name) if name else "nothing"
+        raise EmulatorError.invalid_argument(
+            f"name must look like 'projects/my-project/locations/us/apps/skyway/{collection}/my-{what}'; got {got}")
+    app = names.parse("app", m[1])
+    return names.Name(app.project, app.location, app.app, m[2])
 
 
 def _stored_turn(record) -> ces_v1.Conversation.Turn:

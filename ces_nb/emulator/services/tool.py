@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 from google.cloud import ces_v1
 from google.protobuf import json_format
 
 from .. import names
-from ..agent_tools import ClientFunctionTool, SearchTool, build_tool
+from ..agent_tools import ClientFunctionTool, SearchTool, build_tool, run_fake, toolset_offline_error
 from ..errors import EmulatorError, clip, quote
+from ..export import slugify
 from ..mocks import find_mock
 from ..registry import AppRegistry
 from ..runtime import MAX_STRUCT_BYTES, byte_size, grounding_output, to_struct
@@ -16,6 +19,7 @@ from . import unary
 
 SERVICE = "google.cloud.ces.v1.ToolService"
 FAIL = ces_v1.MockConfig.UnmatchedToolCallBehavior.FAIL
+RESERVED_SYSTEM_TOOLS = ("end_session",)
 
 
 class ToolService:
@@ -23,9 +27,18 @@ class ToolService:
         self.registry = registry
 
     async def execute_tool(self, request: ces_v1.ExecuteToolRequest, context) -> ces_v1.ExecuteToolResponse:
+        pb = ces_v1.ExecuteToolRequest.pb(request)
+        toolset_ref = request.toolset_tool.toolset if pb.HasField("toolset_tool") else ""
+        if not toolset_ref and "/toolsets/" in request.tool:  # projects/../toolsets/<toolset>/tools/<toolId>
+            toolset_ref, _, tool_id = request.tool.partition("/tools/")
+            request = ces_v1.ExecuteToolRequest.wrap(ces_v1.ExecuteToolRequest.pb(request).__deepcopy__())
+            request.toolset_tool = ces_v1.ToolsetTool(toolset=toolset_ref, tool_id=tool_id)
+        if toolset_ref:
+            return await self._execute_toolset_tool(request)
         if not request.tool:
             raise EmulatorError.invalid_argument(
-                "set tool to a tool's resource name, e.g. 'projects/p/locations/us/apps/skyway/tools/get_flight_status'"
+                "set tool to a tool's resource name, e.g. 'projects/p/locations/us/apps/skyway/tools/get_flight_status', "
+                "or toolset_tool to a toolset and a tool_id"
             )
         if "/" in request.tool:
             name = names.parse("tool", request.tool, "tool")
@@ -34,6 +47,8 @@ class ToolService:
             name = names.Name(name.project, name.location, name.app, request.tool)
         runtime = self.registry.runtime(name)
         display = next((d for d in runtime.app.tools if name.id == d), None)
+        if display is None and name.id in RESERVED_SYSTEM_TOOLS:
+            display = name.id  # end_session: a system tool every agent may list by name
         if display is None:
             raise EmulatorError.not_found(
                 f"tool {quote(name.id)} is not in app {quote(name.app)}; tools: {', '.join(sorted(runtime.app.tools))}"
@@ -72,6 +87,58 @@ class ToolService:
             field = grounding.WhichOneof("output_type")  # citations or google_search_suggestions
             getattr(ces_v1.ExecuteToolResponse.pb(response), field).CopyFrom(getattr(grounding, field))
         return response
+
+    async def _execute_toolset_tool(self, request: ces_v1.ExecuteToolRequest) -> ces_v1.ExecuteToolResponse:
+        """A toolset's tool: a mock_config, else the toolset's fake code, else FAILED_PRECONDITION saying why."""
+        ref = request.toolset_tool
+        m = re.match(r"^(projects/[^/]+/locations/[^/]+/apps/[^/]+)/toolsets/([^/]+)$", ref.toolset)
+        if m:
+            app_name, toolset_id = m[1], m[2]
+        else:  # a bare toolset id under parent
+            app_name, toolset_id = request.parent, ref.toolset
+        name = names.parse("app", app_name, "toolset_tool.toolset" if m else "parent")
+        runtime = self.registry.runtime(name)
+        app = runtime.app
+        toolset = next((d for d in app.toolsets if toolset_id in (d, slugify(d))), None)
+        if toolset is None:
+            raise EmulatorError.not_found(
+                f"toolset {quote(toolset_id)} is not in app {quote(name.app)}; toolsets: {', '.join(sorted(app.toolsets)) or 'none'}")
+        tools = {op.tool_id: (display, op) for display, op in app.toolset_operations.items() if op.toolset == toolset}
+        if ref.tool_id not in tools:
+            raise EmulatorError.not_found(
+                f"tool {quote(ref.tool_id)} is not a tool of toolset {quote(toolset)}; its tools: "
+                f"{', '.join(sorted(tools)) or 'none (see GetApp validation_errors)'}")
+        display, operation = tools[ref.tool_id]
+        args = self._args(request)
+        response = ces_v1.ExecuteToolResponse(toolset_tool=ces_v1.ToolsetTool(
+            toolset=name.child("toolsets", toolset), tool_id=ref.tool_id))
+        if ces_v1.ExecuteToolRequest.pb(request).HasField("variables"):
+            response.variables = request.variables
+        if ces_v1.ExecuteToolRequest.pb(request).HasField("mock_config"):
+            mocked = find_mock(request.mock_config, {display, ref.tool_id, f"{toolset}/tools/{ref.tool_id}"}, args)
+            if mocked is not None:
+                response.response = to_struct(mocked)
+                return response
+            if request.mock_config.unmatched_tool_call_behavior == FAIL:
+                raise EmulatorError.failed_precondition(
+                    f"no mocked call to {ref.tool_id!r} matches args {clip(str(args), 200)}; add a mock for them or set "
+                    "unmatched_tool_call_behavior=PASS_THROUGH to run the tool")
+        tool = runtime.tools.get(display) or build_tool(app, display, runtime.python_runner, runtime.indexes)
+        code = app.toolsets[toolset].tool_fake_config.code_block.python_code
+        body = await run_fake(runtime.python_runner, code, tool.name, display, args, tool._timeout()) if code else None
+        if body is None:  # no fake code, or it returned None ("use the real tool")
+            raise EmulatorError.failed_precondition(toolset_offline_error(app.toolsets[toolset], operation))
+        response.response = to_struct(body if isinstance(body, dict) else {"result": body})
+        return response
+
+    @staticmethod
+    def _args(request: ces_v1.ExecuteToolRequest) -> dict:
+        size = ces_v1.ExecuteToolRequest.pb(request).args.ByteSize()
+        if size > MAX_STRUCT_BYTES:
+            raise EmulatorError.invalid_argument(
+                f"args are {byte_size(size)}; a tool takes at most {byte_size(MAX_STRUCT_BYTES)} of args: send smaller args"
+            )
+        return json_format.MessageToDict(ces_v1.ExecuteToolRequest.pb(request).args)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
