@@ -43,25 +43,6 @@ def _emulator(args: argparse.Namespace) -> int:
         print(f"ces-nb emulator: {exc}", file=sys.stderr)
         return 2
 
-    try:
-        apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
-        examples = check_script_sources(args.examples or [])
-    except ExportError as exc:
-        print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)
-        return 2
-    except ScriptSourceError as exc:  # an --examples path that is not there
-        print(f"ces-nb emulator: {exc}", file=sys.stderr)
-        return 2
-
-    try:
-        tool_limits = SandboxLimits(
-            timeout_s=args.tool_timeout, max_timeout_s=args.tool_max_timeout, cpu_s=args.tool_cpu_s,
-            memory_mb=args.tool_memory_mb, max_result_mb=args.tool_max_result_mb, max_file_mb=args.tool_max_file_mb,
-            max_open_files=args.tool_max_open_files, max_procs=args.tool_max_procs, user=args.tool_user or None)
-    except ValueError as exc:
-        print(f"ces-nb emulator: {exc}", file=sys.stderr)
-        return 2
-
     if (args.model_base_url or args.model_api_key_env) and not args.model:
         print("ces-nb emulator: --model-base-url and --model-api-key-env go with --model, e.g. "
               "--model openai/llama3.2 --model-base-url http://localhost:11434/v1", file=sys.stderr)
