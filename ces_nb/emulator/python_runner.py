@@ -43,6 +43,7 @@ log = logging.getLogger("ces_nb.emulator")
 DEFAULT_TIMEOUT_S = SandboxLimits.timeout_s
 WORKER = str(Path(__file__).with_name("python_worker.py"))
 START_TIMEOUT_S = 30.0  # a worker's start-up, on a loaded machine
+OFF_LOOP_BYTES = 256 * 1024  # frames at least this big are parsed off the event loop
 HOME_PREFIX = "ces-nb-tool-"
 LOCK_NAME = ".ces-nb-lock"
 
@@ -108,7 +109,10 @@ class _Worker:
         size = int(header)
         if size > max_bytes:
             raise _ResultTooLarge(size)
-        return json.loads(await self.proc.stdout.readexactly(size))
+        data = await self.proc.stdout.readexactly(size)
+        # A large result (up to --tool-max-result-mb) would hold the event loop, and every other
+        # session, while it parses: parse it in a thread.
+        return json.loads(data) if size < OFF_LOOP_BYTES else await asyncio.to_thread(json.loads, data)
 
     async def send(self, payload: bytes) -> None:
         assert self.proc.stdin
