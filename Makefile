@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/frames.py
 	$(BIN)/python benchmarks/isolation.py
 	$(BIN)/python benchmarks/rest_vs_grpc.py
+	$(BIN)/python benchmarks/callbacks.py
 
 # The chaos test (tests/faults) with CHAOS_RUNS random seeds, each printed so a failure can be
 # replayed: `make chaos SEED=1234`. (`make test` runs it too, with one fixed seed.)
