@@ -112,7 +112,7 @@ _APP_FIELDS = {
     "displayName": (RUNS, ""), "description": (RUNS, ""), "rootAgent": (RUNS, ""),
     "globalInstruction": (APPROX, "given to the model; the offline playback model follows examples, not instructions"),
     "variableDeclarations": (RUNS, "session variables with their defaults"),
-    "guardrails": (IGNORED, "listed by ListGuardrails/GetGuardrail, not enforced on turns"),
+    "guardrails": (RUNS, "checked on every turn (LLM-judged ones are not evaluated offline)"),
     "modelSettings": (IGNORED, "the playback model (or --model) answers instead"),
     "languageSettings": (APPROX, "picks the voice's language; text turns are not translated"),
     "timeZoneSettings": (IGNORED, "sessions use the time_zone the client sends"),
@@ -170,7 +170,7 @@ def build_report(files, loaded) -> "LoadReport":
         _report_toolset(report, rel, parsed.get(rel), loaded)
     for rel in _objects(files, "guardrails"):
         handled.add(rel)
-        _report_plain(report, rel, parsed.get(rel), ces_v1.Guardrail, _guardrail_status())
+        _report_plain(report, rel, parsed.get(rel), ces_v1.Guardrail, _guardrail_status(parsed.get(rel)))
     for rel in _objects(files, "examples"):
         handled.add(rel)
         _report_plain(report, rel, parsed.get(rel), ces_v1.Example, (RUNS, "played back by the offline model"))
@@ -284,9 +284,9 @@ def _report_agent(report: LoadReport, rel: str, data: Any, loaded) -> None:
                        else "no fake code: its calls answer with an error offline")
     for key in _AGENT_CALLBACKS:
         if data.get(key):
-            report.add(rel, _callback_status(), f"{key} ({len(data[key])})", _callback_why())
+            report.add(rel, RUNS, f"{key} ({len(data[key])})", "run in the python sandbox at their documented points, in order")
     if data.get("guardrails"):
-        report.add(rel, *_guardrail_status()[:1], f"guardrails: {', '.join(map(str, data['guardrails']))}", _guardrail_status()[1])
+        report.add(rel, RUNS, f"guardrails: {', '.join(map(str, data['guardrails']))}", "checked on this agent's turns")
     if data.get("modelSettings"):
         report.add(rel, IGNORED, "modelSettings", "the playback model (or --model) answers instead")
     for i, rule in enumerate((agent.transfer_rules if agent is not None else [])):
@@ -298,25 +298,15 @@ def _report_agent(report: LoadReport, rel: str, data: Any, loaded) -> None:
         report.add(rel, IGNORED, "remoteDialogflowAgent", "a Dialogflow CX agent cannot run offline")
 
 
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__}.{name}") is not None
+# Guardrail kinds a model judges: listed, but not evaluated offline (no model to ask).
+_LLM_GUARDRAILS = ("llmPromptSecurity", "llmPolicy", "modelSafety")
 
 
-def _callback_status() -> str:
-    # Callbacks run when the emulator has a callback runner (callbacks.py, another module).
-    return APPROX if _has_module("callbacks") else IGNORED
-
-
-def _callback_why() -> str:
-    return "run by the emulator's callback runner" if _callback_status() == APPROX else "callbacks are not run by this emulator"
-
-
-def _guardrail_status() -> tuple[str, str]:
-    if _has_module("guardrails"):
-        return APPROX, "checked on turns by the emulator (guardrails.py; LLM-judged ones are not evaluated offline)"
-    return IGNORED, "served by ListGuardrails/GetGuardrail, not enforced on turns"
+def _guardrail_status(data: Any = None) -> tuple[str, str]:
+    kinds = [k for k in _LLM_GUARDRAILS if isinstance(data, dict) and k in data]
+    if kinds:
+        return IGNORED, f"{kinds[0]} is judged by a model: not evaluated offline (its Guardrail span says evaluated=false)"
+    return RUNS, "checked on every turn: code callbacks in the sandbox, keyword lists, RE2 regexes"
 
 
 def transfer_rule_status(rule: ces_v1.TransferRule) -> tuple[str, str]:
