@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "connect": ("ces_nb.client", "connect"),
+    "start_emulator": ("ces_nb.local_emulator", "start_emulator"),
     "Client": ("ces_nb.client", "Client"),
     "Session": ("ces_nb.session", "Session"),
     "Turn": ("ces_nb.model", "Turn"),
@@ -39,6 +40,7 @@ __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
 
 if TYPE_CHECKING:
     from .client import Client, connect
+    from .local_emulator import start_emulator
     from .errors import CesError
     from .model import Span, Transcript, TranscriptError, Turn
     from .session import Session

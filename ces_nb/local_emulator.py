@@ -128,6 +128,18 @@ def ensure_emulator(address: str | None = None, apps: list[str] | None = None, d
         )
 
 
+def start_emulator(*apps: str, db: str = ":memory:", port: int | None = None, timeout: float = 90.0) -> str:
+    """Start an emulator serving `apps` (CES exports: folders or zips) on a free local port, and
+    return its address: `ces_nb.connect(APP_NAME, endpoint=address)` talks to it. It stops when
+    this Python process (the kernel) exits. An export that cannot load raises CesError with the
+    emulator's message; `ces-nb emulator --check --app PATH` prints the full load report."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    return ensure_emulator(f"127.0.0.1:{port}", apps=[str(a) for a in apps], db=db, timeout=timeout)
+
+
 def _stop(proc: subprocess.Popen, log_path: str | None = None) -> None:
     if proc.poll() is None:
         proc.terminate()
