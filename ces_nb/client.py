@@ -70,6 +70,17 @@ class Client:
         base = self.app.split("/apps/")[0] if self.app else EMULATOR_PARENT
         return f"{base}/apps/{app}"
 
+    def check(self, timeout: float = 10.0) -> None:
+        """Reach the server and read the app (or list the apps): a CesError saying what to
+        do when the connection would not work."""
+        try:
+            if self.app:
+                self.agents.get_app(name=self.app, retry=None, timeout=timeout)
+            else:
+                list(self.agents.list_apps(parent=EMULATOR_PARENT, retry=None, timeout=timeout))
+        except Exception as exc:
+            raise explain(exc, target=self.target, app=self.app) from None
+
     # -- conversations -------------------------------------------------------------
 
     def conversations(self, app: str | None = None, since: Any = None, source: str | None = None, details: bool = False,

@@ -200,7 +200,7 @@ class LiveSession:
                 if self.error is not None:
                     raise self._again() from None
                 if self._closing and (self._reader is None or not self._reader.is_alive()):
-                    raise CesError("the live stream is closed; open a new one with session.live() (%ces live in a notebook)") from None
+                    raise CesError("the live stream is closed; open a new one with session.live() (%cescmd live in a notebook)") from None
                 if time.monotonic() >= deadline:
                     raise CesError(f"no turn completed within {timeout:.0f} s; is the audio long enough, "
                                    f"with {TRAILING_SILENCE_MS} ms of silence after it?") from None
@@ -248,7 +248,7 @@ class LiveSession:
                 return
             if not self._closing:  # the server ended the stream, no go_away, nothing wrong
                 self.error = CesError(f"the live stream to {self.session.client.target} ended: the server closed it. "
-                                      "Open a new one with session.live() (%ces live in a notebook)")
+                                      "Open a new one with session.live() (%cescmd live in a notebook)")
             self._finish_partial(None)
             return
 
@@ -263,7 +263,7 @@ class LiveSession:
         status = base.code.name if base.code else type(exc).__name__
         if self._received:
             message = (f"the live stream to {self.session.client.target} died: {status}, {base.details}. Nothing more can be "
-                       "sent on it: open a new one with session.live() (%ces live in a notebook)"
+                       "sent on it: open a new one with session.live() (%cescmd live in a notebook)"
                        + (" once the emulator runs again (ces-nb emulator)" if base.code == grpc.StatusCode.UNAVAILABLE else ""))
         else:
             message = f"the live stream could not open ({status}): {base}"

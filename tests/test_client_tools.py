@@ -152,7 +152,7 @@ def test_form_validation_blocks_send_and_cancel_leaves_the_call_waiting(client):
     panel = form_panel(turn)
     assert panel.send() is None and "fix the fields" in panel.status.value and session.pending
     panel.cancel()
-    assert panel.send_button.disabled and "%ces tools pending" in panel.status.value and len(session.pending) == 1
+    assert panel.send_button.disabled and "%cescmd tools pending" in panel.status.value and len(session.pending) == 1
 
 
 def test_handler_answers_automatically_sync_and_async(client):

@@ -114,23 +114,23 @@ def test_voice_magics(voice_server, tmp_path):
     ip.extension_manager.load_extension("ces_nb")
     try:
         ip.run_line_magic("config", f"CesMagics.emulator_address = {voice_server.address!r}")
-        ip.run_line_magic("ces", "new --app skyway")
-        turn = ip.run_line_magic("ces", 'say "What is my loyalty tier?"')
+        ip.run_line_magic("cescmd", "new --app skyway")
+        turn = ip.run_line_magic("cescmd", 'say "What is my loyalty tier?"')
         assert turn.heard == "what is my loyalty tier"
         speech = synthesize(normalize("How many bags can I check"))
         wav = tmp_path / "bags.wav"
         soundfile.write(wav, speech.samples, speech.sample_rate)
-        live = ip.run_line_magic("ces", "live --rate 8000 --encoding ALAW")
+        live = ip.run_line_magic("cescmd", "live --rate 8000 --encoding ALAW")
         assert live.input_audio == {"audio_encoding": "ALAW", "sample_rate_hertz": 8000}
         by_file = ip.run_line_magic("ces", f"--audio {wav}")
         assert by_file.inputs[0].kind == "audio" and by_file.text
-        goodbye = "say \"That's all, thanks. Goodbye!\""
-        assert ip.run_line_magic("ces", goodbye).ended
-        ip.run_line_magic("ces", "live --close")
-        for line, words in [("say", "say what?"), ("--audio /no/such.wav", "no audio file"),
-                            (f"--audio {wav} and text", "a turn of its own"), ("live --close", "no live stream"),
-                            ("live --rate 11025", "sample_rate_hertz")]:
+        assert ip.run_line_magic("cescmd", "say That's all, thanks. Goodbye!").ended  # no quoting needed
+        ip.run_line_magic("cescmd", "live --close")
+        for magic, line, words in [("cescmd", "say", "say what?"), ("ces", "--audio /no/such.wav", "no audio file"),
+                                   ("ces", f"--audio {wav} and text", "a turn of its own"),
+                                   ("cescmd", "live --close", "no live stream"),
+                                   ("cescmd", "live --rate 11025", "sample_rate_hertz")]:
             with pytest.raises(UsageError, match=words):
-                ip.run_line_magic("ces", line)
+                ip.run_line_magic(magic, line)
     finally:
         ip.extension_manager.unload_extension("ces_nb")

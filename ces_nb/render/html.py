@@ -324,6 +324,11 @@ def client_html(client) -> str:
     return _wrap(body, repr(client))
 
 
+def note_html(text: str) -> str:
+    """A command's confirmation (%cescmd save, break, mock)."""
+    return _wrap(f'<div class="ces-note">{_e(text)}</div>', text)
+
+
 def session_html(session) -> str:
     pending = session.pending
     state = "ended" if session.ended else (f"{len(pending)} tool call(s) pending" if pending else "open")

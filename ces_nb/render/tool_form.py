@@ -287,7 +287,7 @@ class ToolCallPanel(w.VBox):
         self._busy(True)
         self.send_button.disabled = True
         ids = ", ".join(f.call.id for f in self.forms)
-        self.status.value = f"cancelled: the session still waits for {escape(ids)}; <code>%ces tools pending</code> lists them"
+        self.status.value = f"cancelled: the session still waits for {escape(ids)}; <code>%cescmd tools pending</code> lists them"
 
     def _busy(self, done: bool) -> None:
         self.send_button.disabled = done
