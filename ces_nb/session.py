@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +50,7 @@ class Session:
         self.auto_answer = True
         self.forked_from: tuple[str, int] | None = None
         self._how: dict[str, str] = {}
+        self._views = weakref.WeakSet()  # open tool-call forms: told after every turn (see watch)
 
     # -- config --------------------------------------------------------------------
 
@@ -262,7 +264,17 @@ class Session:
             turn.notes.append(f"the server numbered this turn {server} (it does not have the turns before it, "
                               f"e.g. it restarted without them); kept as turn {turn.index} so no two turns share a number")
         self.turns.append(turn)
+        self._changed()
         return turn
+
+    def watch(self, view) -> None:
+        """`view.sync()` runs after every turn this session keeps (a tool-call form disables
+        itself once its calls are answered, by any route, or the session ends)."""
+        self._views.add(view)
+
+    def _changed(self) -> None:
+        for view in list(self._views):
+            view.sync()
 
     def _audio_format(self, turn: Turn) -> None:
         audio = self.config.get("output_audio_config")
