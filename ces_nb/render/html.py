@@ -18,7 +18,7 @@ from typing import Any
 
 from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
 from .markdown import markdown_html
-from .text import broken_message, transcript_text, turn_text, unreadable
+from .text import broken_message, integral, transcript_text, turn_text, unreadable
 
 _ids = itertools.count(1)
 _SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -75,11 +75,11 @@ def json_tree_html(value: Any, open_levels: int = 1, _depth: int = 0) -> str:
                 f"</summary>{''.join(rows)}{brackets[1]}</details>")
     if isinstance(value, str):
         return f'<span class="ces-s">{_e(json.dumps(value, ensure_ascii=False))}</span>'
-    return f'<span class="ces-n">{_e(json.dumps(value))}</span>'
+    return f'<span class="ces-n">{_e(json.dumps(integral(value)))}</span>'
 
 
 def _pre_json(value: Any) -> str:
-    return f'<pre class="ces-pre">{_e(json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True))}</pre>'
+    return f'<pre class="ces-pre">{_e(json.dumps(integral(value), ensure_ascii=False, indent=1, sort_keys=True))}</pre>'
 
 
 # -- pieces of a turn ---------------------------------------------------------------
@@ -91,7 +91,7 @@ def input_html(item: UserInput) -> str:
     if item.kind in ("dtmf", "event"):
         return f'<span class="ces-chip">{item.kind}</span><span>{_e(v)}</span>'
     if item.kind == "variables":
-        return f'<span class="ces-chip">variables</span><code>{_e(json.dumps(v, ensure_ascii=False, sort_keys=True))}</code>'
+        return f'<span class="ces-chip">variables</span><code>{_e(json.dumps(integral(v), ensure_ascii=False, sort_keys=True))}</code>'
     if item.kind == "image":
         mime, data = v
         if mime in _SAFE_IMAGES:
@@ -214,9 +214,9 @@ def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
             if isinstance(value, str):
                 text = value
             elif type(value) in (int, float):
-                text = str(value)
+                text = str(integral(value))
             else:
-                text = json.dumps(value, ensure_ascii=False)
+                text = json.dumps(integral(value), ensure_ascii=False)
             if len(text) > MAX_ATTR_TEXT:
                 text = text[: MAX_ATTR_TEXT - 1] + "…"
             shown.append(f"{key}={text}")
@@ -237,7 +237,7 @@ def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
 
 def _wrap(body: str, fallback: str, *, css: bool = True) -> str:
     style = f"<style>{stylesheet()}</style>" if css else ""
-    return f'<div class="ces-root" id="{next_id()}">{style}<pre class="ces-fallback">{_e(fallback)}</pre>{body}</div>'
+    return f'<div class="ces-root" id="{next_id()}">{style}<pre class="ces-fallback" hidden>{_e(fallback)}</pre>{body}</div>'
 
 
 def turn_body_html(turn: Turn) -> str:
