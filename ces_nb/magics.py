@@ -562,13 +562,17 @@ class CesMagics(Magics):
     def _cmd_show(self, arg: str):
         if not arg or len(shlex.split(arg)) != 1:
             raise UsageError("name one conversation: %cescmd show NAME (a full name or an id from %cescmd conversations)")
-        name = _parse(_show_parser(), arg).name
-        self._client()
+        from google.cloud.ces_v1 import AgentServiceClient
+
+        from .client import parse_app, parse_conversation
         from .errors import CesError
 
+        name = _parse(_show_parser(), arg).name
+        self._client()
+
         try:
-            if "/conversations/" not in name and self.session is not None:
-                name = f"{self.session.app}/conversations/{name}"
+            if not parse_conversation(name) and parse_app(self.session.app if self.session else ""):
+                name = AgentServiceClient.conversation_path(**parse_app(self.session.app), conversation=name)
             return self.client.conversation(name)
         except CesError as exc:
             raise UsageError(str(exc)) from None

@@ -7,6 +7,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from .client import session_path
 from .client_tools import ClientTools
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
@@ -42,7 +43,7 @@ class Session:
         self.client = client
         self.app = app
         self.id = session_id or f"nb-{uuid.uuid4().hex[:12]}"
-        self.name = f"{app}/sessions/{self.id}"
+        self.name = session_path(app, self.id)
         self.config = dict(config)
         self.turns: list[Turn] = []
         self.interrupted: list[Turn] = []  # partial turns a later completed turn replaced (see _keep)
