@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import grpc
 import pytest
 import soundfile
 from IPython.core.error import UsageError
 
 import ces_nb
+from ces_nb.errors import CesError
 from ces_nb import audio
 from ces_nb.emulator.asr import normalize
 from ces_nb.tts import synthesize
@@ -104,6 +108,31 @@ def test_go_away_reconnects_with_history_and_loses_no_turn():
     finally:
         live.close(5)
         server.stop()
+        client.close()
+
+
+def test_after_go_away_the_reconnect_knocks_until_its_deadline_then_says_why(monkeypatch):
+    """The knock loop is google.api_core.retry: it backs off while nothing listens, and once its
+    deadline passes the last refusal (UNAVAILABLE), not a RetryError, is what the user reads."""
+    import ces_nb.live
+
+    monkeypatch.setattr(ces_nb.live, "RECONNECT_SECONDS", 2.0)
+    port = free_port()
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0", port=port)
+    client = ces_nb.connect(APP, endpoint=f"127.0.0.1:{port}")
+    live = client.session().live()
+    live.open()
+    try:
+        live.send_text("Hello")
+        assert "traveler" in live.next_turn().text
+        started = time.monotonic()
+        assert server.stop() == 0  # go_away, and no server comes back
+        with pytest.raises(CesError, match="died: UNAVAILABLE") as err:
+            live.next_turn(timeout=30)
+        assert 1.5 < time.monotonic() - started < 15
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and live.reconnects == 1
+    finally:
+        live.close(5)
         client.close()
 
 
