@@ -38,7 +38,7 @@ def test_every_output_kind_appears_in_html():
     assert "transferred to Booking Agent" in html
     assert "perceived latency 120.5 ms" in html and 'class="ces-spans"' in html
     assert "get_flight_status" in html  # a span's key attribute
-    html = html.split('<pre class="ces-fallback" hidden>', 1)[1].split("</pre>", 1)[1]
+    html = html.split('<pre class="ces-fallback" hidden="hidden">', 1)[1].split("</pre>", 1)[1]
     order = [html.index(s) for s in ("Hi there", "<strong>there</strong>", "<audio", "ces-tools", "ces-cards", "ces-suggest",
                                      "boarding_pass", "session ended", "ces-spans")]
     assert order == sorted(order)
@@ -199,9 +199,10 @@ def test_whole_numbers_render_as_integers():
 
 def test_the_plain_text_fallback_is_hidden_without_any_css():
     """JupyterLab drops <style> from untrusted outputs; the `hidden` attribute (which its
-    sanitizer keeps) still hides the fallback, and the stylesheet hides it too."""
+    sanitizer keeps, given a value: sanitize-html drops empty attributes other than alt)
+    still hides the fallback, and the stylesheet hides it too."""
     html = turn_html(Turn.from_outputs(full_outputs()))
-    assert re.search(r'<pre class="ces-fallback" hidden>', html)
+    assert re.search(r'<pre class="ces-fallback" hidden="hidden">', html)
     assert ".ces-root .ces-fallback { display: none; }" in html
 
 

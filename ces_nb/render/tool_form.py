@@ -184,6 +184,8 @@ class ToolCallForm(w.VBox):
         self.args_text.add_class("ces-form-wide")
         self.edit_toggle = w.ToggleButton(description="edit args and replay", icon="pencil", value=False)
         self.replay_button = w.Button(description="replay", icon="repeat", layout=w.Layout(display="none"))
+        self.edit_toggle.add_class("ces-form-button")
+        self.replay_button.add_class("ces-form-button")
         self.edit_toggle.observe(self._toggle_edit, "value")
         self.replay_button.on_click(lambda _: self.replay())
         self.field = Field(response_schema, proposed or {}, "response", False)
