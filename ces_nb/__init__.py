@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython) -> None:
-    """`%load_ext ces_nb`: registers %ces / %%ces."""
+    """`%load_ext ces_nb`: registers %ces / %%ces and %cescmd."""
     from .magics import load
 
     load(ipython)

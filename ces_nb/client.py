@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .errors import CesError, explain
 from .local_emulator import default_address, ensure_emulator
 
-APP_NAME = re.compile(r"^projects/[^/]+/locations/([^/]+)/apps/[^/]+$")
-EMULATOR_PARENT = "projects/ces-nb/locations/us"
+EMULATOR_PARENT = "projects/ces-nb/locations/us"  # AgentServiceClient.common_location_path("ces-nb", "us")
+
+
+# Resource names through the generated `*_path` / `parse_*_path` helpers of the official
+# clients (imported on first use: google.cloud.ces_v1 is heavy).
+
+def _agents_class():
+    from google.cloud.ces_v1 import AgentServiceClient
+
+    return AgentServiceClient
+
+
+def _one_segment_each(parts: dict[str, str]) -> dict[str, str]:
+    # The generated patterns match lazily up to the end, so "apps/a/sessions/s" would parse as app "a/sessions/s".
+    return parts if parts and all(v and "/" not in v for v in parts.values()) else {}
+
+
+def parse_app(name: str) -> dict[str, str]:
+    """{"project", "location", "app"} of an app resource name, or {} when it is not one."""
+    return _one_segment_each(_agents_class().parse_app_path(name or ""))
+
+
+def parse_conversation(name: str) -> dict[str, str]:
+    """{"project", "location", "app", "conversation"} of a conversation name, or {}."""
+    return _one_segment_each(_agents_class().parse_conversation_path(name or ""))
+
+
+def app_parent(app: str) -> str:
+    """The location an app lives in: projects/P/locations/L."""
+    parts = parse_app(app)
+    return _agents_class().common_location_path(parts["project"], parts["location"]) if parts else EMULATOR_PARENT
+
+
+def session_path(app: str, session_id: str) -> str:
+    from google.cloud.ces_v1 import SessionServiceClient
+
+    parts = parse_app(app)
+    return SessionServiceClient.session_path(**parts, session=session_id) if parts else f"{app}/sessions/{session_id}"
 
 
 def regional_endpoint(location: str) -> str:
@@ -47,7 +82,7 @@ class Client:
 
     def apps(self, parent: str | None = None) -> list[str]:
         """App resource names under `parent` (default: the emulator's, or the current app's location)."""
-        parent = parent or (self.app.split("/apps/")[0] if self.app else EMULATOR_PARENT)
+        parent = parent or (app_parent(self.app) if self.app else EMULATOR_PARENT)
         try:
             return [a.name for a in self.agents.list_apps(parent=parent)]
         except Exception as exc:
@@ -67,8 +102,19 @@ class Client:
             return self.app
         if app.startswith("projects/"):
             return app
-        base = self.app.split("/apps/")[0] if self.app else EMULATOR_PARENT
-        return f"{base}/apps/{app}"
+        location = _agents_class().parse_common_location_path(app_parent(self.app) if self.app else EMULATOR_PARENT)
+        return _agents_class().app_path(location["project"], location["location"], app)
+
+    def check(self, timeout: float = 10.0) -> None:
+        """Reach the server and read the app (or list the apps): a CesError saying what to
+        do when the connection would not work."""
+        try:
+            if self.app:
+                self.agents.get_app(name=self.app, retry=None, timeout=timeout)
+            else:
+                list(self.agents.list_apps(parent=EMULATOR_PARENT, retry=None, timeout=timeout))
+        except Exception as exc:
+            raise explain(exc, target=self.target, app=self.app) from None
 
     # -- conversations -------------------------------------------------------------
 
@@ -85,8 +131,8 @@ class Client:
         """One conversation (full name, or an id in the default app) as a Transcript."""
         from .explore.conversations import get_conversation
 
-        if "/conversations/" not in name:
-            name = f"{self.resolve_app(None)}/conversations/{name}"
+        if not parse_conversation(name):
+            name = _agents_class().conversation_path(**parse_app(self.resolve_app(None)), conversation=name)
         return get_conversation(self, name)
 
     # -- tools -------------------------------------------------------------------
@@ -117,7 +163,10 @@ class Client:
             tool = self.tools_of(app).get(name)
         except CesError:
             tool = None
-        return tool.name if tool is not None else f"{app}/tools/{name}"
+        if tool is not None:
+            return tool.name
+        parts = parse_app(app)
+        return _agents_class().tool_path(**parts, tool=name) if parts else f"{app}/tools/{name}"
 
     def tool_schema(self, app: str, call_tool: str) -> dict:
         """{"parameters": ..., "response": ..., "description": ...} for a client function, as plain dicts
@@ -189,10 +238,10 @@ def connect(
         channel = grpc.insecure_channel(endpoint, options=_channel_options())
         return Client(target=endpoint, emulator=True, app=app or "", channel=channel)
     if app and not emulator:
-        match = APP_NAME.match(app)
-        if not match:
+        parts = parse_app(app)
+        if not parts:
             raise ValueError(f"{app!r} is not an app name; use 'projects/PROJECT/locations/LOCATION/apps/APP'")
-        target = api_endpoint or regional_endpoint(match.group(1))
+        target = api_endpoint or regional_endpoint(parts["location"])
         if credentials is None:
             credentials = _default_credentials()
         return Client(target=target, emulator=False, app=app, credentials=credentials, api_endpoint=target)

@@ -200,7 +200,7 @@ class LiveSession:
                 if self.error is not None:
                     raise self._again() from None
                 if self._closing and (self._reader is None or not self._reader.is_alive()):
-                    raise CesError("the live stream is closed; open a new one with session.live() (%ces live in a notebook)") from None
+                    raise CesError("the live stream is closed; open a new one with session.live() (%cescmd live in a notebook)") from None
                 if time.monotonic() >= deadline:
                     raise CesError(f"no turn completed within {timeout:.0f} s; is the audio long enough, "
                                    f"with {TRAILING_SILENCE_MS} ms of silence after it?") from None
@@ -219,38 +219,48 @@ class LiveSession:
 
     def _read(self, first, requests: queue.Queue, retry_until: float | None) -> None:
         from google.api_core import exceptions
+        from google.api_core import retry as retries
         from google.cloud import ces_v1
+
+        attempt = {"received": False}
 
         def outgoing():
             yield first
             yield from iter(requests.get, None)
 
-        while True:
-            received = False
-            try:
-                # The official client waits for the first reply inside the call, so it runs here.
-                for message in self.session.client.sessions.bidi_run_session(requests=outgoing()):
-                    received = self._received = True
-                    kind = ces_v1.BidiSessionServerMessage.pb(message).WhichOneof("message_type")
-                    if kind == "go_away":
-                        self._reconnect(requests)
-                        return
-                    self._on_message(message)
-            except exceptions.ServiceUnavailable as exc:
-                # After go_away the next server may still be starting: keep knocking for a while.
-                if not received and retry_until is not None and time.monotonic() < retry_until:
-                    time.sleep(0.5)
-                    continue
-                self._died(exc)
-                return
-            except Exception as exc:
-                self._died(exc)
-                return
-            if not self._closing:  # the server ended the stream, no go_away, nothing wrong
-                self.error = CesError(f"the live stream to {self.session.client.target} ended: the server closed it. "
-                                      "Open a new one with session.live() (%ces live in a notebook)")
-            self._finish_partial(None)
+        def stream() -> str:
+            attempt["received"] = False
+            # The official client waits for the first reply inside the call, so it runs here.
+            for message in self.session.client.sessions.bidi_run_session(requests=outgoing()):
+                attempt["received"] = self._received = True
+                kind = ces_v1.BidiSessionServerMessage.pb(message).WhichOneof("message_type")
+                if kind == "go_away":
+                    return "go_away"
+                self._on_message(message)
+            return "ended"
+
+        if retry_until is not None:
+            # After go_away the next server may still be starting: keep knocking (backing off)
+            # until the deadline, but never re-open a stream that had started answering.
+            knock = retries.Retry(
+                predicate=lambda exc: isinstance(exc, exceptions.ServiceUnavailable) and not attempt["received"],
+                initial=0.25, maximum=1.0, multiplier=2.0, timeout=max(0.0, retry_until - time.monotonic()))
+            stream = knock(stream)
+        try:
+            outcome = stream()
+        except exceptions.RetryError as exc:  # out of time: the last refusal says why
+            self._died(exc.cause or exc)
             return
+        except Exception as exc:
+            self._died(exc)
+            return
+        if outcome == "go_away":
+            self._reconnect(requests)
+            return
+        if not self._closing:  # the server ended the stream, no go_away, nothing wrong
+            self.error = CesError(f"the live stream to {self.session.client.target} ended: the server closed it. "
+                                  "Open a new one with session.live() (%cescmd live in a notebook)")
+        self._finish_partial(None)
 
     def _died(self, exc: Exception) -> None:
         """The stream broke: keep why (status, the server's words, what to do) for every later send."""
@@ -263,7 +273,7 @@ class LiveSession:
         status = base.code.name if base.code else type(exc).__name__
         if self._received:
             message = (f"the live stream to {self.session.client.target} died: {status}, {base.details}. Nothing more can be "
-                       "sent on it: open a new one with session.live() (%ces live in a notebook)"
+                       "sent on it: open a new one with session.live() (%cescmd live in a notebook)"
                        + (" once the emulator runs again (ces-nb emulator)" if base.code == grpc.StatusCode.UNAVAILABLE else ""))
         else:
             message = f"the live stream could not open ({status}): {base}"

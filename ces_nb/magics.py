@@ -1,4 +1,8 @@
-"""%ces / %%ces: talk to a CES agent from a notebook cell.
+"""%ces / %%ces talk to a CES agent; %cescmd runs commands (connect, new, history, ...).
+
+As jupysql keeps `%sql` and `%sqlcmd` apart, `%ces TEXT` always sends TEXT: a sentence
+like "show me my balance" is never read as a command. Both magics are declared with
+`magic_arguments`, so `%ces?` and `%cescmd?` are generated from their parsers.
 
 One CesMagics instance holds all the state (connection, session, history);
 settings are traitlets: `%config CesMagics.stream = True`.
@@ -6,75 +10,28 @@ settings are traitlets: `%config CesMagics.stream = True`.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
 import re
 import shlex
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Unicode
 
-HELP = """Talk to a CES agent: every turn renders as one rich cell.
-
-Sending (the first %ces connects to the emulator and starts a session by itself):
-  %ces Hello, what's my flight status?     send text; returns the Turn (t = %ces hi)
-  %ces --dtmf 12#                          DTMF digits
-  %ces --event NAME                        an event
-  %ces --vars '{"customer_name": "Ada"}'   session variables (alone, or with text)
-  %ces --image PATH   /  --blob PATH       an image or any file
-  %ces --audio PATH                        a spoken turn over BidiRunSession (WAV, FLAC, OGG ...)
-  %ces say "What is my loyalty tier?"      speak the words (offline TTS) as an audio turn
-  %ces live [--rate 16000 --encoding LINEAR16]   keep one voice stream open (%ces live --close)
-  %ces --stream Tell me more               StreamRunSession, drawn as chunks arrive
-  %ces -- history                          text that starts like a command or flag
-  %%ces                                    the cell body is one message
-  %%ces --script                           one turn per non-empty line; # starts a comment
-
-Connecting and sessions:
-  %ces connect                             the local emulator (started if needed)
-  %ces connect --endpoint HOST:PORT        any emulator
-  %ces connect projects/P/locations/L/apps/A    real CES (Application Default Credentials)
-  %ces new [--app A] [--session-id S] [--entry-agent A] [--time-zone TZ] [--vars JSON] [--stream]
-
-Client tools:
-  %ces tools pending                       calls still waiting for a response
-  %ces tools log                           every tool call: args, response, how answered, latency
-  %ces break NAME  /  %ces break --clear [NAME]      stop before a handler's answer is sent
-  %ces mock TOOL --args '{"city": "Paris"}' --response '{"temp": 21}' [--unmatched FAIL|PASS_THROUGH]
-  %ces tool run NAME key=value ...         run a tool through ToolService.ExecuteTool
-  (handlers: @ces_nb.client_tool("NAME") def fn(**args): ... answers calls automatically)
-
-Exploring:
-  %ces conversations [--since 7d] [--source LIVE] [--app A]    stored conversations, a DataFrame
-  %ces show NAME                           one conversation (name or id), rendered like live turns
-  %ces fork N                              a new session that starts from turns 1..N of this one
-  %ces spans [N]                           the interactive span tree of turn N (default: the last)
-
-History and files:
-  %ces history                             the session so far
-  %ces save PATH                           write the session as a transcript (JSON)
-  %ces load PATH                           render a saved transcript, no server needed
-
-Settings: %config CesMagics.stream = True · CesMagics.app = "skyway" ·
-          CesMagics.emulator_address = "127.0.0.1:50551"
-"""
-
-SUBCOMMANDS = ("connect", "new", "history", "save", "load", "help", "tools", "break", "mock", "tool",
-               "conversations", "show", "fork", "spans", "live", "say")
-VALUE_FLAGS = {"--dtmf": "dtmf", "--event": "event", "--vars": "variables", "--image": "image", "--blob": "blob",
-               "--audio": "audio"}
-BOOL_FLAGS = {"--stream": ("stream", True), "--no-stream": ("stream", False), "--script": ("script", True)}
 _FLAG = re.compile(r"\s*(--[A-Za-z][\w-]*)(?:=|(?=\s)|$)")
 _VALUE = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
 
 
 def _parser(prog: str, description: str) -> MagicArgumentParser:
     # MagicArgumentParser turns argparse errors into UsageError.
-    return MagicArgumentParser(prog=f"%ces {prog}", description=description, add_help=False)
+    return MagicArgumentParser(prog=f"cescmd {prog}", description=description, add_help=False)
 
 
 def _parse(parser: MagicArgumentParser, arg: str):
@@ -82,12 +39,15 @@ def _parse(parser: MagicArgumentParser, arg: str):
     try:
         argv = shlex.split(arg)
     except ValueError as exc:
-        raise UsageError(f"{parser.prog}: {exc} in {arg!r}; quote JSON with single quotes, e.g. --vars '{{\"k\": 1}}'") from None
+        raise UsageError(f"%{parser.prog}: {exc} in {arg!r}; quote JSON with single quotes, e.g. --vars '{{\"k\": 1}}'") from None
     return parser.parse_args(argv)
 
 
+# -- the commands' parsers: %cescmd? shows each one's help -------------------------------
+
 def _connect_parser() -> MagicArgumentParser:
-    p = _parser("connect", "Connect to the emulator, any emulator endpoint, or a real CES app.")
+    p = _parser("connect", "Connect to the local emulator (started if needed), any emulator endpoint, or a real CES app. "
+                "All or nothing: if it fails, the previous connection stays.")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--emulator", action="store_true", help="the local emulator (default)")
     group.add_argument("--endpoint", metavar="HOST:PORT", help="an emulator at HOST:PORT")
@@ -108,10 +68,99 @@ def _new_parser() -> MagicArgumentParser:
     return p
 
 
-def _path_parser(prog: str, description: str) -> MagicArgumentParser:
-    p = _parser(prog, description)
+def _history_parser() -> MagicArgumentParser:
+    return _parser("history", "The current session so far, as a Transcript.")
+
+
+def _save_parser() -> MagicArgumentParser:
+    p = _parser("save", "Write the session as a transcript file (JSON).")
     p.add_argument("path", help="a .json transcript file")
     return p
+
+
+def _load_parser() -> MagicArgumentParser:
+    p = _parser("load", "Render a saved transcript; no server needed.")
+    p.add_argument("path", help="a .json transcript file")
+    return p
+
+
+def _tools_parser() -> MagicArgumentParser:
+    p = _parser("tools", "Client tool calls: those still waiting for a response, or every call so far.")
+    p.add_argument("what", choices=["pending", "log"], help="pending: calls still waiting; log: args, response, how answered, latency")
+    return p
+
+
+def _break_parser() -> MagicArgumentParser:
+    p = _parser("break", "Stop before the answer to NAME is sent; the form shows it, editable.")
+    p.add_argument("name", nargs="?", help="tool display name")
+    p.add_argument("--clear", action="store_true", help="remove the breakpoint on NAME (all when no NAME)")
+    return p
+
+
+def _mock_parser() -> MagicArgumentParser:
+    p = _parser("mock", "Answer calls to TOOL whose args match with a fixed response.")
+    p.add_argument("tool", help="tool display name or id")
+    p.add_argument("--args", help="JSON object: an args pattern (strings are regexes); omit to match every call")
+    p.add_argument("--response", required=True, help="JSON object: the response to give")
+    p.add_argument("--unmatched", choices=["FAIL", "PASS_THROUGH"], type=str.upper,
+                   help="what a call no mock matches does (ExecuteTool); default PASS_THROUGH")
+    return p
+
+
+def _tool_parser() -> MagicArgumentParser:
+    p = _parser("tool", "Run a tool through ToolService.ExecuteTool, e.g. %cescmd tool run get_flight_status flight_number=SW12.")
+    p.add_argument("action", choices=["run"], help="run")
+    p.add_argument("name", help="tool display name or id")
+    p.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="the tool's args; a value that parses as JSON is JSON")
+    return p
+
+
+def _conversations_parser() -> MagicArgumentParser:
+    p = _parser("conversations", "Stored conversations of the app, as a DataFrame.")
+    p.add_argument("--since", help="e.g. 7d, 12h, 30m, or an ISO date")
+    p.add_argument("--source", help="LIVE, SIMULATOR, EVAL ...")
+    p.add_argument("--app", help="app id or full name (default: the current one)")
+    return p
+
+
+def _show_parser() -> MagicArgumentParser:
+    p = _parser("show", "One stored conversation, rendered like live turns.")
+    p.add_argument("name", help="a full conversation name, or an id from %%cescmd conversations")
+    return p
+
+
+def _fork_parser() -> MagicArgumentParser:
+    p = _parser("fork", "A new session that starts from turns 1..N of this one (historical_contexts).")
+    p.add_argument("turn", help="the last turn to keep, e.g. 2")
+    return p
+
+
+def _spans_parser() -> MagicArgumentParser:
+    p = _parser("spans", "The interactive span tree of turn N.")
+    p.add_argument("turn", nargs="?", help="a turn number (default: the last turn with spans)")
+    return p
+
+
+def _say_parser() -> MagicArgumentParser:
+    p = _parser("say", "Speak the words (offline TTS) as an audio turn over BidiRunSession; no quoting needed.")
+    p.add_argument("words", nargs=argparse.REMAINDER, help='what to say, e.g. %%cescmd say What is my loyalty tier?')
+    return p
+
+
+def _live_parser() -> MagicArgumentParser:
+    p = _parser("live", "Keep one BidiRunSession voice stream open for %cescmd say and %ces --audio.")
+    p.add_argument("--rate", type=int, default=16000, help="sample rate (8000, 16000, 24000, 44100, 48000)")
+    p.add_argument("--encoding", default="LINEAR16", type=str.upper, choices=["LINEAR16", "MULAW", "ALAW"])
+    p.add_argument("--close", action="store_true", help="close the open stream")
+    return p
+
+
+COMMANDS = {
+    "connect": _connect_parser, "new": _new_parser, "history": _history_parser, "save": _save_parser,
+    "load": _load_parser, "tools": _tools_parser, "break": _break_parser, "mock": _mock_parser,
+    "tool": _tool_parser, "conversations": _conversations_parser, "show": _show_parser, "fork": _fork_parser,
+    "spans": _spans_parser, "say": _say_parser, "live": _live_parser,
+}
 
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -145,9 +194,26 @@ def _json_arg(value: str, flag: str) -> Any:
     return parsed
 
 
+@lru_cache(maxsize=1)
+def _send_flags() -> tuple[dict[str, str], dict[str, tuple[str, Any]]]:
+    """The %ces parser's options: those taking a value (flag -> dest), and switches
+    (flag -> (dest, value)). The parser is the one source; split_send_line reads the line."""
+    values: dict[str, str] = {}
+    switches: dict[str, tuple[str, Any]] = {}
+    for action in CesMagics.ces.parser._actions:
+        for flag in action.option_strings:
+            if action.nargs == 0:
+                switches[flag] = (action.dest, action.const)
+            else:
+                values[flag] = action.dest
+    return values, switches
+
+
 def split_send_line(line: str) -> tuple[dict[str, Any], str]:
     """Leading --flags (values may be quoted) and the free text after them, kept verbatim
     so apostrophes in ordinary sentences need no quoting."""
+    value_flags, switches = _send_flags()
+    known = ", ".join([*value_flags, *switches])
     options: dict[str, Any] = {}
     pos = 0
     while True:
@@ -160,17 +226,17 @@ def split_send_line(line: str) -> tuple[dict[str, Any], str]:
         if not match:
             if stripped.startswith("-") and not stripped[1:2].isdigit():
                 word = stripped.split()[0]
-                raise UsageError(f"unknown option {word}; options are {', '.join([*VALUE_FLAGS, *BOOL_FLAGS])}. "
+                raise UsageError(f"unknown option {word}; options are {known}. "
                                  "To send text that starts with '-', write %ces -- your text")
             break
         flag = match.group(1)
         pos = match.end()
-        if flag in BOOL_FLAGS:
-            key, value = BOOL_FLAGS[flag]
+        if flag in switches:
+            key, value = switches[flag]
             options[key] = value
             continue
-        if flag not in VALUE_FLAGS:
-            raise UsageError(f"unknown option {flag}; options are {', '.join([*VALUE_FLAGS, *BOOL_FLAGS])}. See %ces?")
+        if flag not in value_flags:
+            raise UsageError(f"unknown option {flag}; options are {known}. See %ces? (commands are %cescmd: %cescmd? lists them)")
         value_match = _VALUE.match(line, pos)
         if not value_match:
             raise UsageError(f"{flag} needs a value, e.g. {_example(flag)}")
@@ -179,7 +245,7 @@ def split_send_line(line: str) -> tuple[dict[str, Any], str]:
             (value,) = shlex.split(value_match.group(1))
         except ValueError:
             raise UsageError(f"{flag}: unbalanced quotes in {value_match.group(1)!r}; e.g. {_example(flag)}") from None
-        options[VALUE_FLAGS[flag]] = value
+        options[value_flags[flag]] = value
     return options, line[pos:].strip()
 
 
@@ -192,6 +258,25 @@ def _example(flag: str) -> str:
         "--blob": "%ces --blob receipt.pdf",
         "--audio": "%ces --audio question.wav",
     }.get(flag, "%ces?")
+
+
+class Note:
+    """A command's confirmation, returned (and so shown as the cell's result), never printed."""
+
+    def __init__(self, text: str, **details: Any):
+        self.text = text
+        self.details = details
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Note) and other.text == self.text
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        from .render.html import note_html
+
+        return {"text/plain": self.text, "text/html": note_html(self.text)}
 
 
 @magics_class
@@ -211,29 +296,70 @@ class CesMagics(Magics):
         self.session = None
         self.pending_variables: dict[str, Any] = {}
         self.session_stream = False
-        self.live = None  # an open LiveSession, from %ces live
+        self.live = None  # an open LiveSession, from %cescmd live
+        self.connect_failed = False  # an explicit connect failed and left no connection: nothing starts silently
 
-    # -- the magic -----------------------------------------------------------------
+    # -- the magics ----------------------------------------------------------------
 
+    @magic_arguments()
+    @argument("--dtmf", metavar="DIGITS", help="send DTMF digits, e.g. %%ces --dtmf 12#")
+    @argument("--event", metavar="NAME", help="send an event, e.g. %%ces --event welcome")
+    @argument("--vars", dest="variables", metavar="JSON",
+              help="""session variables, alone or with text: %%ces --vars '{"customer_name": "Ada"}' Hello""")
+    @argument("--image", metavar="PATH", help="send an image (with text after it, if you like)")
+    @argument("--blob", metavar="PATH", help="send any file")
+    @argument("--audio", metavar="PATH", help="a spoken turn over BidiRunSession (WAV, FLAC, OGG ...)")
+    @argument("--stream", action="store_const", const=True, default=None,
+              help="StreamRunSession, drawn as chunks arrive (default: CesMagics.stream)")
+    @argument("--no-stream", dest="stream", action="store_const", const=False, help="RunSession, even when CesMagics.stream is on")
+    @argument("--script", action="store_const", const=True, default=None,
+              help="%%%%ces --script: one turn per non-empty line of the cell; # starts a comment")
+    @argument("text", nargs="*",
+              help="the message, sent exactly as typed (no quoting; apostrophes are fine). %%ces -- TEXT sends text "
+                   "that starts with '-'. With %%%%ces the cell body is the message.")
     @line_cell_magic
     def ces(self, line: str = "", cell: str | None = None):
-        words = line.split(maxsplit=1)
-        if cell is None and words and words[0] in SUBCOMMANDS:
-            return getattr(self, f"_cmd_{words[0]}")(words[1] if len(words) > 1 else "")
+        """Talk to the CES agent: %ces TEXT sends TEXT and returns the Turn (t = %ces hi).
+
+        %ces always sends: commands (connect, new, history, save, tools, ...) are %cescmd,
+        listed by %cescmd?. The first %ces connects to the local emulator and starts a
+        session by itself. Settings: %config CesMagics.stream = True, CesMagics.app =
+        "skyway", CesMagics.emulator_address = "127.0.0.1:50551".
+        """
         options, text = split_send_line(line)
+        script = options.pop("script", None)
         if cell is not None:
-            if options.pop("script", False):
+            if script:
                 if text:
                     raise UsageError("%%ces --script takes its lines from the cell body; put the text there")
                 return self._script(cell, options)
             if text:
                 raise UsageError("%%ces sends the cell body; put the text in the cell, flags on the %%ces line")
             text = cell.strip()
-        elif options.pop("script", False):
+        elif script:
             raise UsageError("--script is for cell magics: start the cell with %%ces --script, one message per line")
         return self._send(text, options)
 
-    ces.__doc__ = HELP
+    @magic_arguments()
+    @argument("command", help=f"one of: {', '.join(COMMANDS)} (each one's options are below)")
+    @argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
+    @line_magic
+    def cescmd(self, line: str = ""):
+        """Commands around %ces (which only ever talks): connect, sessions, history and
+        files, client tools, exploring, voice. Each returns what it made or a confirmation;
+        a mistake is a UsageError saying what to type.
+
+        Handlers: @ces_nb.client_tool("NAME") def fn(**args): ... answers calls automatically.
+        """
+        name, _, rest = line.strip().partition(" ")
+        if not name:
+            raise UsageError(f"which command? {', '.join(COMMANDS)}; %cescmd? describes each one. "
+                             "To talk to the agent, use %ces TEXT")
+        if name not in COMMANDS:
+            close = difflib.get_close_matches(name, COMMANDS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"no command {name!r}; {hint}%cescmd? lists them (to send it as text: %ces {line.strip()})")
+        return getattr(self, f"_cmd_{name}")(rest.strip())
 
     # -- sending -----------------------------------------------------------------------
 
@@ -284,12 +410,15 @@ class CesMagics(Magics):
             raise UsageError("%%ces --script found no lines to send; write one message per line (# starts a comment)")
         for line in lines:
             line_options, text = split_send_line(line)
+            line_options.pop("script", None)
             turn = self._send(text, {**options, **line_options}, show_stream=False)
             display(turn)
 
     # -- state -----------------------------------------------------------------------------
 
-    def _connect(self, app: str | None = None, endpoint: str | None = None, emulator: bool = False):
+    def _connect(self, app: str | None = None, endpoint: str | None = None, emulator: bool = False, explicit: bool = True):
+        """All or nothing: the new connection is checked (its app is read) before it replaces
+        the old one; on failure the old one stays, and the message says which that is."""
         from .client import connect
         from .errors import CesError
         from .local_emulator import ensure_emulator
@@ -303,15 +432,38 @@ class CesMagics(Magics):
                 client = connect(app, endpoint=ensure_emulator(self.emulator_address))
             else:
                 client = connect(app, emulator=True)
+            try:
+                client.check()
+            except CesError:
+                client.close()
+                raise
         except (CesError, ValueError, RuntimeError) as exc:
-            raise UsageError(str(exc)) from None
+            if self.client is not None:
+                kept = (f"The previous connection stays: {self.client.target}, app {self.client.app or '(none)'}; "
+                        "%ces still talks there.")
+            else:
+                self.connect_failed = explicit
+                kept = ("There is no connection now, and %ces will not start one by itself: connect with "
+                        "%cescmd connect (the local emulator), %cescmd connect --endpoint HOST:PORT, or "
+                        "%cescmd connect projects/P/locations/L/apps/A.")
+            raise UsageError(f"connect failed: {exc}\n{kept}") from None
         self.client, self.session = client, None
+        self.connect_failed = False
         return client
+
+    def _client(self):
+        if self.client is None:
+            if self.connect_failed:
+                raise UsageError("no connection: the last %cescmd connect failed, so there is nowhere to send. "
+                                 "Connect with %cescmd connect (the local emulator), %cescmd connect --endpoint HOST:PORT, "
+                                 "or %cescmd connect projects/P/locations/L/apps/A")
+            # A kernel that never asked for a connection gets the local emulator, as the first %ces always did.
+            self._connect(self.app or None, explicit=False)
+        return self.client
 
     def _session(self):
         if self.session is None:
-            if self.client is None:
-                self._connect(self.app or None)
+            self._client()
             self.session = self._new_session()
         return self.session
 
@@ -323,10 +475,7 @@ class CesMagics(Magics):
         except CesError as exc:
             raise UsageError(str(exc)) from None
 
-    # -- subcommands ----------------------------------------------------------------------
-
-    def _cmd_help(self, arg: str) -> None:
-        print(HELP)
+    # -- commands ----------------------------------------------------------------------
 
     def _cmd_connect(self, arg: str):
         args = _parse(_connect_parser(), arg)
@@ -335,7 +484,10 @@ class CesMagics(Magics):
     def _cmd_new(self, arg: str):
         args = _parse(_new_parser(), arg)
         if self.client is None:
-            self._connect(args.app if args.app and args.app.startswith("projects/") else (self.app or None))
+            if args.app and args.app.startswith("projects/") and not self.connect_failed:
+                self._connect(args.app, explicit=False)
+            else:
+                self._client()
         config = {
             "entry_agent": args.entry_agent,
             "time_zone": args.time_zone,
@@ -349,61 +501,57 @@ class CesMagics(Magics):
 
     def _require_session(self):
         if self.session is None:
-            raise UsageError("no session yet: send a message first, e.g. %ces Hello (or %ces new)")
+            raise UsageError("no session yet: send a message first, e.g. %ces Hello (or %cescmd new)")
         return self.session
 
     def _cmd_tools(self, arg: str):
-        what = arg.strip()
-        if what == "pending":
+        if not arg:
+            raise UsageError("%cescmd tools takes pending or log: %cescmd tools pending · %cescmd tools log")
+        args = _parse(_tools_parser(), arg)
+        if args.what == "pending":
             import pandas as pd
 
             session = self._require_session()
             rows = [{"turn": r.turn, "id": r.id, "tool": r.tool, "args": r.args}
                     for cid, r in self.tools.records.items() if cid in session.pending]
             return pd.DataFrame(rows, columns=["turn", "id", "tool", "args"])
-        if what == "log":
-            return self._require_session().tool_calls
-        raise UsageError("%ces tools takes pending or log: %ces tools pending · %ces tools log")
+        return self._require_session().tool_calls
 
-    def _cmd_break(self, arg: str) -> None:
+    def _cmd_break(self, arg: str) -> Note:
         args = _parse(_break_parser(), arg)
         if args.clear:
             self.tools.clear_break(args.name)
-            print(f"breakpoint on {args.name} cleared" if args.name else "all breakpoints cleared")
-            return
+            return Note(f"breakpoint on {args.name} cleared" if args.name else "all breakpoints cleared")
         if not args.name:
-            raise UsageError("name the tool: %ces break select_seat (or %ces break --clear)")
+            raise UsageError("name the tool: %cescmd break select_seat (or %cescmd break --clear)")
         self.tools.break_on(args.name)
-        print(f"breakpoint on {args.name}: its handler's or mock's answer waits in the form for you to send")
+        return Note(f"breakpoint on {args.name}: its handler's or mock's answer waits in the form for you to send")
 
-    def _cmd_mock(self, arg: str) -> None:
+    def _cmd_mock(self, arg: str) -> Note:
         args = _parse(_mock_parser(), arg)
         response = _json_arg(args.response, "--response")
         pattern = _json_arg(args.args, "--args") if args.args else None
         self.tools.mock(args.tool, response, pattern, args.unmatched)
-        print(f"mocked {args.tool}" + (f" for args matching {json.dumps(pattern)}" if pattern else " for every call")
-              + f"; unmatched calls: {self.tools.unmatched}")
+        return Note(f"mocked {args.tool}" + (f" for args matching {json.dumps(pattern)}" if pattern else " for every call")
+                    + f"; unmatched calls: {self.tools.unmatched}")
 
     def _cmd_tool(self, arg: str):
-        words = shlex.split(arg) if arg.strip() else []
-        if len(words) < 2 or words[0] != "run":
-            raise UsageError("run a tool with %ces tool run NAME key=value ..., e.g. %ces tool run get_flight_status flight_number=SW12")
+        if not arg:
+            raise UsageError("run a tool with %cescmd tool run NAME key=value ..., "
+                             "e.g. %cescmd tool run get_flight_status flight_number=SW12")
+        args = _parse(_tool_parser(), arg)
+        tool_args = _tool_args(args.pairs)
         session = self._session()
         from .errors import CesError
 
         try:
-            return session.run_tool(words[1], **_tool_args(words[2:]))
+            return session.run_tool(args.name, **tool_args)
         except CesError as exc:
             raise UsageError(str(exc)) from None
 
     def _cmd_conversations(self, arg: str):
-        p = _parser("conversations", "Stored conversations of the app.")
-        p.add_argument("--since", help="e.g. 7d, 12h, 30m, or an ISO date")
-        p.add_argument("--source", help="LIVE, SIMULATOR, EVAL ...")
-        p.add_argument("--app", help="app id or full name (default: the current one)")
-        args = _parse(p, arg)
-        if self.client is None:
-            self._connect(self.app or None)
+        args = _parse(_conversations_parser(), arg)
+        self._client()
         from .errors import CesError
 
         try:
@@ -412,26 +560,30 @@ class CesMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _cmd_show(self, arg: str):
-        name = arg.strip()
-        if not name or len(name.split()) != 1:
-            raise UsageError("name one conversation: %ces show NAME (a full name or an id from %ces conversations)")
-        if self.client is None:
-            self._connect(self.app or None)
+        if not arg or len(shlex.split(arg)) != 1:
+            raise UsageError("name one conversation: %cescmd show NAME (a full name or an id from %cescmd conversations)")
+        from google.cloud.ces_v1 import AgentServiceClient
+
+        from .client import parse_app, parse_conversation
         from .errors import CesError
 
+        name = _parse(_show_parser(), arg).name
+        self._client()
+
         try:
-            if "/conversations/" not in name and self.session is not None:
-                name = f"{self.session.app}/conversations/{name}"
+            if not parse_conversation(name) and parse_app(self.session.app if self.session else ""):
+                name = AgentServiceClient.conversation_path(**parse_app(self.session.app), conversation=name)
             return self.client.conversation(name)
         except CesError as exc:
             raise UsageError(str(exc)) from None
 
     def _cmd_fork(self, arg: str):
         session = self._require_session()
+        at = _parse(_fork_parser(), arg).turn if arg else ""
         try:
-            at = int(arg.strip())
+            at = int(at)
         except ValueError:
-            raise UsageError("fork at a turn number: %ces fork 2 (turns so far: "
+            raise UsageError("fork at a turn number: %cescmd fork 2 (turns so far: "
                              f"{', '.join(str(t.index) for t in session.turns) or 'none'})") from None
         try:
             self.session = session.fork(at)
@@ -442,15 +594,16 @@ class CesMagics(Magics):
     def _cmd_spans(self, arg: str):
         from .render.span_tree import SpanTree
 
+        wanted = _parse(_spans_parser(), arg).turn
         session = self._require_session()
         turns = [t for t in session.turns if t.root_span is not None]
         if not turns:
             raise UsageError("no turn with spans yet: send a message first, e.g. %ces Hello")
-        if arg.strip():
+        if wanted is not None:
             try:
-                wanted = int(arg.strip())
+                wanted = int(wanted)
             except ValueError:
-                raise UsageError("%ces spans takes a turn number, e.g. %ces spans 2") from None
+                raise UsageError("%cescmd spans takes a turn number, e.g. %cescmd spans 2") from None
             turns = [t for t in turns if t.index == wanted]
             if not turns:
                 raise UsageError(f"no turn {wanted} with spans; turns: {', '.join(str(t.index) for t in session.turns)}")
@@ -460,7 +613,7 @@ class CesMagics(Magics):
         from .errors import CesError
 
         if spoken_text is None and not Path(source).is_file():
-            raise UsageError(f"no audio file at {source}; give a WAV/FLAC/OGG path, or speak text: %ces say \"Hello\"")
+            raise UsageError(f"no audio file at {source}; give a WAV/FLAC/OGG path, or speak text: %cescmd say Hello")
         if spoken_text is None:
             _check_audio_file(source)
         session = self._session()
@@ -478,22 +631,19 @@ class CesMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _cmd_say(self, arg: str):
+        # The words are taken verbatim (like %ces TEXT); surrounding quotes are optional.
         text = arg.strip()
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
             text = text[1:-1]
         if not text:
-            raise UsageError('say what? %ces say "What is my loyalty tier?"')
+            raise UsageError("say what? %cescmd say What is my loyalty tier?")
         return self._audio_turn(None, spoken_text=text)
 
     def _cmd_live(self, arg: str):
-        p = _parser("live", "Keep one BidiRunSession voice stream open for %ces say / --audio.")
-        p.add_argument("--rate", type=int, default=16000, help="sample rate (8000, 16000, 24000, 44100, 48000)")
-        p.add_argument("--encoding", default="LINEAR16", type=str.upper, choices=["LINEAR16", "MULAW", "ALAW"])
-        p.add_argument("--close", action="store_true", help="close the open stream")
-        args = _parse(p, arg)
+        args = _parse(_live_parser(), arg)
         if args.close:
             if self.live is None:
-                raise UsageError("no live stream is open; open one with %ces live")
+                raise UsageError("no live stream is open; open one with %cescmd live")
             self.live.close()
             self.live, closed = None, self.live
             return closed
@@ -503,41 +653,45 @@ class CesMagics(Magics):
         try:
             self.live = self._session().live(fmt, fmt)
         except ValueError as exc:
-            raise UsageError(f"{exc}; e.g. %ces live --rate 16000 --encoding LINEAR16") from None
+            raise UsageError(f"{exc}; e.g. %cescmd live --rate 16000 --encoding LINEAR16") from None
         self.live.open()
         return self.live
 
     def _cmd_history(self, arg: str):
-        if arg.strip():
-            raise UsageError("%ces history takes no arguments; it shows the current session")
+        if arg:
+            raise UsageError("%cescmd history takes no arguments; it shows the current session")
         return self._require_session().transcript
 
-    def _cmd_save(self, arg: str) -> None:
-        args = _parse(_path_parser("save", "Write the session as a transcript file."), arg)
+    def _cmd_save(self, arg: str) -> Note:
+        args = _parse(_save_parser(), arg)
         session = self._require_session()
         path = Path(args.path).expanduser()
         if path.is_dir():
-            raise UsageError(f"{path} is a folder: name a file in it, e.g. %ces save {path / 'trip.json'}")
+            raise UsageError(f"{path} is a folder: name a file in it, e.g. %cescmd save {path / 'trip.json'}")
         if not path.parent.is_dir():
             raise UsageError(f"no folder {path.parent}: create it first (%mkdir -p {path.parent}), "
-                             "or save to an existing path like %ces save trip.json")
+                             "or save to an existing path like %cescmd save trip.json")
         try:
             path = session.save(path)
         except OSError as exc:
             raise UsageError(f"could not write {path} ({exc.strerror or exc}); save where you can write, "
-                             "e.g. %ces save trip.json") from None
-        print(f"saved {len(session.turns)} turn(s) to {path}; reload with %ces load {path}")
+                             "e.g. %cescmd save trip.json") from None
+        return Note(f"saved {len(session.turns)} turn(s) to {args.path}; reload with %cescmd load {args.path}", path=path)
 
     def _cmd_load(self, arg: str):
         from .model import Transcript
 
-        args = _parse(_path_parser("load", "Render a saved transcript."), arg)
+        args = _parse(_load_parser(), arg)
         if not Path(args.path).is_file():
-            raise UsageError(f"no transcript at {args.path}; write one with %ces save {args.path}")
+            raise UsageError(f"no transcript at {args.path}; write one with %cescmd save {args.path}")
         try:
             return Transcript.load(args.path)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+
+# %cescmd? : the commands' own parsers, generated like the rest of the help.
+CesMagics.cescmd.__doc__ += "\nCommands:\n\n" + "\n".join(make().format_help() for make in COMMANDS.values())
 
 
 def _check_audio_file(path: str) -> None:
@@ -549,24 +703,7 @@ def _check_audio_file(path: str) -> None:
     except Exception as exc:  # soundfile.LibsndfileError: "Error opening '…': Format not recognised."
         reason = str(exc).rsplit(": ", 1)[-1].rstrip(".")
         raise UsageError(f"{path} is not audio ({reason}); give a WAV, FLAC or OGG file, e.g. %ces --audio question.wav, "
-                         "or speak text: %ces say \"What is my loyalty tier?\"") from None
-
-
-def _mock_parser() -> MagicArgumentParser:
-    p = _parser("mock", "Answer calls to TOOL whose args match with a fixed response.")
-    p.add_argument("tool", help="tool display name or id")
-    p.add_argument("--args", help="JSON object: an args pattern (strings are regexes); omit to match every call")
-    p.add_argument("--response", required=True, help="JSON object: the response to give")
-    p.add_argument("--unmatched", choices=["FAIL", "PASS_THROUGH"], type=str.upper,
-                   help="what a call no mock matches does (ExecuteTool); default PASS_THROUGH")
-    return p
-
-
-def _break_parser() -> MagicArgumentParser:
-    p = _parser("break", "Stop before the answer to NAME is sent; the form shows it, editable.")
-    p.add_argument("name", nargs="?", help="tool display name")
-    p.add_argument("--clear", action="store_true", help="remove the breakpoint on NAME (all when no NAME)")
-    return p
+                         "or speak text: %cescmd say What is my loyalty tier?") from None
 
 
 def _tool_args(pairs: list[str]) -> dict[str, Any]:
@@ -575,7 +712,7 @@ def _tool_args(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"tool args are key=value pairs, got {pair!r}; e.g. %ces tool run get_flight_status flight_number=SW12")
+            raise UsageError(f"tool args are key=value pairs, got {pair!r}; e.g. %cescmd tool run get_flight_status flight_number=SW12")
         try:
             args[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -631,6 +768,7 @@ def unload(ipython) -> None:
     if magics is not None:
         for kind in ("line", "cell"):
             ipython.magics_manager.magics[kind].pop("ces", None)
+            ipython.magics_manager.magics[kind].pop("cescmd", None)
         if magics in getattr(ipython, "configurables", []):
             ipython.configurables.remove(magics)
         if magics.client is not None:

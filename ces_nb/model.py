@@ -963,7 +963,7 @@ class Transcript:
             raise ValueError(f"{path}: " + str(_not_a_transcript("its JSON nests too deep to read (about 1000 levels or more)"))) from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not JSON ({exc}), so not a transcript; write one with session.save(path) "
-                             "or %ces save PATH") from None
+                             "or %cescmd save PATH") from None
         try:
             return cls.from_dict(data, strict=strict)
         except TranscriptError as exc:
@@ -1023,7 +1023,7 @@ class TranscriptError(ValueError):
 
 
 def _not_a_transcript(why: str) -> ValueError:
-    return ValueError(f"not a transcript: {why}. Write one with session.save(path) or %ces save PATH")
+    return ValueError(f"not a transcript: {why}. Write one with session.save(path) or %cescmd save PATH")
 
 
 class _At:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from .client import session_path
 from .client_tools import ClientTools
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
@@ -41,7 +43,7 @@ class Session:
         self.client = client
         self.app = app
         self.id = session_id or f"nb-{uuid.uuid4().hex[:12]}"
-        self.name = f"{app}/sessions/{self.id}"
+        self.name = session_path(app, self.id)
         self.config = dict(config)
         self.turns: list[Turn] = []
         self.interrupted: list[Turn] = []  # partial turns a later completed turn replaced (see _keep)
@@ -49,6 +51,7 @@ class Session:
         self.auto_answer = True
         self.forked_from: tuple[str, int] | None = None
         self._how: dict[str, str] = {}
+        self._views = weakref.WeakSet()  # open tool-call forms: told after every turn (see watch)
 
     # -- config --------------------------------------------------------------------
 
@@ -262,7 +265,17 @@ class Session:
             turn.notes.append(f"the server numbered this turn {server} (it does not have the turns before it, "
                               f"e.g. it restarted without them); kept as turn {turn.index} so no two turns share a number")
         self.turns.append(turn)
+        self._changed()
         return turn
+
+    def watch(self, view) -> None:
+        """`view.sync()` runs after every turn this session keeps (a tool-call form disables
+        itself once its calls are answered, by any route, or the session ends)."""
+        self._views.add(view)
+
+    def _changed(self) -> None:
+        for view in list(self._views):
+            view.sync()
 
     def _audio_format(self, turn: Turn) -> None:
         audio = self.config.get("output_audio_config")

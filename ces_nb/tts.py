@@ -1,6 +1,6 @@
 """Offline text-to-speech: espeak-ng through ctypes, library and voice data from the
 espeakng-loader wheel (nothing is downloaded). Used by the emulator for the agent's
-voice and by `%ces say` for the user's.
+voice and by `%cescmd say` for the user's.
 
 espeak-ng keeps global state, so one lock serializes synthesis in a process.
 """

@@ -218,3 +218,18 @@ def test_partial_turn_when_the_server_dies_mid_stream(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+def test_resource_names_go_through_the_generated_path_helpers():
+    from google.cloud.ces_v1 import AgentServiceClient, SessionServiceClient
+
+    from ces_nb.client import app_parent, parse_app, parse_conversation, session_path
+
+    assert parse_app("projects/p/locations/eu/apps/a") == AgentServiceClient.parse_app_path("projects/p/locations/eu/apps/a")
+    for bad in ("projects/p/apps/a", "projects/p/locations/l/apps/a/sessions/s", "", "projects//locations/l/apps/a"):
+        assert parse_app(bad) == {}, bad
+    assert parse_conversation("projects/p/locations/l/apps/a/conversations/c")["conversation"] == "c"
+    assert app_parent("projects/p/locations/eu/apps/a") == "projects/p/locations/eu"
+    assert session_path("projects/p/locations/eu/apps/a", "s1") == SessionServiceClient.session_path("p", "eu", "a", "s1")
+    with pytest.raises(ValueError, match="not an app name"):
+        ces_nb.connect("projects/p/apps/a")

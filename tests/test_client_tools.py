@@ -58,7 +58,7 @@ def test_form_has_an_editor_for_every_schema_type():
     assert isinstance(kids["flight"].widget, w.VBox) and set(kids["flight"].children) == {"number", "day"}
     assert list(kids)[:5] == ["seat", "confirmed", "cabin", "flight", "passengers"]  # required first, in order
     labels = [line.children[0].value for line in form.field.widget.children]
-    assert labels[0] == "<b>seat</b> <span title=required>*</span>" and labels[-1] == "<b>row</b>"  # required marked
+    assert labels[0] == "<b>seat</b> <span class=ces-required title=required>*</span>" and labels[-1] == "<b>row</b>"  # required marked
     passengers = kids["passengers"]
     assert len(passengers.rows) == 1 and passengers.rows[0][0].children["name"].widget.value == "Ada"
     passengers.add_button.click()
@@ -146,13 +146,74 @@ def test_form_send_answers_and_the_continuation_uses_the_typed_value(client):
     assert form_panel(continuation) is None  # nothing left to answer
 
 
+def _all_widgets(widget):
+    from ces_nb.render.tool_form import _descendants
+
+    return list(_descendants(widget))
+
+
+def _assert_closed(panel, why):
+    assert panel.closed and why in panel.status.value
+    editable = [x for x in _all_widgets(panel) if hasattr(x, "disabled") and not x.disabled]
+    assert editable == []
+    assert panel.send() is None  # a closed form sends nothing
+
+
+def test_form_disables_itself_when_python_answers_its_call(client):
+    session = client.session()
+    turn = session.send(BOOK)
+    panel = form_panel(turn)
+    assert not panel.closed and not panel.send_button.disabled
+    (call_id,) = session.pending
+    session.respond({call_id: {"seat": "2A", "confirmed": True, "price": 340.0}})
+    _assert_closed(panel, "already answered (by manual)")
+    assert len(session.turns) == 2  # the form's send did not go out
+
+
+def test_form_disables_itself_when_another_form_answers(client):
+    session = client.session()
+    turn = session.send(BOOK)
+    first, second = ToolCallPanel(session, turn, turn.tool_calls), ToolCallPanel(session, turn, turn.tool_calls)
+    first.forms[0].field.children["seat"].widget.value = "9C"
+    first.forms[0].field.children["confirmed"].widget.value = True
+    assert "9C" in first.send().text
+    _assert_closed(second, "already answered (by form)")
+    assert "sent 1 response" in first.status.value
+
+
+def test_form_disables_itself_when_its_session_ends(client):
+    session = client.session()
+    turn = session.send(BOOK)
+    panel = form_panel(turn)
+    session.send("That's all, thanks. Goodbye!")
+    assert session.ended
+    _assert_closed(panel, "the session ended")
+
+
+def test_form_shows_the_args_once_a_clean_header_and_no_inline_styles(client):
+    session = client.session()
+    turn = session.send(BOOK)
+    (form,) = form_panel(turn).forms
+    head = form.children[0].value
+    assert head.count("select_seat") == 1 and turn.tool_calls[0].id in head
+    assert form.args_text.layout.display == "none"  # the turn's table above already shows the args
+    form.edit_toggle.value = True
+    assert form.args_text.layout.display == "" and not form.args_text.disabled
+    form.edit_toggle.value = False
+    widgets = _all_widgets(form_panel(turn))
+    for x in widgets:
+        assert "style=" not in str(getattr(x, "value", "") if isinstance(x, w.HTML) else "")
+        assert x.layout.border is None and x.layout.width is None
+    assert "ces-form" in form_panel(turn)._dom_classes and "ces-form-wide" in form.raw._dom_classes
+
+
 def test_form_validation_blocks_send_and_cancel_leaves_the_call_waiting(client):
     session = client.session()
     turn = session.send(BOOK)
     panel = form_panel(turn)
     assert panel.send() is None and "fix the fields" in panel.status.value and session.pending
     panel.cancel()
-    assert panel.send_button.disabled and "%ces tools pending" in panel.status.value and len(session.pending) == 1
+    assert panel.send_button.disabled and "%cescmd tools pending" in panel.status.value and len(session.pending) == 1
 
 
 def test_handler_answers_automatically_sync_and_async(client):

@@ -125,6 +125,42 @@ def test_plot_latency_stacks_kinds_per_turn_and_plots_distributions():
     assert len(dist_ax.get_xticklabels()) == 2  # one box per conversation
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("make", ["spans", "latency"])
+def test_plots_display_as_a_png_with_no_matplotlib_magic(make):
+    """IPython's own formatter, with no %matplotlib backend: an image, not '<Figure size ...>' alone."""
+    from IPython.core.formatters import DisplayFormatter
+    from matplotlib.figure import Figure
+
+    turn = Turn.from_dict({"turn_index": 1, "root_span": span_json(), "outputs": []})
+    fig = plot_spans(turn) if make == "spans" else plot_latency([Transcript.from_dict(transcript())])
+    assert isinstance(fig, Figure)  # still a Figure for further work
+    data, _ = DisplayFormatter().format(fig)
+    assert set(data) >= {"image/png", "text/plain"}
+    png = data["image/png"]
+    png = png if isinstance(png, bytes) else __import__("base64").b64decode(png)
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    assert b"Software" not in png and fig.png() == fig.png()  # same bytes every run
+
+
+def test_committed_notebook_plots_hold_images():
+    """A plot cell whose committed output is only text/plain ('<Figure size ...>') fails."""
+    import json
+    from pathlib import Path
+
+    found = 0
+    for path in sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and re.search(r"^plot_(spans|latency)\(", source, re.M):
+                found += 1
+                kinds = {k for out in cell.get("outputs", []) for k in out.get("data", {})}
+                assert "image/png" in kinds, f"{path.name}: {source!r} has outputs {kinds}"
+    assert found >= 2
+
+
 def test_span_tree_widget_expands_shows_searches_and_flags_slow_spans():
     turn = Turn.from_dict({"turn_index": 1, "root_span": span_json(), "outputs": []})
     tree = SpanTree(turn, open_depth=1)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import grpc
 import pytest
 import soundfile
 from IPython.core.error import UsageError
 
 import ces_nb
+from ces_nb.errors import CesError
 from ces_nb import audio
 from ces_nb.emulator.asr import normalize
 from ces_nb.tts import synthesize
@@ -107,6 +111,35 @@ def test_go_away_reconnects_with_history_and_loses_no_turn():
         client.close()
 
 
+def test_after_go_away_the_reconnect_knocks_until_its_deadline_then_says_why(monkeypatch):
+    """The knock loop is google.api_core.retry: it backs off while nothing listens, and once its
+    deadline passes the last refusal (UNAVAILABLE), not a RetryError, is what the user reads."""
+    import ces_nb.live
+
+    monkeypatch.setattr(ces_nb.live, "RECONNECT_SECONDS", 3.0)
+    port = free_port()
+    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0", port=port)
+    client = ces_nb.connect(APP, endpoint=f"127.0.0.1:{port}")
+    opened = []  # a spy on the real call (it still goes to the real socket), to count attempts
+    real_bidi = client.sessions.bidi_run_session
+    monkeypatch.setattr(client.sessions, "bidi_run_session", lambda **kw: opened.append(1) or real_bidi(**kw))
+    live = client.session().live()
+    live.open()
+    try:
+        live.send_text("Hello")
+        assert "traveler" in live.next_turn().text
+        started = time.monotonic()
+        assert server.stop() == 0  # go_away, and no server comes back
+        with pytest.raises(CesError, match="died: UNAVAILABLE") as err:
+            live.next_turn(timeout=30)
+        assert time.monotonic() - started < 15
+        assert len(opened) >= 3  # the first stream, then the reconnect knocked at least twice
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and live.reconnects == 1
+    finally:
+        live.close(5)
+        client.close()
+
+
 def test_voice_magics(voice_server, tmp_path):
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -114,23 +147,23 @@ def test_voice_magics(voice_server, tmp_path):
     ip.extension_manager.load_extension("ces_nb")
     try:
         ip.run_line_magic("config", f"CesMagics.emulator_address = {voice_server.address!r}")
-        ip.run_line_magic("ces", "new --app skyway")
-        turn = ip.run_line_magic("ces", 'say "What is my loyalty tier?"')
+        ip.run_line_magic("cescmd", "new --app skyway")
+        turn = ip.run_line_magic("cescmd", 'say "What is my loyalty tier?"')
         assert turn.heard == "what is my loyalty tier"
         speech = synthesize(normalize("How many bags can I check"))
         wav = tmp_path / "bags.wav"
         soundfile.write(wav, speech.samples, speech.sample_rate)
-        live = ip.run_line_magic("ces", "live --rate 8000 --encoding ALAW")
+        live = ip.run_line_magic("cescmd", "live --rate 8000 --encoding ALAW")
         assert live.input_audio == {"audio_encoding": "ALAW", "sample_rate_hertz": 8000}
         by_file = ip.run_line_magic("ces", f"--audio {wav}")
         assert by_file.inputs[0].kind == "audio" and by_file.text
-        goodbye = "say \"That's all, thanks. Goodbye!\""
-        assert ip.run_line_magic("ces", goodbye).ended
-        ip.run_line_magic("ces", "live --close")
-        for line, words in [("say", "say what?"), ("--audio /no/such.wav", "no audio file"),
-                            (f"--audio {wav} and text", "a turn of its own"), ("live --close", "no live stream"),
-                            ("live --rate 11025", "sample_rate_hertz")]:
+        assert ip.run_line_magic("cescmd", "say That's all, thanks. Goodbye!").ended  # no quoting needed
+        ip.run_line_magic("cescmd", "live --close")
+        for magic, line, words in [("cescmd", "say", "say what?"), ("ces", "--audio /no/such.wav", "no audio file"),
+                                   ("ces", f"--audio {wav} and text", "a turn of its own"),
+                                   ("cescmd", "live --close", "no live stream"),
+                                   ("cescmd", "live --rate 11025", "sample_rate_hertz")]:
             with pytest.raises(UsageError, match=words):
-                ip.run_line_magic("ces", line)
+                ip.run_line_magic(magic, line)
     finally:
         ip.extension_manager.unload_extension("ces_nb")

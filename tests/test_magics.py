@@ -1,4 +1,4 @@
-"""%ces / %%ces through a real InteractiveShell against the live emulator: every flag, every UsageError."""
+"""%ces / %%ces / %cescmd through a real InteractiveShell against the live emulator: every flag, every UsageError."""
 
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ def magics(ip):
 
 
 def test_loading_registers_line_and_cell_magic_and_unload_removes_it(shell):
-    assert "ces" not in shell.magics_manager.magics["line"]
+    assert "ces" not in shell.magics_manager.magics["line"] and "cescmd" not in shell.magics_manager.magics["line"]
     shell.extension_manager.load_extension("ces_nb")
     assert "ces" in shell.magics_manager.magics["line"] and "ces" in shell.magics_manager.magics["cell"]
+    assert "cescmd" in shell.magics_manager.magics["line"]
     shell.extension_manager.unload_extension("ces_nb")
-    assert "ces" not in shell.magics_manager.magics["line"]
+    assert "ces" not in shell.magics_manager.magics["line"] and "cescmd" not in shell.magics_manager.magics["line"]
 
 
 def test_text_turn_is_returned_and_auto_connects(ip):
@@ -65,7 +66,15 @@ def test_every_send_flag(ip, tmp_path):
     assert [i.kind for i in turn.inputs] == ["variables", "text"] and "Ada" in turn.text
     assert ip.run_line_magic("ces", f"--image {image} What is this?").inputs[1].value == ("image/png", PNG)
     assert ip.run_line_magic("ces", f"--blob={blob}").inputs[0].value == ("application/pdf", b"%PDF-1.4")
-    assert ip.run_line_magic("ces", "-- history please").inputs[0].value == "history please"
+    assert ip.run_line_magic("ces", "-- --dtmf please").inputs[0].value == "--dtmf please"
+
+
+@pytest.mark.parametrize("sentence", ["show me my balance", "help me", "new booking please", "save my seat",
+                                      "say that again", "history of my trips", "connect me to an agent",
+                                      "tools for packing?", "live chat please", "break my booking"])
+def test_sentences_that_start_like_a_command_are_sent(ip, sentence):
+    turn = ip.run_line_magic("ces", sentence)
+    assert isinstance(turn, Turn) and turn.inputs[0].value == sentence and turn.text
 
 
 def test_stream_flag_and_setting_use_one_display_handle(ip):
@@ -98,25 +107,27 @@ def test_script_sends_one_turn_per_line(ip):
 
 
 def test_connect_new_history_save_load(ip, emulator, tmp_path):
-    client = ip.run_line_magic("ces", f"connect --endpoint {emulator.address}")
+    client = ip.run_line_magic("cescmd", f"connect --endpoint {emulator.address}")
     assert client.target == emulator.address
-    client = ip.run_line_magic("ces", "connect --emulator skyway")
+    client = ip.run_line_magic("cescmd", "connect --emulator skyway")
     assert client.app.endswith("/apps/skyway")
-    session = ip.run_line_magic("ces", """new --session-id magic-new-1 --entry-agent 'Booking Agent' --time-zone Europe/Paris --vars '{"customer_name": "Grace"}' --stream""")
+    session = ip.run_line_magic("cescmd", """new --session-id magic-new-1 --entry-agent 'Booking Agent' --time-zone Europe/Paris --vars '{"customer_name": "Grace"}' --stream""")
     assert session.id == "magic-new-1" and session.config == {"entry_agent": "Booking Agent", "time_zone": "Europe/Paris"}
     with capture_output():
         turn = ip.run_line_magic("ces", "Hello")
     assert turn.inputs[0].kind == "variables" and turn.inputs[0].value == {"customer_name": "Grace"}
     ip.run_line_magic("ces", "What's the status of flight SW34?")
-    assert ip.run_line_magic("ces", "new --app skyway --use-tool-fakes").config == {"use_tool_fakes": True}
+    assert ip.run_line_magic("cescmd", "new --app skyway --use-tool-fakes").config == {"use_tool_fakes": True}
     ip.run_line_magic("ces", "Hello")
-    history = ip.run_line_magic("ces", "history")
+    history = ip.run_line_magic("cescmd", "history")
     assert isinstance(history, Transcript) and len(history) == 1
     path = tmp_path / "t.json"
     with capture_output() as captured:
-        ip.run_line_magic("ces", f"save {path}")
-    assert "saved 1 turn(s)" in captured.stdout and json.loads(path.read_text())["format"] == "ces_nb.transcript"
-    loaded = ip.run_line_magic("ces", f"load {path}")
+        note = ip.run_line_magic("cescmd", f"save {path}")
+    assert captured.stdout == ""  # a confirmation is returned, not printed
+    assert "saved 1 turn(s)" in repr(note) and "saved 1 turn(s)" in note._repr_mimebundle_()["text/html"]
+    assert json.loads(path.read_text())["format"] == "ces_nb.transcript"
+    loaded = ip.run_line_magic("cescmd", f"load {path}")
     assert loaded == history
 
 
@@ -128,13 +139,32 @@ def test_config_traitlets(ip):
     assert m.app == "projects/x/locations/us/apps/skyway"
 
 
-def test_help_is_the_docstring(ip):
+def test_help_is_generated_from_the_parsers(ip):
+    from ces_nb.magics import COMMANDS, CesMagics
+
     doc = ip.find_line_magic("ces").__doc__
-    for word in ("--dtmf", "--event", "--vars", "--image", "--blob", "--stream", "--script", "connect", "new", "history", "save", "load", "CesMagics.stream"):
+    assert doc.startswith("::\n\n  %ces [--dtmf DIGITS]")  # magic_arguments' usage line
+    for action in CesMagics.ces.parser._actions:
+        assert action.help in " ".join(doc.split()) or action.help.replace("%%", "%") in " ".join(doc.split())
+    for word in ("--dtmf", "--event", "--vars", "--image", "--blob", "--stream", "--script", "%cescmd", "CesMagics.stream"):
         assert word in doc
-    with capture_output() as captured:
-        ip.run_line_magic("ces", "help")
-    assert "%%ces --script" in captured.stdout
+    cmd_doc = ip.find_line_magic("cescmd").__doc__
+    for name, make in COMMANDS.items():
+        assert f"%cescmd {name}" in cmd_doc and make().description in cmd_doc
+    assert "--session-id" in cmd_doc and "--unmatched" in cmd_doc and "--since" in cmd_doc
+
+
+@pytest.mark.parametrize("line, words", [
+    ("nwe", "no command 'nwe'; did you mean new? %cescmd? lists them"),
+    ("histroy", "did you mean history?"),
+    ("conversation --since 1h", "did you mean conversations?"),
+    ("hello there", "no command 'hello'; %cescmd? lists them (to send it as text: %ces hello there)"),
+    ("", "which command?"),
+    ("help", "no command 'help'"),
+])
+def test_an_unknown_command_says_what_to_type(ip, line, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        ip.run_line_magic("cescmd", line)
 
 
 @pytest.mark.parametrize(
@@ -149,13 +179,6 @@ def test_help_is_the_docstring(ip):
         ("--event 'unclosed", "unbalanced quotes"),
         ("--image /no/such/file.png", "no image file"),
         ("--script hi", "%%ces --script"),
-        ("history extra", "takes no arguments"),
-        ("save", "the following arguments are required: path"),
-        ("load /no/such/transcript.json", "%ces save"),
-        ("connect --endpoint", "expected one argument"),
-        ("connect --emulator --endpoint h:1", "not allowed with"),
-        ("new --bogus", "unrecognized arguments"),
-        ("new --vars '{bad'", "--vars takes JSON"),
     ],
 )
 def test_usage_errors_say_what_to_type(ip, line, words):
@@ -163,34 +186,79 @@ def test_usage_errors_say_what_to_type(ip, line, words):
         ip.run_line_magic("ces", line)
 
 
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("history extra", "takes no arguments"),
+        ("save", "the following arguments are required: path"),
+        ("load /no/such/transcript.json", "%cescmd save"),
+        ("connect --endpoint", "expected one argument"),
+        ("connect --emulator --endpoint h:1", "not allowed with"),
+        ("new --bogus", "unrecognized arguments"),
+        ("new --vars '{bad'", "--vars takes JSON"),
+    ],
+)
+def test_command_usage_errors_say_what_to_type(ip, line, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        ip.run_line_magic("cescmd", line)
+
+
 def test_unknown_app_is_a_usage_error_naming_it(ip):
-    ip.run_line_magic("ces", "new --app nosuchapp")
+    ip.run_line_magic("cescmd", "new --app nosuchapp")
     with pytest.raises(UsageError, match="not found.*nosuchapp"):
         ip.run_line_magic("ces", "hi")
 
 
 def test_usage_errors_without_a_session(ip):
     with pytest.raises(UsageError, match="no session yet"):
-        ip.run_line_magic("ces", "history")
+        ip.run_line_magic("cescmd", "history")
     with pytest.raises(UsageError, match="no session yet"):
-        ip.run_line_magic("ces", "save x.json")
+        ip.run_line_magic("cescmd", "save x.json")
     with pytest.raises(UsageError, match="put the text in the cell"):
         ip.run_cell_magic("ces", "hello", "world")
     with pytest.raises(UsageError, match="no lines to send"):
         ip.run_cell_magic("ces", "--script", "# only a comment\n")
 
 
-def test_unreachable_emulator_is_a_usage_error_that_says_what_to_run(ip):
-    ip.run_line_magic("ces", "connect --endpoint 127.0.0.1:1 projects/p/locations/us/apps/skyway")
-    with pytest.raises(UsageError, match="ces-nb emulator"):
+def test_a_failed_connect_with_no_previous_connection_starts_nothing(ip):
+    with pytest.raises(UsageError, match="(?s)ces-nb emulator.*no connection now.*%cescmd connect"):
+        ip.run_line_magic("cescmd", "connect --endpoint 127.0.0.1:1 projects/p/locations/us/apps/skyway")
+    m = magics(ip)
+    assert m.client is None and m.session is None
+    with pytest.raises(UsageError, match="no connection: the last %cescmd connect failed.*%cescmd connect"):
         ip.run_line_magic("ces", "hi")
+    with pytest.raises(UsageError, match="no connection"):
+        ip.run_line_magic("cescmd", "new")
+    assert m.client is None  # nothing was started or used silently
+    client = ip.run_line_magic("cescmd", "connect")
+    assert client.target == m.emulator_address and ip.run_line_magic("ces", "Hello").completed
+
+
+def test_a_failed_connect_keeps_the_previous_connection(ip, emulator):
+    first = ip.run_line_magic("ces", "Hello")
+    m = magics(ip)
+    client, session = m.client, m.session
+    with pytest.raises(UsageError, match=f"(?s)unreachable.*previous connection stays: {re.escape(emulator.address)}"):
+        ip.run_line_magic("cescmd", "connect --endpoint 127.0.0.1:1")
+    with pytest.raises(UsageError, match="(?s)not found.*nosuchapp.*previous connection stays"):
+        ip.run_line_magic("cescmd", f"connect --endpoint {emulator.address} nosuchapp")
+    with pytest.raises(UsageError, match="(?s)not an app name.*previous connection stays"):
+        ip.run_line_magic("cescmd", "connect projects/p/apps/x")
+    assert m.client is client and m.session is session
+    assert ip.run_line_magic("ces", "What is my loyalty tier?").index == first.index + 1
+
+
+def test_a_first_send_in_a_fresh_kernel_starts_the_emulator_connection(ip):
+    m = magics(ip)
+    assert m.client is None and not m.connect_failed
+    assert ip.run_line_magic("ces", "Hello").completed and m.client.target == m.emulator_address
 
 
 def test_bad_transcript_file_is_a_usage_error(ip, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
     with pytest.raises(UsageError, match="is not JSON"):
-        ip.run_line_magic("ces", f"load {path}")
+        ip.run_line_magic("cescmd", f"load {path}")
 
 
 def test_a_question_is_a_message_not_a_help_request(ip):
@@ -204,6 +272,9 @@ def test_a_question_is_a_message_not_a_help_request(ip):
     with capture_output() as captured:
         ip.run_cell("%ces?")  # help on the magic itself still works
     assert "%%ces --script" in captured.stdout
+    with capture_output() as captured:
+        ip.run_cell("%cescmd?")
+    assert "%cescmd connect" in captured.stdout
     ip.extension_manager.unload_extension("ces_nb")
     from ces_nb.magics import keep_questions
 
@@ -224,20 +295,20 @@ def test_client_tool_decorator_break_mock_and_tool_magics(ip):
     turn = ip.run_line_magic("ces", BOOK)
     assert "11K" in turn.last.text and "answered by handler" in turn.notes[0]
     with capture_output() as captured:
-        ip.run_line_magic("ces", "break select_seat")
-    assert "breakpoint on select_seat" in captured.stdout
+        note = ip.run_line_magic("cescmd", "break select_seat")
+    assert "breakpoint on select_seat" in repr(note) and captured.stdout == ""
     held = ip.run_line_magic("ces", BOOK)
     assert held.continuation is None
-    pending = ip.run_line_magic("ces", "tools pending")
+    pending = ip.run_line_magic("cescmd", "tools pending")
     assert list(pending.tool) == ["select_seat"] and list(pending.columns) == ["turn", "id", "tool", "args"]
-    with capture_output():
-        ip.run_line_magic("ces", "break --clear")
-        ip.run_line_magic("ces", """mock get_flight_status --args '{"flight_number": "SW4.*"}' --response '{"status": "diverted"}'""")
-    result = ip.run_line_magic("ces", "tool run get_flight_status flight_number=SW45")
+    assert repr(ip.run_line_magic("cescmd", "break --clear")) == "all breakpoints cleared"
+    note = ip.run_line_magic("cescmd", """mock get_flight_status --args '{"flight_number": "SW4.*"}' --response '{"status": "diverted"}'""")
+    assert repr(note) == 'mocked get_flight_status for args matching {"flight_number": "SW4.*"}; unmatched calls: PASS_THROUGH'
+    result = ip.run_line_magic("cescmd", "tool run get_flight_status flight_number=SW45")
     assert result.response == {"status": "diverted"} and result.mocked
-    real = ip.run_line_magic("ces", "tool run get_flight_status flight_number=SW12")
+    real = ip.run_line_magic("cescmd", "tool run get_flight_status flight_number=SW12")
     assert real.response["flight_number"] == "SW12"
-    log = ip.run_line_magic("ces", "tools log")
+    log = ip.run_line_magic("cescmd", "tools log")
     assert {"handler"} <= set(log.how) and "select_seat" in set(log.tool)
 
 
@@ -245,18 +316,20 @@ def test_client_tool_decorator_break_mock_and_tool_magics(ip):
     "line, words",
     [
         ("tools", "pending or log"),
+        ("tools pendin", "invalid choice: 'pendin'"),
         ("break", "name the tool"),
         ("mock select_seat", "the following arguments are required: --response"),
         ("mock select_seat --response notjson", "--response takes JSON"),
         ("mock select_seat --response '{}' --unmatched SOMETIMES", "invalid choice"),
-        ("tool", "%ces tool run NAME"),
+        ("tool", "%cescmd tool run NAME"),
+        ("tool walk x", "invalid choice: 'walk'"),
         ("tool run get_flight_status flight_number", "key=value"),
         ("tool run no_such_tool", "not in app"),
     ],
 )
 def test_client_tool_usage_errors(ip, line, words):
     with pytest.raises(UsageError, match=re.escape(words)):
-        ip.run_line_magic("ces", line)
+        ip.run_line_magic("cescmd", line)
 
 
 def test_client_tool_decorator_needs_the_extension(shell):
@@ -271,15 +344,15 @@ def test_conversations_show_fork_and_spans_magics(ip):
 
     ip.run_line_magic("ces", "Hello")
     turn = ip.run_line_magic("ces", "What's the status of flight SW12?")
-    listing = ip.run_line_magic("ces", "conversations --since 1h")
+    listing = ip.run_line_magic("cescmd", "conversations --since 1h")
     session = magics(ip).session
     assert session.name.replace("/sessions/", "/conversations/") in set(listing.name)
-    shown = ip.run_line_magic("ces", f"show {session.id}")
+    shown = ip.run_line_magic("cescmd", f"show {session.id}")
     assert [t.text for t in shown.turns][-1] == turn.text
-    tree = ip.run_line_magic("ces", "spans")
+    tree = ip.run_line_magic("cescmd", "spans")
     assert isinstance(tree, SpanTree) and tree.root == turn.root_span
-    assert ip.run_line_magic("ces", "spans 1").root == session.turns[0].root_span
-    fork = ip.run_line_magic("ces", "fork 1")
+    assert ip.run_line_magic("cescmd", "spans 1").root == session.turns[0].root_span
+    fork = ip.run_line_magic("cescmd", "fork 1")
     assert magics(ip).session is fork and fork.forked_from == (session.name, 1)
     assert ip.run_line_magic("ces", "What is my loyalty tier?").index == 1
 
@@ -295,18 +368,18 @@ def test_conversations_show_fork_and_spans_magics(ip):
 )
 def test_exploring_usage_errors(ip, line, words):
     with pytest.raises(UsageError, match=re.escape(words)):
-        ip.run_line_magic("ces", line)
+        ip.run_line_magic("cescmd", line)
 
 
 def test_fork_and_spans_need_a_session_and_a_turn(ip):
     with pytest.raises(UsageError, match="no session yet"):
-        ip.run_line_magic("ces", "fork 1")
+        ip.run_line_magic("cescmd", "fork 1")
     ip.run_line_magic("ces", "Hello")
     with pytest.raises(UsageError, match="fork at a turn number"):
-        ip.run_line_magic("ces", "fork one")
+        ip.run_line_magic("cescmd", "fork one")
     with pytest.raises(UsageError, match="no turn 5"):
-        ip.run_line_magic("ces", "fork 5")
+        ip.run_line_magic("cescmd", "fork 5")
     with pytest.raises(UsageError, match="no turn 7 with spans"):
-        ip.run_line_magic("ces", "spans 7")
+        ip.run_line_magic("cescmd", "spans 7")
     with pytest.raises(UsageError, match="not found"):
-        ip.run_line_magic("ces", "show no-such-conversation")
+        ip.run_line_magic("cescmd", "show no-such-conversation")

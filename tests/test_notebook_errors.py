@@ -41,11 +41,11 @@ def test_save_to_a_missing_folder_or_a_folder_is_a_usage_error_saying_what_to_do
     ip.run_line_magic("ces", "Hello")
     missing = tmp_path / "no" / "such"
     with pytest.raises(UsageError, match=re.escape(f"no folder {missing}: create it first")) as err:
-        ip.run_line_magic("ces", f"save {missing / 'trip.json'}")
-    assert "%ces save trip.json" in str(err.value)
+        ip.run_line_magic("cescmd", f"save {missing / 'trip.json'}")
+    assert "%cescmd save trip.json" in str(err.value)
     with pytest.raises(UsageError, match=re.escape(f"{tmp_path} is a folder")) as err:
-        ip.run_line_magic("ces", f"save {tmp_path}")
-    assert f"%ces save {tmp_path / 'trip.json'}" in str(err.value)
+        ip.run_line_magic("cescmd", f"save {tmp_path}")
+    assert f"%cescmd save {tmp_path / 'trip.json'}" in str(err.value)
     with pytest.raises(FileNotFoundError, match=re.escape(f"no folder {missing}: create it first")):
         ces_nb.Transcript().save(missing / "trip.json")  # the Python API says it too
     assert not missing.exists()
@@ -56,7 +56,7 @@ def test_audio_flag_with_a_file_that_is_not_audio_is_a_usage_error(ip, tmp_path,
     notes.write_text("not a sound\n" * 20)
     with pytest.raises(UsageError, match=re.escape(f"{notes} is not audio")) as err:
         ip.run_line_magic("ces", f"--audio {notes}")
-    assert "WAV" in str(err.value) and '%ces say "' in str(err.value)
+    assert "WAV" in str(err.value) and '%cescmd say What' in str(err.value)
     # the Python API: a ValueError naming the file, before anything is sent
     session = client.session()
     with pytest.raises(ValueError, match=re.escape(f"{notes} is not audio")):
@@ -71,8 +71,9 @@ def test_audio_flag_with_a_file_that_is_not_audio_is_a_usage_error(ip, tmp_path,
     (f"mock get_flight_status --response '{{\"a\": {DEEP}}}'", "--response nests 10001 levels deep"),
 ])
 def test_too_deep_json_is_a_usage_error_saying_how_deep_is_allowed(ip, line, words):
+    magic = "cescmd" if line.startswith(("new ", "mock ")) else "ces"
     with pytest.raises(UsageError, match=re.escape(words)) as err:
-        ip.run_line_magic("ces", line)
+        ip.run_line_magic(magic, line)
     assert "at most 32" in str(err.value) and "'{\"" in str(err.value)
 
 
@@ -143,8 +144,8 @@ def test_load_of_a_file_that_is_not_a_transcript_is_a_usage_error(ip, tmp_path, 
     path = tmp_path / "thing.json"
     path.write_bytes(content)
     with pytest.raises(UsageError, match=re.escape(words)) as err:
-        ip.run_line_magic("ces", f"load {path}")
-    assert "not a transcript" in str(err.value) and "%ces save" in str(err.value)
+        ip.run_line_magic("cescmd", f"load {path}")
+    assert "not a transcript" in str(err.value) and "%cescmd save" in str(err.value)
 
 
 HOSTILE = "<script>alert(1)</script>"
@@ -208,7 +209,7 @@ def test_load_magic_renders_the_good_turns_of_a_bad_transcript(ip, client, tmp_p
     data["turns"][1]["inputs"] = [{"text": {"x": HOSTILE}}]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
-    loaded = ip.run_line_magic("ces", f"load {path}")
+    loaded = ip.run_line_magic("cescmd", f"load {path}")
     assert len(loaded) == 4 and loaded[1].inputs == [] and loaded[1].text
     html = loaded._repr_mimebundle_()["text/html"]
     assert "turns[1].inputs[0].text: expected a string" in html and HOSTILE not in html
@@ -280,16 +281,16 @@ def test_say_on_a_dead_live_stream_is_a_usage_error_naming_the_cause(shell):
     shell.extension_manager.load_extension("ces_nb")
     try:
         shell.run_line_magic("config", f"CesMagics.emulator_address = {server.address!r}")
-        shell.run_line_magic("ces", "new --app skyway")
-        shell.run_line_magic("ces", "live")
-        assert shell.run_line_magic("ces", 'say "What is my loyalty tier?"').heard == "what is my loyalty tier"
+        shell.run_line_magic("cescmd", "new --app skyway")
+        shell.run_line_magic("cescmd", "live")
+        assert shell.run_line_magic("cescmd", 'say "What is my loyalty tier?"').heard == "what is my loyalty tier"
         server.proc.kill()
         server.proc.wait()
-        with pytest.raises(UsageError, match="live stream .* died: UNAVAILABLE.*%ces live"):
+        with pytest.raises(UsageError, match="live stream .* died: UNAVAILABLE.*%cescmd live"):
             for _ in range(2):  # the death may be noticed at the send or at the answer
-                shell.run_line_magic("ces", 'say "How many bags can I check?"')
+                shell.run_line_magic("cescmd", 'say "How many bags can I check?"')
     finally:
-        shell.run_line_magic("ces", "live --close")
+        shell.run_line_magic("cescmd", "live --close")
         shell.extension_manager.unload_extension("ces_nb")
         server.stop()
 

@@ -65,6 +65,9 @@ def test_payload_travels_in_custom_metadata():
 
 def test_placeholders_and_args_adaptation():
     assert fill_placeholders("Hi {name}, {missing} {a.b}", {"name": "Ada", "a": {"b": 2.0}}) == "Hi Ada, {missing} 2"
+    # a placeholder alone keeps the value's type: an amount stays a number
+    assert fill_placeholders({"amount": "{price}", "n": "{a.b}", "left": "{missing}"}, {"price": 210.0, "a": {"b": 2}}) == \
+        {"amount": 210.0, "n": 2, "left": "{missing}"}
     assert adapt_args({"city": "Paris", "n": 1}, "weather in Paris", "weather in Lyon") == {"city": "Lyon", "n": 1}
     assert adapt_args({"flight": "SW123"}, "status of SW123", "status of my flight") == {"flight": "SW123"}
     assert similarity("Hello there", "hello, hi there") > similarity("Hello there", "book a seat")

@@ -38,7 +38,7 @@ def test_every_output_kind_appears_in_html():
     assert "transferred to Booking Agent" in html
     assert "perceived latency 120.5 ms" in html and 'class="ces-spans"' in html
     assert "get_flight_status" in html  # a span's key attribute
-    html = html.split('<pre class="ces-fallback">', 1)[1].split("</pre>", 1)[1]
+    html = html.split('<pre class="ces-fallback" hidden="hidden">', 1)[1].split("</pre>", 1)[1]
     order = [html.index(s) for s in ("Hi there", "<strong>there</strong>", "<audio", "ces-tools", "ces-cards", "ces-suggest",
                                      "boarding_pass", "session ended", "ces-spans")]
     assert order == sorted(order)
@@ -144,38 +144,78 @@ def test_transcript_renders_every_turn():
     assert bundle["text/html"].count("<style>") == 1
 
 
-def test_plain_paragraph_shortcut_matches_markdown():
+def test_every_agent_text_goes_through_the_sanitizer(monkeypatch):
+    """No fast path: plain paragraphs are parsed and cleaned like everything else."""
     import nh3
 
     from ces_nb.render import markdown as md
 
-    plain = ["Flight SW12 is delayed 25 minutes. It departs from gate A13 at 18:24.",
-             "You're in seat 2A for 340 USD. Shall I charge it?", 'He said "hello" to me', "Source: Checked and carry-on baggage."]
+    seen = []
+    real = nh3.clean
+    monkeypatch.setattr(nh3, "clean", lambda html, **kw: seen.append(html) or real(html, **kw))
+    plain = ["Flight SW12 is delayed 25 minutes. It departs from gate A13 at 18:24.", "You're in seat 2A for 340 USD.",
+             'He said "hello" to me', "a\u00a0b", "a\rb", "a\0b"]
     for text in plain:
-        assert md._MARKUP.search(text) is None
-        assert md.markdown_html(text).strip() == nh3.clean(md._parser().render(text), url_schemes=md.SAFE_SCHEMES).strip()
-    # anything that could be markup goes through the parser
-    for text in ["**bold**", "1. first", "- item", "a\nb", "[x](https://e.example)", "<b>x</b>", "a & b", "# title"]:
-        assert md._MARKUP.search(text) is not None
+        md.markdown_html(text)
+    assert len(seen) == len(plain)
+    assert md.markdown_html("You're in seat 2A for 340 USD.") == "<p>You're in seat 2A for 340 USD.</p>\n"
 
 
-def test_plain_paragraph_skips_the_sanitizer_only_where_it_would_change_nothing():
+def test_markdown_output_is_always_what_nh3_makes_of_the_parsed_text():
     import random
     import string
-    from html import escape
 
     import nh3
 
     from ces_nb.render import markdown as md
 
-    alphabet = string.ascii_letters + string.digits + " .,;:'\"?()/@$%^-+=é日本\u00a0\u200b\t\x01\x0b\r\0\ufeff\U0001F600"
+    alphabet = string.ascii_letters + string.digits + " .,;:'\"?()/@$%^-+=<>&*_`[]#!|~é日本\u00a0\u200b\t\x01\x0b\r\n\0\ufeff\U0001F600"
     rnd = random.Random(7)
-    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24))) for _ in range(3000)]
-    texts += ["a\u00a0b", "a\rb", "a\0b", "  it's \"quoted\"  "]
-    checked = 0
+    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24))) for _ in range(2000)]
+    texts += ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "[x](javascript:alert(3))", "a\u00a0b"]
     for text in texts:
-        if md._MARKUP.search(text):
-            continue
-        checked += 1
-        assert md.markdown_html(text) == nh3.clean(f"<p>{escape(text.strip())}</p>"), repr(text)
-    assert checked > 2000
+        html = md.markdown_html(text)
+        assert html == nh3.clean(md._parser().render(text), url_schemes=md.SAFE_SCHEMES,
+                                 link_rel="noopener noreferrer nofollow"), repr(text)
+    for text in texts[-4:-1]:
+        html = md.markdown_html(text)
+        assert "<script" not in html and "<img" not in html and "href=\"javascript" not in html
+
+
+def test_whole_numbers_render_as_integers():
+    """Struct numbers are doubles: token counts arrive as 33.0 and read 33; 1.5 stays 1.5."""
+    from ces_nb.model import Span
+    from ces_nb.render.html import json_tree_html, span_tree_html
+    from ces_nb.render.text import integral
+
+    root = Span("root", 0, 10_000_000, 10_000_000, children=[
+        Span("LLM", 0, 5_000_000, 5_000_000, {"input token count": 33.0, "output token count": 3.0, "time to first chunk (ms)": 1.5})])
+    html = span_tree_html(root)
+    assert "input token count=33 output token count=3 time to first chunk (ms)=1.5" in html and "33.0" not in html
+    tree = json_tree_html({"price": 210.0, "seat": "4A", "ratio": 0.25})
+    assert '<span class="ces-n">210</span>' in tree and '<span class="ces-n">0.25</span>' in tree
+    assert integral({"a": [1.0, 2.5, {"b": 3.0}], "c": True, "d": 1e300}) == {"a": [1, 2.5, {"b": 3}], "c": True, "d": 1e300}
+
+
+def test_the_plain_text_fallback_is_hidden_without_any_css():
+    """JupyterLab drops <style> from untrusted outputs; the `hidden` attribute (which its
+    sanitizer keeps, given a value: sanitize-html drops empty attributes other than alt)
+    still hides the fallback, and the stylesheet hides it too."""
+    html = turn_html(Turn.from_outputs(full_outputs()))
+    assert re.search(r'<pre class="ces-fallback" hidden="hidden">', html)
+    assert ".ces-root .ces-fallback { display: none; }" in html
+
+
+def test_css_has_xarrays_dark_theme_selectors_and_takes_colours_from_variables():
+    from ces_nb.render.html import stylesheet
+
+    css = stylesheet()
+    for selector in ('body[data-jp-theme-light="false"] .ces-root', "body.vscode-dark .ces-root", 'html[data-theme="dark"] .ces-root'):
+        assert selector in css
+    body = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    for declaration in re.findall(r"[{;]\s*([\w-]+)\s*:\s*([^;}]+)", body):
+        name, value = declaration
+        if name.startswith("--"):
+            continue  # a variable's own definition (its fallback colour)
+        literal = re.sub(r"var\([^()]*(\([^()]*\))?[^()]*\)", "", value)
+        assert not re.search(r"#[0-9a-fA-F]{3,8}\b|rgb|hsl", literal), (name, value)

@@ -99,6 +99,26 @@ def test_client_tool_round_trip_uses_the_value_sent(sessions, session_name):
     assert reply[0].turn_index == 2
 
 
+def _answer(sessions, name, call, response):
+    return run(sessions, name, ces_v1.SessionInput(tool_responses=ces_v1.ToolResponses(tool_responses=[
+        ces_v1.ToolResponse(id=call.id, tool=call.tool, response=response)])))
+
+
+def test_what_the_user_picks_flows_into_later_args_and_payloads(sessions, session_name):
+    """Seat 4A at 210 on SW77 is what gets charged and what the boarding pass says."""
+    name = session_name()
+    out = run(sessions, name, "I'd like to book a seat on flight SW77")
+    (seat_call,) = next(o for o in out if kind(o) == "tool_calls").tool_calls.tool_calls
+    assert "seat 4A for 210 USD" in texts(_answer(sessions, name, seat_call, {"seat": "4A", "confirmed": True, "price": 210.0}))
+    out = run(sessions, name, "Yes, please charge my card")
+    (pay_call,) = next(o for o in out if kind(o) == "tool_calls").tool_calls.tool_calls
+    assert pay_call.tool.endswith("confirm_payment") and dict(pay_call.args) == {"amount": 210.0, "currency": "USD"}
+    done = _answer(sessions, name, pay_call, {"approved": True, "reference": "PNR4A"})
+    payload = json_format.MessageToDict(ces_v1.SessionOutput.pb(next(o for o in done if kind(o) == "payload")).payload)
+    assert "reference is PNR4A" in texts(done)
+    assert payload == {"type": "boarding_pass", "flight": "SW77", "seat": "4A", "gate": "A4", "boarding": "18:41"}
+
+
 def test_unknown_tool_response_id_names_the_pending_ids(sessions, session_name):
     name = session_name()
     out = run(sessions, name, "I'd like to book a seat on flight SW123")

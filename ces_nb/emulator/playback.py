@@ -249,8 +249,20 @@ def _literal(text: str) -> Any:
 
 
 def fill_placeholders(value: Any, values: dict[str, Any]) -> Any:
-    """Replace `{name}` (or `{a.b}`) where `values` has it; leave the rest for later."""
+    """Replace `{name}` (or `{a.b}`) where `values` has it; leave the rest for later. A string
+    that is one placeholder alone takes the value itself, so `"amount": "{price}"` stays a number."""
     if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value)
+        if whole:
+            cur = values
+            for key in whole[1].split("."):
+                if not isinstance(cur, dict) or key not in cur:
+                    break
+                cur = cur[key]
+            else:
+                if not isinstance(cur, (dict, list)):
+                    return cur
+
         def sub(m: re.Match) -> str:
             found, cur = True, values
             for key in m[1].split("."):
@@ -361,7 +373,12 @@ class PlaybackLlm(BaseLlm):
             args = {"agent_name": self.agent_names[speaker]}
             return [types.Part(function_call=types.FunctionCall(id=f"call_{call_count + 1}", name=TRANSFER_TOOL, args=args))], []
         latest_user = next((s.text for s in reversed(steps) if s.kind == "user"), "")
-        latest_response = next((s.data for s in reversed(steps) if s.kind == "response" and isinstance(s.data, dict)), {})
+        # Every tool call's args and response so far, the latest winning: what the user picked
+        # (a flight, a seat, its price) reaches later args and payloads, not only the next step.
+        latest_response: dict = {}
+        for s in steps:
+            if s.kind in ("call", "response") and isinstance(s.data, dict):
+                latest_response.update(s.data)
         parts: list[types.Part] = []
         payloads: list[dict] = []
         for step in groups[done]:

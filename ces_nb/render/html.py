@@ -18,7 +18,7 @@ from typing import Any
 
 from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
 from .markdown import markdown_html
-from .text import broken_message, transcript_text, turn_text, unreadable
+from .text import broken_message, integral, transcript_text, turn_text, unreadable
 
 _ids = itertools.count(1)
 _SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -75,11 +75,11 @@ def json_tree_html(value: Any, open_levels: int = 1, _depth: int = 0) -> str:
                 f"</summary>{''.join(rows)}{brackets[1]}</details>")
     if isinstance(value, str):
         return f'<span class="ces-s">{_e(json.dumps(value, ensure_ascii=False))}</span>'
-    return f'<span class="ces-n">{_e(json.dumps(value))}</span>'
+    return f'<span class="ces-n">{_e(json.dumps(integral(value)))}</span>'
 
 
 def _pre_json(value: Any) -> str:
-    return f'<pre class="ces-pre">{_e(json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True))}</pre>'
+    return f'<pre class="ces-pre">{_e(json.dumps(integral(value), ensure_ascii=False, indent=1, sort_keys=True))}</pre>'
 
 
 # -- pieces of a turn ---------------------------------------------------------------
@@ -89,9 +89,9 @@ def input_html(item: UserInput) -> str:
     if item.kind == "text":
         return f"<span>{_e(v)}</span>"
     if item.kind in ("dtmf", "event"):
-        return f'<span class="ces-chip">{item.kind}</span><span>{_e(v)}</span>'
+        return f'<span class="ces-chip">{item.kind}</span> <span>{_e(v)}</span>'
     if item.kind == "variables":
-        return f'<span class="ces-chip">variables</span><code>{_e(json.dumps(v, ensure_ascii=False, sort_keys=True))}</code>'
+        return f'<span class="ces-chip">variables</span><code>{_e(json.dumps(integral(v), ensure_ascii=False, sort_keys=True))}</code>'
     if item.kind == "image":
         mime, data = v
         if mime in _SAFE_IMAGES:
@@ -214,9 +214,9 @@ def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
             if isinstance(value, str):
                 text = value
             elif type(value) in (int, float):
-                text = str(value)
+                text = str(integral(value))
             else:
-                text = json.dumps(value, ensure_ascii=False)
+                text = json.dumps(integral(value), ensure_ascii=False)
             if len(text) > MAX_ATTR_TEXT:
                 text = text[: MAX_ATTR_TEXT - 1] + "…"
             shown.append(f"{key}={text}")
@@ -237,7 +237,7 @@ def _span_row(span: Span, origin: int | None, total: int, is_root: bool) -> str:
 
 def _wrap(body: str, fallback: str, *, css: bool = True) -> str:
     style = f"<style>{stylesheet()}</style>" if css else ""
-    return f'<div class="ces-root" id="{next_id()}">{style}<pre class="ces-fallback">{_e(fallback)}</pre>{body}</div>'
+    return f'<div class="ces-root" id="{next_id()}">{style}<pre class="ces-fallback" hidden="hidden">{_e(fallback)}</pre>{body}</div>'
 
 
 def turn_body_html(turn: Turn) -> str:
@@ -256,12 +256,12 @@ def _turn_body_html(turn: Turn) -> str:
     else:
         status = "partial" if turn.partial else ("completed" if turn.completed else "waiting for tool responses" if turn.tool_calls else "open")
     badge_class = "ces-badge ces-partial" if turn.partial or turn.load_errors else "ces-badge"
-    parts = [f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b><span class="{badge_class}">{_e(status)}</span></div>']
+    parts = [f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b> <span class="{badge_class}">{_e(status)}</span></div>']
     for problem in turn.load_errors:
         parts.append(f'<div class="ces-error">could not read {_e(problem)}; left out</div>')
     if turn.inputs or turn.heard:
         heard = f'<div><span class="ces-chip">heard</span>{_e(turn.heard)}</div>' if turn.heard else ""
-        parts.append('<div class="ces-user"><span class="ces-label">user</span>' + " ".join(input_html(i) for i in turn.inputs) + heard + "</div>")
+        parts.append('<div class="ces-user"><span class="ces-label">user</span> ' + " ".join(input_html(i) for i in turn.inputs) + heard + "</div>")
     text = turn.text
     if text:
         parts.append(f'<div class="ces-agent"><span class="ces-label">agent</span><div class="ces-md">{markdown_html(text)}</div></div>')
@@ -312,16 +312,21 @@ def tool_result_html(result: ToolResult, text: str) -> str:
 
 
 def transcript_html(transcript: Transcript, text: str | None = None) -> str:
-    head = f'<div class="ces-head"><b>Transcript</b><span>{_e(transcript.session or "(unsaved)")}</span><span>{len(transcript.turns)} turn(s)</span></div>'
+    head = f'<div class="ces-head"><b>Transcript</b> <span>{_e(transcript.session or "(unsaved)")}</span> <span>{len(transcript.turns)} turn(s)</span></div>'
     head += "".join(f'<div class="ces-error">could not read {_e(problem)}; left out</div>' for problem in transcript.load_errors)
     return _wrap(head + "".join(turn_body_html(t) for t in transcript.turns), transcript_text(transcript) if text is None else text)
 
 
 def client_html(client) -> str:
     kind = "emulator" if client.emulator else "CES"
-    body = (f'<div class="ces-turn"><div class="ces-head"><b>ces_nb client</b><span class="ces-badge">{kind}</span></div>'
+    body = (f'<div class="ces-turn"><div class="ces-head"><b>ces_nb client</b> <span class="ces-badge">{kind}</span></div>'
             f'<div>endpoint <code>{_e(client.target)}</code></div><div>app <code>{_e(client.app or "(none)")}</code></div></div>')
     return _wrap(body, repr(client))
+
+
+def note_html(text: str) -> str:
+    """A command's confirmation (%cescmd save, break, mock)."""
+    return _wrap(f'<div class="ces-note">{_e(text)}</div>', text)
 
 
 def session_html(session) -> str:
@@ -329,7 +334,7 @@ def session_html(session) -> str:
     state = "ended" if session.ended else (f"{len(pending)} tool call(s) pending" if pending else "open")
     config = {k: v for k, v in session.config.items() if v not in (None, "", [], {})}
     conf = f"<div>config <code>{_e(json.dumps(config, default=str, sort_keys=True))}</code></div>" if config else ""
-    body = (f'<div class="ces-turn"><div class="ces-head"><b>session</b><span class="ces-badge">{_e(state)}</span>'
+    body = (f'<div class="ces-turn"><div class="ces-head"><b>session</b> <span class="ces-badge">{_e(state)}</span>'
             f"<span>{len(session.turns)} turn(s)</span></div><div><code>{_e(session.name)}</code></div>{conf}</div>")
     return _wrap(body, repr(session))
 
@@ -346,7 +351,7 @@ def diff_html(diff, text: str) -> str:
         body = f'<div class="ces-turn">no differences across {len(diff.left.turns)} turn(s)</div>'
     else:
         rows = "".join(f"<tr><td>{d.turn}</td><td>{_e(d.field)}</td>{cell(d.left)}{cell(d.right)}</tr>" for d in diff.differences)
-        body = (f'<div class="ces-turn"><div class="ces-head"><b>diff</b><span>{len(diff.differences)} difference(s)</span></div>'
+        body = (f'<div class="ces-turn"><div class="ces-head"><b>diff</b> <span>{len(diff.differences)} difference(s)</span></div>'
                 f'<table class="ces-table"><tr><th>turn</th><th>what</th><th>{_e(left.rsplit("/", 1)[-1])}</th>'
                 f"<th>{_e(right.rsplit('/', 1)[-1])}</th></tr>{rows}</table></div>")
     return _wrap(body, text)

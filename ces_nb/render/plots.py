@@ -1,7 +1,14 @@
-"""matplotlib views of latency: a span waterfall for one turn, and latency across turns."""
+"""matplotlib views of latency: a span waterfall for one turn, and latency across turns.
+
+Both return a `SpanFigure`: a matplotlib Figure (so `fig.savefig`, `fig.axes`, ... work)
+that displays itself as a PNG image, with no `%matplotlib` line and no pyplot state. The
+PNG carries no "Software" metadata, so re-running a notebook gives the same bytes.
+"""
 
 from __future__ import annotations
 
+import io
+from functools import lru_cache
 from typing import Any
 
 KIND_COLOURS = {
@@ -11,12 +18,30 @@ KIND_COLOURS = {
 OTHER_COLOUR = "#5f6368"
 
 
-def _figure(ax=None, size=(9, 4)):
+@lru_cache(maxsize=1)
+def figure_class():
+    """matplotlib's Figure, plus IPython's `_repr_png_` (imported on first use: matplotlib is heavy)."""
     from matplotlib.figure import Figure
 
+    class SpanFigure(Figure):
+        """A Figure that shows itself as an image in any notebook front end."""
+
+        def png(self, dpi: int = 100) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+            return buffer.getvalue()
+
+        def _repr_png_(self) -> bytes:
+            return self.png()
+
+    SpanFigure.__module__ = __name__
+    return SpanFigure
+
+
+def _figure(ax=None, size=(9, 4)):
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
+    fig = figure_class()(figsize=size, layout="constrained")
     return fig, fig.add_subplot()
 
 
@@ -55,12 +80,11 @@ def plot_latency(obj: Any):
     """Left: per turn, the time in each span kind, stacked. Right: the distribution of turn
     latency per conversation. Takes a spans_frame or anything spans_frame takes."""
     import pandas as pd
-    from matplotlib.figure import Figure
 
     from ..frames import spans_frame
 
     frame = obj if isinstance(obj, pd.DataFrame) and "kind" in obj else spans_frame(obj)
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = figure_class()(figsize=(11, 4), layout="constrained")
     bars, dist = fig.subplots(1, 2, width_ratios=[2, 1])
     children = frame[frame["depth"] == 1]
     if len(children):

@@ -14,6 +14,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..model import Span, Turn
+from .text import integral
 
 
 class SpanTree(w.VBox):
@@ -135,6 +136,6 @@ def _pretty(value: Any) -> str:
         except ValueError:
             return value
         if isinstance(parsed, (dict, list)):
-            return json.dumps(parsed, indent=1, ensure_ascii=False, sort_keys=True)
+            return json.dumps(integral(parsed), indent=1, ensure_ascii=False, sort_keys=True)
         return value
-    return json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True)
+    return json.dumps(integral(value), indent=1, ensure_ascii=False, sort_keys=True)

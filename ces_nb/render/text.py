@@ -7,8 +7,22 @@ import json
 from ..model import ToolResult, Transcript, Turn, UserInput
 
 
+def integral(value, _depth: int = 0):
+    """Whole floats as ints, through dicts and lists: protobuf Struct keeps every number as a
+    double, so a token count of 33 arrives as 33.0 and should read 33."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if _depth > 64:  # deeper data is shown as it came
+        return value
+    if isinstance(value, dict):
+        return {k: integral(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v, _depth + 1) for v in value]
+    return value
+
+
 def _json(value) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return json.dumps(integral(value), ensure_ascii=False, sort_keys=True)
 
 
 def input_text(item: UserInput) -> str:

@@ -99,10 +99,13 @@ class Field:
             sub = properties[key]
             child = Field(sub, value.get(key), key, key in required)
             self.children[key] = child
-            label = w.HTML(f"<b>{escape(key)}</b>{' <span title=required>*</span>' if key in required else ''}",
-                           layout=w.Layout(width="10em"))
-            lines.append(w.HBox([label, child.widget]))
-        self.widget = w.VBox(lines, layout=w.Layout(border="1px solid var(--jp-border-color2, #ddd)", padding="2px 6px"))
+            label = w.HTML(f"<b>{escape(key)}</b>{' <span class=ces-required title=required>*</span>' if key in required else ''}")
+            label.add_class("ces-form-label")
+            line = w.HBox([label, child.widget])
+            line.add_class("ces-form-line")
+            lines.append(line)
+        self.widget = w.VBox(lines)
+        self.widget.add_class("ces-form-object")
         self._get = self._get_object
 
     def _get_object(self) -> dict:
@@ -117,7 +120,8 @@ class Field:
     def _build_array(self, value: list) -> None:
         self.item_schema = self.schema.get("items") or {}
         self.rows_box = w.VBox([])
-        self.add_button = w.Button(description="add", icon="plus", layout=w.Layout(width="6em"))
+        self.add_button = w.Button(description="add", icon="plus")
+        self.add_button.add_class("ces-form-button")
         self.add_button.on_click(lambda _: self.add_row())
         for item in value:
             self.add_row(item)
@@ -126,8 +130,10 @@ class Field:
 
     def add_row(self, item: Any = None) -> "Field":
         field = Field(self.item_schema, item, f"{self.name}[{len(self.rows)}]", True)
-        remove = w.Button(description="remove", icon="minus", layout=w.Layout(width="7em"))
+        remove = w.Button(description="remove", icon="minus")
+        remove.add_class("ces-form-button")
         row = w.HBox([field.widget, remove])
+        row.add_class("ces-form-line")
         self.rows.append((field, row))
         remove.on_click(lambda _, r=row: self.remove_row(r))
         self.rows_box.children = [r for _, r in self.rows]
@@ -168,40 +174,55 @@ class ToolCallForm(w.VBox):
         if schema_type(response_schema) != "OBJECT":
             response_schema = {"type": "OBJECT", "properties": {"result": response_schema}} if response_schema else {}
         self.response_schema = response_schema
-        head = (f'<div class="ces-root"><b>{escape(call.name)}</b> <code>{escape(call.tool)}</code> '
-                f'<span>id <code>{escape(call.id)}</code></span></div>')
+        # The tool's resource name only when it says more than its display name.
+        tool = call.tool or ""
+        tool_part = f" <code>{escape(tool)}</code>" if tool and tool.rsplit("/", 1)[-1] != call.name else ""
+        head = f'<div class="ces-form-head"><b>{escape(call.name)}</b>{tool_part} <span>call <code>{escape(call.id)}</code></span></div>'
+        # The args are in the turn's tool-call table just above; the form shows them only to edit them.
         self.args_text = w.Textarea(value=json.dumps(call.args, indent=1, ensure_ascii=False, sort_keys=True), disabled=True,
-                                    rows=min(8, 2 + json.dumps(call.args, indent=1).count("\n")), layout=w.Layout(width="100%"))
-        self.edit_toggle = w.ToggleButton(description="edit and replay", icon="pencil", value=False)
+                                    rows=min(8, 2 + json.dumps(call.args, indent=1).count("\n")), layout=w.Layout(display="none"))
+        self.args_text.add_class("ces-form-wide")
+        self.edit_toggle = w.ToggleButton(description="edit args and replay", icon="pencil", value=False)
         self.replay_button = w.Button(description="replay", icon="repeat", layout=w.Layout(display="none"))
+        self.edit_toggle.add_class("ces-form-button")
+        self.replay_button.add_class("ces-form-button")
         self.edit_toggle.observe(self._toggle_edit, "value")
         self.replay_button.on_click(lambda _: self.replay())
         self.field = Field(response_schema, proposed or {}, "response", False)
-        self.raw = w.Textarea(value=json.dumps(proposed or {}, indent=1, ensure_ascii=False), rows=6, layout=w.Layout(width="100%"))
+        self.raw = w.Textarea(value=json.dumps(proposed or {}, indent=1, ensure_ascii=False), rows=6)
+        self.raw.add_class("ces-form-wide")
         self.tabs = w.Tab(children=[self.field.widget, self.raw])
         self.tabs.set_title(0, "form")
         self.tabs.set_title(1, "raw JSON")
         self.error = w.HTML("")
         super().__init__([w.HTML(head), w.HBox([self.edit_toggle, self.replay_button]), self.args_text,
                           w.HTML("<b>response</b>"), self.tabs, self.error], **kwargs)
+        self.add_class("ces-form-call")
 
     def _toggle_edit(self, change) -> None:
         self.args_text.disabled = not change["new"]
+        self.args_text.layout.display = "" if change["new"] else "none"
         self.replay_button.layout.display = "" if change["new"] else "none"
+
+    def close_for_good(self) -> None:
+        """Nothing in the form can be changed or sent any more."""
+        for widget in _descendants(self):
+            if hasattr(widget, "disabled"):
+                widget.disabled = True
 
     def replay(self) -> dict | None:
         """Run the tool's handler on the (edited) args and put its answer in the editor."""
         from ..client_tools import run_handler
 
         if self.handler is None:
-            self.error.value = (f'<span style="color:var(--jp-error-color1,#d93025)">no handler for {escape(self.call.name)}: '
+            self.error.value = (f'<span class="ces-form-error">no handler for {escape(self.call.name)}: '
                                 f"register one with @session.client_tool({escape(repr(self.call.name))})</span>")
             return None
         try:
             args = _parse_json(self.args_text.value, "args")
             result = run_handler(self.handler, args)
         except Exception as exc:
-            self.error.value = f'<span style="color:var(--jp-error-color1,#d93025)">{escape(type(exc).__name__)}: {escape(str(exc))}</span>'
+            self.error.value = f'<span class="ces-form-error">{escape(type(exc).__name__)}: {escape(str(exc))}</span>'
             return None
         result = result if isinstance(result, dict) else {"result": result}
         self.set_response(result)
@@ -225,7 +246,7 @@ class ToolCallForm(w.VBox):
             else:
                 value = self.field.get()
         except ValueError as exc:
-            self.error.value = f'<span style="color:var(--jp-error-color1,#d93025)">{escape(str(exc))}</span>'
+            self.error.value = f'<span class="ces-form-error">{escape(str(exc))}</span>'
             raise
         self.error.value = ""
         return value
@@ -250,13 +271,19 @@ class ToolCallPanel(w.VBox):
         self.output = w.Output()
         self.send_button.on_click(lambda _: self.send())
         self.cancel_button.on_click(lambda _: self.cancel())
+        self.closed = False
         super().__init__([*self.forms, w.HBox([self.send_button, self.cancel_button]), self.status, self.output], **kwargs)
+        self.add_class("ces-form")
+        session.watch(self)
+        self.sync()
 
     def __repr__(self) -> str:
         names = ", ".join(f"{f.call.name} ({f.call.id})" for f in self.forms)
         return f"ToolCallPanel({len(self.forms)} pending call(s): {names}; fill the form and press Send)"
 
     def send(self) -> Turn | None:
+        if self.closed:
+            return None
         responses: dict[str, dict] = {}
         failed = False
         for form in self.forms:
@@ -273,10 +300,11 @@ class ToolCallPanel(w.VBox):
         try:
             continuation = self.session.respond(responses, how="form")
         except CesError as exc:
-            self.status.value = f'<span style="color:var(--jp-error-color1,#d93025)">{escape(str(exc))}</span>'
+            self.status.value = f'<span class="ces-form-error">{escape(str(exc))}</span>'
             self._busy(False)
             return None
         self.status.value = f"sent {len(responses)} response(s)"
+        self.close_for_good()
         with self.output:
             from IPython.display import display
 
@@ -287,11 +315,48 @@ class ToolCallPanel(w.VBox):
         self._busy(True)
         self.send_button.disabled = True
         ids = ", ".join(f.call.id for f in self.forms)
-        self.status.value = f"cancelled: the session still waits for {escape(ids)}; <code>%ces tools pending</code> lists them"
+        self.status.value = f"cancelled: the session still waits for {escape(ids)}; <code>%cescmd tools pending</code> lists them"
 
     def _busy(self, done: bool) -> None:
         self.send_button.disabled = done
         self.cancel_button.disabled = done
+
+    def sync(self) -> None:
+        """Called by the session after every turn: once none of this panel's calls is pending
+        (answered from Python, by a handler, a mock or another form) or the session ended,
+        the form is disabled and says why, so it can't send a stale answer."""
+        if self.closed:
+            return
+        session = self.session
+        if session.ended:
+            self.status.value = ("the session ended, so these calls can't be answered any more; "
+                                 "start another with <code>%cescmd new</code> or <code>client.session()</code>")
+        else:
+            pending = session.pending
+            if any(f.call.id in pending for f in self.forms):
+                return
+            hows = []
+            for f in self.forms:
+                record = session.tools.records.get(f.call.id)
+                how = record.how if record is not None and record.how else "another route"
+                if how not in hows:
+                    hows.append(how)
+            self.status.value = f"already answered (by {escape(', '.join(hows))}); nothing left to send here"
+        self.close_for_good()
+
+    def close_for_good(self) -> None:
+        self.closed = True
+        self._busy(True)
+        for form in self.forms:
+            form.close_for_good()
+
+
+def _descendants(widget: w.Widget):
+    stack = [widget]
+    while stack:
+        item = stack.pop()
+        yield item
+        stack.extend(getattr(item, "children", ()) or ())
 
 
 def form_panel(turn: Turn) -> ToolCallPanel | None:

@@ -3,33 +3,12 @@ that triggers a client tool call, fill the form, click Send, and see the agent u
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from emulator_process import free_port
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-
-def _require_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); .ci/run does"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)  # CI must run this test, never skip it
-    pytest.skip(message)
+from lab_process import CHROMIUM, CHROMIUM_ARGS, jupyterlab, lab_env, require_chromium, screenshots
 
 
 @pytest.fixture
@@ -42,45 +21,20 @@ def lab(tmp_path, emulator):
     ]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(notebook, tmp_path / "book.ipynb")
-    token, port = secrets.token_hex(16), free_port()
-    env = {**os.environ, "CES_NB_EMULATOR": emulator.address, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}", "--ServerApp.disable_check_xsrf=True",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"jupyter lab exited: {proc.stdout.read()}")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("jupyter lab did not start in 90 s")
-    yield f"{base}/lab/tree/book.ipynb?token={token}"
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with jupyterlab(tmp_path, lab_env(tmp_path, emulator.address)) as (base, token):
+        yield f"{base}/lab/tree/book.ipynb?token={token}"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # JupyterLab, a kernel and chromium start: about 30 s here
 def test_fill_the_form_and_send_in_a_real_jupyterlab(lab, tmp_path):
-    _require_chromium()
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
+    shots = screenshots(tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1240, "height": 1000})  # a notebook cell about 800 px wide
         try:
             page.goto(lab)
             status = page.locator("#jp-main-statusbar")
@@ -92,13 +46,27 @@ def test_fill_the_form_and_send_in_a_real_jupyterlab(lab, tmp_path):
             seat = page.locator(".ces-field-seat input")
             expect(seat).to_be_visible(timeout=120_000)
             expect(page.locator(".ces-tools").first).to_contain_text("select_seat")
+            form = page.locator(".ces-form").first
+            form.scroll_into_view_if_needed()
+            # The form fits its cell: nothing sticks out of the output area, nothing scrolls sideways.
+            area = form.locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')][1]").bounding_box()
+            assert area["width"] >= 780, area
+            for part in (form, form.locator(".widget-tab").first, form.locator(".ces-form-line").first, seat):
+                box = part.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= area["x"] + area["width"] + 1, (box, area)
+            assert form.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+            head = form.locator(".ces-form-head").first.inner_text()
+            assert head.count("select_seat") == 1
+            assert not form.locator(".ces-form-wide").first.is_visible()  # the args: in the table above, not again here
+            page.screenshot(path=str(shots / "tool-form.png"))
             seat.fill("22K")
             page.locator(".ces-field-confirmed input[type=checkbox]").check()
             page.locator(".jupyter-widgets.widget-button", has_text="Send").click()
 
             expect(page.locator(".jp-OutputArea-output", has_text="You're in seat 22K").first).to_be_visible(timeout=60_000)
+            expect(page.locator(".jupyter-widgets.widget-button", has_text="Send").first).to_be_disabled()
+            expect(seat).to_be_disabled()
         finally:
-            page.screenshot(path=str(tmp_path / "tool-form.png"), full_page=True)
+            page.screenshot(path=str(shots / "tool-form-sent.png"), full_page=True)
             browser.close()
-    assert (tmp_path / "tool-form.png").stat().st_size > 10_000
-    shutil.copy(tmp_path / "tool-form.png", tmp_path / "tool-form-final.png")
+    assert (shots / "tool-form.png").stat().st_size > 10_000

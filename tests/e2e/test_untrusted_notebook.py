@@ -1,0 +1,96 @@
+"""A freshly cloned (untrusted) tutorial in a real JupyterLab: JupyterLab strips the cards'
+<style>, and the plain-text fallback must still stay hidden (its `hidden` attribute survives
+the sanitizer); once trusted, the stylesheet applies."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab_process import CHROMIUM, CHROMIUM_ARGS, jupyterlab, lab_env, require_chromium, screenshots
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "notebooks" / "01-quickstart.ipynb"
+
+
+def _open(page, url: str):
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    expect(page.locator(".ces-root").first).to_be_attached(timeout=120_000)
+    return page
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # JupyterLab and chromium start twice: about 40 s here
+def test_untrusted_quickstart_hides_the_fallback_and_trusted_gets_the_styles(tmp_path, emulator):
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "nb"
+    root.mkdir()
+    shutil.copy(QUICKSTART, root / "quickstart.ipynb")
+    env = lab_env(tmp_path, emulator.address)
+    SHOTS = screenshots(tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            with jupyterlab(root, env) as (base, token):
+                page = _open(browser.new_page(viewport={"width": 1200, "height": 1000}), f"{base}/lab/tree/quickstart.ipynb?token={token}")
+                roots = page.locator(".jp-OutputArea-output .ces-root")
+                assert roots.count() >= 5
+                # Untrusted: JupyterLab dropped the <style>; the fallback <pre> is there but hidden.
+                assert page.locator(".jp-OutputArea-output .ces-root style").count() == 0
+                fallbacks = page.locator(".jp-OutputArea-output pre.ces-fallback")
+                assert fallbacks.count() == roots.count()
+                assert all(not fallbacks.nth(i).is_visible() for i in range(fallbacks.count()))
+                hello = roots.nth(1).inner_text()  # the first turn's card: the card, not the plain text above it
+                assert hello.startswith("Turn 1") and "(completed)" not in hello and "user:" not in hello, hello
+                page.locator(".jp-OutputArea-output .ces-root").nth(1).scroll_into_view_if_needed()
+                page.screenshot(path=str(SHOTS / "quickstart-untrusted.png"))
+            subprocess.run([sys.executable, "-m", "jupyter", "trust", str(root / "quickstart.ipynb")], env=env, check=True,
+                           capture_output=True)
+            with jupyterlab(root, env) as (base, token):
+                page = _open(browser.new_page(viewport={"width": 1200, "height": 1000}), f"{base}/lab/tree/quickstart.ipynb?token={token}")
+                assert page.locator(".jp-OutputArea-output .ces-root style").count() >= 1
+                turn = page.locator(".jp-OutputArea-output .ces-turn").first
+                assert turn.evaluate("e => getComputedStyle(e).borderTopStyle") == "solid"  # the stylesheet applies
+                assert not page.locator(".jp-OutputArea-output pre.ces-fallback").first.is_visible()
+                page.locator(".jp-OutputArea-output .ces-root").nth(1).scroll_into_view_if_needed()
+                page.screenshot(path=str(SHOTS / "quickstart-trusted.png"))
+        finally:
+            browser.close()
+
+
+DIAGNOSTICS = QUICKSTART.parent / "04-diagnostics.ipynb"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_committed_plots_show_as_images_in_an_untrusted_notebook(tmp_path, emulator):
+    """No kernel, no %matplotlib, not trusted: the committed PNGs are what a visitor sees."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    root = tmp_path / "nb"
+    root.mkdir()
+    shutil.copy(DIAGNOSTICS, root / "diagnostics.ipynb")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            with jupyterlab(root, lab_env(tmp_path, emulator.address)) as (base, token):
+                page = browser.new_page(viewport={"width": 1200, "height": 1000})
+                page.goto(f"{base}/lab/tree/diagnostics.ipynb?token={token}")
+                images = page.locator(".jp-OutputArea-output img")
+                expect(images.first).to_be_attached(timeout=120_000)
+                assert images.count() >= 2
+                first = images.first
+                first.scroll_into_view_if_needed()
+                expect(first).to_be_visible()
+                assert first.evaluate("e => e.complete && e.naturalWidth") >= 800  # a decoded 900 px-wide PNG
+                page.screenshot(path=str(screenshots(tmp_path) / "plot-spans.png"))
+        finally:
+            browser.close()
