@@ -7,30 +7,11 @@ import re
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from ces_nb.model import Transcript, Turn
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
-
-
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryAccessor.enabled = False
-    return InteractiveShell.instance(config=config)
-
-
-@pytest.fixture
-def ip(shell, emulator):
-    shell.extension_manager.load_extension("ces_nb")
-    shell.run_line_magic("config", f"CesMagics.emulator_address = {emulator.address!r}")
-    shell.run_line_magic("config", "CesMagics.app = 'skyway'")
-    shell.run_line_magic("config", "CesMagics.stream = False")
-    yield shell
-    shell.extension_manager.unload_extension("ces_nb")
 
 
 def magics(ip):
