@@ -6,6 +6,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -53,7 +54,9 @@ def jupyterlab(root: Path, env: dict[str, str]):
            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its log goes to a file: a pipe nobody reads would fill and block JupyterLab.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:
@@ -63,7 +66,8 @@ def jupyterlab(root: Path, env: dict[str, str]):
                     break
             except OSError:
                 if proc.poll() is not None:
-                    pytest.fail(f"jupyter lab exited: {proc.stdout.read()}")
+                    log.seek(0)
+                    pytest.fail(f"jupyter lab exited: {log.read()[-3000:]}")
                 time.sleep(0.3)
         else:
             pytest.fail("jupyter lab did not start in 90 s")
@@ -74,3 +78,4 @@ def jupyterlab(root: Path, env: dict[str, str]):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
