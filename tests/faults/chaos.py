@@ -474,8 +474,8 @@ class Driver:
                     attempt += 1
                     text, generation, self._started = op.texts[done], self.emulator.generation, time.monotonic()
                     with self.board.doing("bidi", label):
-                        live.send_text(text)
-                        try:
+                        try:  # a stream that could not open (the emulator is down) says so at the first send
+                            live.send_text(text)
                             turn = live.next_turn(timeout=BIDI_TURN_TIMEOUT_S)
                         except CesError as exc:
                             turn = exc
