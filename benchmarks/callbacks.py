@@ -14,8 +14,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import grpc
@@ -27,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 from emulator_process import EmulatorProcess  # noqa: E402
-from emulator_turns import SCRIPT  # noqa: E402
+from rest_vs_grpc import one_round  # noqa: E402  (the same 10-turn round, timed per turn)
 
 from ces_nb.emulator.server import demo_app_path  # noqa: E402
 
@@ -61,17 +59,6 @@ def app_with_callbacks(folder: Path) -> Path:
     (app / "guardrails/no_competitors").mkdir(parents=True)
     (app / "guardrails/no_competitors/no_competitors.yaml").write_text(yaml.safe_dump(GUARDRAIL, sort_keys=False))
     return app
-
-
-def one_round(client, label: str) -> list[float]:
-    name = f"projects/b/locations/us/apps/skyway/sessions/bench-{label}-{uuid.uuid4().hex[:12]}"
-    times = []
-    for text in SCRIPT:
-        t0 = time.perf_counter()
-        response = client.run_session(request={"config": {"session": name}, "inputs": [{"text": text}]})
-        times.append(time.perf_counter() - t0)
-        assert response.outputs and response.outputs[-1].turn_completed, (label, text)
-    return times
 
 
 def _span_names(span) -> list[str]:

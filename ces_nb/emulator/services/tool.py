@@ -53,26 +53,12 @@ class ToolService:
             raise EmulatorError.not_found(
                 f"tool {quote(name.id)} is not in app {quote(name.app)}; tools: {', '.join(sorted(runtime.app.tools))}"
             )
-        size = ces_v1.ExecuteToolRequest.pb(request).args.ByteSize()
-        if size > MAX_STRUCT_BYTES:
-            raise EmulatorError.invalid_argument(
-                f"args are {byte_size(size)}; a tool takes at most {byte_size(MAX_STRUCT_BYTES)} of args: send smaller args"
-            )
-        args = json_format.MessageToDict(ces_v1.ExecuteToolRequest.pb(request).args)
+        args = self._args(request)
         response = ces_v1.ExecuteToolResponse(tool=name.child("tools", display))
         if ces_v1.ExecuteToolRequest.pb(request).HasField("variables"):
             response.variables = request.variables
-
-        if ces_v1.ExecuteToolRequest.pb(request).HasField("mock_config"):
-            mocked = find_mock(request.mock_config, {display, name.id}, args)
-            if mocked is not None:
-                response.response = to_struct(mocked)
-                return response
-            if request.mock_config.unmatched_tool_call_behavior == FAIL:
-                raise EmulatorError.failed_precondition(
-                    f"no mocked call to {display!r} matches args {clip(str(args), 200)}; add a mock for them or set "
-                    "unmatched_tool_call_behavior=PASS_THROUGH to run the tool"
-                )
+        if self._mocked(request, response, display, {display, name.id}, args):
+            return response
 
         tool = runtime.tools.get(display) or build_tool(runtime.app, display, runtime.python_runner, runtime.indexes)
         if isinstance(tool, ClientFunctionTool):
@@ -114,15 +100,8 @@ class ToolService:
             toolset=name.child("toolsets", toolset), tool_id=ref.tool_id))
         if ces_v1.ExecuteToolRequest.pb(request).HasField("variables"):
             response.variables = request.variables
-        if ces_v1.ExecuteToolRequest.pb(request).HasField("mock_config"):
-            mocked = find_mock(request.mock_config, {display, ref.tool_id, f"{toolset}/tools/{ref.tool_id}"}, args)
-            if mocked is not None:
-                response.response = to_struct(mocked)
-                return response
-            if request.mock_config.unmatched_tool_call_behavior == FAIL:
-                raise EmulatorError.failed_precondition(
-                    f"no mocked call to {ref.tool_id!r} matches args {clip(str(args), 200)}; add a mock for them or set "
-                    "unmatched_tool_call_behavior=PASS_THROUGH to run the tool")
+        if self._mocked(request, response, ref.tool_id, {display, ref.tool_id, f"{toolset}/tools/{ref.tool_id}"}, args):
+            return response
         tool = runtime.tools.get(display) or build_tool(app, display, runtime.python_runner, runtime.indexes)
         code = app.toolsets[toolset].tool_fake_config.code_block.python_code
         body = await run_fake(runtime.python_runner, code, tool.name, display, args, tool._timeout()) if code else None
@@ -130,6 +109,23 @@ class ToolService:
             raise EmulatorError.failed_precondition(toolset_offline_error(app.toolsets[toolset], operation))
         response.response = to_struct(body if isinstance(body, dict) else {"result": body})
         return response
+
+    @staticmethod
+    def _mocked(request: ces_v1.ExecuteToolRequest, response: ces_v1.ExecuteToolResponse, label: str,
+                tool_names: set[str], args: dict) -> bool:
+        """Whether the request's MockConfig answered the call (into `response`); FAILED_PRECONDITION
+        when nothing matches and unmatched calls must fail."""
+        if not ces_v1.ExecuteToolRequest.pb(request).HasField("mock_config"):
+            return False
+        mocked = find_mock(request.mock_config, tool_names, args)
+        if mocked is not None:
+            response.response = to_struct(mocked)
+            return True
+        if request.mock_config.unmatched_tool_call_behavior == FAIL:
+            raise EmulatorError.failed_precondition(
+                f"no mocked call to {label!r} matches args {clip(str(args), 200)}; add a mock for them or set "
+                "unmatched_tool_call_behavior=PASS_THROUGH to run the tool")
+        return False
 
     @staticmethod
     def _args(request: ces_v1.ExecuteToolRequest) -> dict:
