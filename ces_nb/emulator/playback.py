@@ -40,7 +40,8 @@ TRANSFER_TOOL = "transfer_to_agent"
 MATCH_THRESHOLD = 0.3
 
 _WORD = re.compile(r"[a-z0-9]+")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+# A `{name}` or `{a.b}` placeholder in scripted text or args (scripts.py reads them too).
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 _PREAMBLE = "For context:"
 _SAID = re.compile(r"^\[(?P<agent>[^\]]+)\] said:\s*(?P<body>.*)$", re.S)
 _CALLED = re.compile(r"^\[(?P<agent>[^\]]+)\] called tool `(?P<name>[^`]+)`(?: with parameters:\n(?P<body>.*))?", re.S)
@@ -252,7 +253,7 @@ def fill_placeholders(value: Any, values: dict[str, Any]) -> Any:
     """Replace `{name}` (or `{a.b}`) where `values` has it; leave the rest for later. A string
     that is one placeholder alone takes the value itself, so `"amount": "{price}"` stays a number."""
     if isinstance(value, str):
-        whole = _PLACEHOLDER.fullmatch(value)
+        whole = PLACEHOLDER.fullmatch(value)
         if whole:
             cur = values
             for key in whole[1].split("."):
@@ -275,7 +276,7 @@ def fill_placeholders(value: Any, values: dict[str, Any]) -> Any:
                 return m[0]
             return _format_scalar(cur)
 
-        return _PLACEHOLDER.sub(sub, value)
+        return PLACEHOLDER.sub(sub, value)
     if isinstance(value, dict):
         return {k: fill_placeholders(v, values) for k, v in value.items()}
     if isinstance(value, list):

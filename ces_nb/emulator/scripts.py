@@ -40,7 +40,7 @@ import yaml
 from google.protobuf import json_format
 
 from .export import RESERVED_TOOLS, LoadedApp
-from .playback import _PLACEHOLDER, TRANSFER_TOOL, Script, ScriptBuilder, adk_name, compile_example
+from .playback import PLACEHOLDER, TRANSFER_TOOL, Script, ScriptBuilder, adk_name, compile_example
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -313,7 +313,7 @@ def _quotes(text: str, outputs: list[Any]) -> bool:
     """Whether `text` reports a recorded output: it quotes one of its values, or has a
     `{placeholder}` named after one of its fields (filled from the live response)."""
     fields = {k for o in outputs if isinstance(o, dict) for k in o}
-    if any(name.split(".", 1)[0] in fields for name in _PLACEHOLDER.findall(text)):
+    if any(name.split(".", 1)[0] in fields for name in PLACEHOLDER.findall(text)):
         return True
     lower = text.lower()
     return any(v in lower for v in _scalars(outputs))
