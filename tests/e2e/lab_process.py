@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import json
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,11 +39,18 @@ def screenshots(tmp_path: Path) -> Path:
 
 
 def lab_env(home: Path, emulator_address: str) -> dict[str, str]:
-    """Private Jupyter dirs: its own config, runtime, workspaces, and its own trust database
-    (JUPYTER_DATA_DIR), so a notebook is untrusted until this environment trusts it."""
+    """Private Jupyter dirs: its own config, runtime, workspaces, settings, and its own trust
+    database (JUPYTER_DATA_DIR), so a notebook is untrusted until this environment trusts it.
+
+    Notebook windowing is off: JupyterLab 4 otherwise renders only the cells near the viewport,
+    so how many outputs a test finds would depend on timing and window size."""
+    settings = home / "settings"
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
     return {**os.environ, "CES_NB_EMULATOR": emulator_address, "JUPYTER_CONFIG_DIR": str(home / "config"),
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-            "JUPYTER_DATA_DIR": str(home / "data")}
+            "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTER_DATA_DIR": str(home / "data")}
 
 
 @contextmanager

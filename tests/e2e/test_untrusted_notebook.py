@@ -4,6 +4,8 @@ the sanitizer); once trusted, the stylesheet applies."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,13 @@ import pytest
 from lab_process import CHROMIUM, CHROMIUM_ARGS, jupyterlab, lab_env, require_chromium, screenshots
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "notebooks" / "01-quickstart.ipynb"
+
+
+def _cards_in(notebook: Path) -> int:
+    """How many turn cards the committed notebook's outputs hold."""
+    cells = json.loads(notebook.read_text())["cells"]
+    html = ("".join(o.get("data", {}).get("text/html", "")) for c in cells for o in c.get("outputs", []))
+    return sum(len(re.findall(r'<div class="ces-root', h)) for h in html)
 
 
 def _open(page, url: str):
@@ -28,8 +37,10 @@ def _open(page, url: str):
 @pytest.mark.timeout(300)  # JupyterLab and chromium start twice: about 40 s here
 def test_untrusted_quickstart_hides_the_fallback_and_trusted_gets_the_styles(tmp_path, emulator):
     require_chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    cards = _cards_in(QUICKSTART)
+    assert cards >= 5, "the quickstart's committed outputs lost their cards"
     root = tmp_path / "nb"
     root.mkdir()
     shutil.copy(QUICKSTART, root / "quickstart.ipynb")
@@ -41,11 +52,11 @@ def test_untrusted_quickstart_hides_the_fallback_and_trusted_gets_the_styles(tmp
             with jupyterlab(root, env) as (base, token):
                 page = _open(browser.new_page(viewport={"width": 1200, "height": 1000}), f"{base}/lab/tree/quickstart.ipynb?token={token}")
                 roots = page.locator(".jp-OutputArea-output .ces-root")
-                assert roots.count() >= 5
+                expect(roots).to_have_count(cards, timeout=60_000)  # outputs attach cell by cell
                 # Untrusted: JupyterLab dropped the <style>; the fallback <pre> is there but hidden.
                 assert page.locator(".jp-OutputArea-output .ces-root style").count() == 0
                 fallbacks = page.locator(".jp-OutputArea-output pre.ces-fallback")
-                assert fallbacks.count() == roots.count()
+                assert fallbacks.count() == cards
                 assert all(not fallbacks.nth(i).is_visible() for i in range(fallbacks.count()))
                 hello = roots.nth(1).inner_text()  # the first turn's card: the card, not the plain text above it
                 assert hello.startswith("Turn 1") and "(completed)" not in hello and "user:" not in hello, hello
