@@ -316,3 +316,16 @@ def test_require_token_over_rest(locked, tls_dir):
     tools = ces_v1.AgentServiceClient(transport="rest", client_options={"api_endpoint": locked.rest_url},
                                       credentials=Credentials(token="s3cret")).list_tools(parent=APP)
     assert [t.name for t in tools]
+
+
+def test_an_unserved_ces_method_is_unimplemented_saying_what_is_served(emulator):
+    with grpc.insecure_channel(emulator.address) as channel:
+        evaluations = ces_v1beta.EvaluationServiceClient(
+            transport=ces_v1beta.EvaluationServiceClient.get_transport_class("grpc")(channel=channel))
+        with pytest.raises(exceptions.MethodNotImplemented) as caught:
+            evaluations.list_evaluations(parent=APP, timeout=10)
+        assert "google.cloud.ces.v1beta.EvaluationService.ListEvaluations is not served" in caught.value.message
+        agents = ces_v1.AgentServiceClient(transport=ces_v1.AgentServiceClient.get_transport_class("grpc")(channel=channel))
+        with pytest.raises(exceptions.MethodNotImplemented):
+            agents.create_app(parent="projects/p/locations/us", app={"display_name": "x"}, timeout=10)
+        assert [a.name for a in agents.list_apps(parent="projects/p/locations/us")]  # and the server is fine

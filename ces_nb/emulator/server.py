@@ -25,7 +25,7 @@ from .services.session import SessionService
 from .sandbox import SandboxLimits
 from .services.tool import ToolService
 from .store import StoreLock, open_sqlite_file, open_store, sqlite_file
-from .versions import AlsoServedAs
+from .versions import AlsoServedAs, Unserved
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -126,7 +126,8 @@ class EmulatorServer:
         self.server = grpc.aio.server(options=options, interceptors=[RequireToken(self.token)] if self.token else None)
         agents, tools = AgentService(self.registry), ToolService(self.registry)
         v1 = (self.sessions.handler(), agents.handler(), tools.handler())
-        self.server.add_generic_rpc_handlers((*v1, AlsoServedAs(v1)))  # v1, then v1beta on the same handlers
+        # v1, then v1beta on the same handlers, then a clear UNIMPLEMENTED for any other CES method
+        self.server.add_generic_rpc_handlers((*v1, AlsoServedAs(v1), Unserved()))
         self._health = health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         register_service_descriptors()

@@ -37,3 +37,23 @@ class AlsoServedAs(grpc.GenericRpcHandler):
                         return found
                 return None
         return None
+
+
+class Unserved(grpc.GenericRpcHandler):
+    """UNIMPLEMENTED, naming the method and what is served, for any CES method the emulator
+    lacks (the EvaluationService, CreateApp, ...), where gRPC would say only "Method not found!"."""
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if not method.startswith("/google.cloud.ces."):
+            return None
+        name = method.strip("/").replace("/", ".")
+        message = (f"{name} is not served by the ces-nb emulator; it serves the SessionService, the read side of the "
+                   f"AgentService (apps, agents, tools, toolsets, guardrails, examples, conversations) and "
+                   f"ToolService.ExecuteTool, under google.cloud.ces.v1 and v1beta")
+
+        async def unimplemented(_requests, context: grpc.aio.ServicerContext):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        # Streaming both ways fits a call of any kind: it aborts before reading a message.
+        return grpc.stream_stream_rpc_method_handler(unimplemented)
