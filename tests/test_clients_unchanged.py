@@ -329,3 +329,27 @@ def test_an_unserved_ces_method_is_unimplemented_saying_what_is_served(emulator)
         with pytest.raises(exceptions.MethodNotImplemented):
             agents.create_app(parent="projects/p/locations/us", app={"display_name": "x"}, timeout=10)
         assert [a.name for a in agents.list_apps(parent="projects/p/locations/us")]  # and the server is fine
+
+
+def test_v1beta_streaming_and_bidi_sessions(emulator):
+    import threading
+
+    name = f"{APP}/sessions/v1beta-bidi-{uuid.uuid4().hex[:8]}"
+    answered = threading.Event()
+
+    def requests():
+        yield ces_v1beta.BidiSessionClientMessage(config=ces_v1beta.SessionConfig(session=name))
+        yield ces_v1beta.BidiSessionClientMessage(realtime_input=ces_v1beta.SessionInput(text=TURNS[0]))
+        answered.wait(30)  # then half-close
+
+    with grpc.insecure_channel(emulator.address) as channel:
+        client = ces_v1beta.SessionServiceClient(transport=ces_v1beta.SessionServiceClient.get_transport_class("grpc")(channel=channel))
+        streamed = list(client.stream_run_session(request={"config": {"session": name + "-stream"}, "inputs": [{"text": TURNS[0]}]},
+                                                  timeout=30))
+        assert any("SW12" in o.text for r in streamed for o in r.outputs)
+        said = []
+        for reply in client.bidi_run_session(requests=requests(), timeout=60):
+            said.append(reply.session_output.text)
+            if reply.session_output.turn_completed:
+                answered.set()
+    assert any("SW12" in text for text in said) and answered.is_set()
