@@ -103,7 +103,10 @@ def _emulator(args: argparse.Namespace) -> int:
 
             print(f"CES emulator TLS on {server.tls_endpoint} (gRPC and HTTPS REST); for clients, or eval \"$(ces-nb env)\":",
                   flush=True)
-            print(export_lines(server.client_environment()), flush=True)
+            environment = server.client_environment()
+            if args.require_token is not None:  # never echo the secret into a log
+                environment["CXAS_OAUTH_TOKEN"] = "<the --require-token value>"
+            print(export_lines(environment), flush=True)
         await stop.wait()
         print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
         await server.stop()

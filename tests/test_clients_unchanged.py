@@ -316,6 +316,8 @@ def test_require_token_over_rest(locked, tls_dir):
     tools = ces_v1.AgentServiceClient(transport="rest", client_options={"api_endpoint": locked.rest_url},
                                       credentials=Credentials(token="s3cret")).list_tools(parent=APP)
     assert [t.name for t in tools]
+    out = locked.output()
+    assert "export CXAS_OAUTH_TOKEN=" in out and "s3cret" not in out  # the start-up lines never echo the token
 
 
 def test_an_unserved_ces_method_is_unimplemented_saying_what_is_served(emulator):
