@@ -55,7 +55,7 @@ def drive(scrapi_python, emulator, app: str, *extra: str, transport: str | None 
     shell = (f'eval "$("{ces_nb}" env --tls-port {emulator.tls_port} --tls-dir "{emulator.tls_dir}")" && '
              f'exec "{scrapi_python}" "{HERE / "scrapi_driver.py"}" "{app}" {" ".join(extra)}')
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(emulator.tls_dir.parent), "LANG": "C.UTF-8",
-           "GOOGLE_CLOUD_PROJECT": "scrapi-project", **({"CES_TRANSPORT": transport} if transport else {})}
+           **({"CES_TRANSPORT": transport} if transport else {})}
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=DRIVE_TIMEOUT_S, env=env,
                           cwd=emulator.tls_dir.parent)
     assert done.returncode == 0, done.stderr[-4000:]
