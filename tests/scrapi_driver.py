@@ -85,6 +85,32 @@ def _():
     return {"listed": listed, "map": sorted(tools.get_tools_map(reverse=True)), "executed": executed}
 
 
+@feature("tool_evals")
+def _():
+    from cxas_scrapi.evals.tool_evals import ToolEvals
+
+    evals = ToolEvals(app_name=APP)
+    cases = evals.load_tool_test_cases_from_yaml("""
+tests:
+  - name: sw12_is_delayed
+    tool: get_flight_status
+    args: {flight_number: SW12}
+    expectations:
+      response:
+        - {path: $.flight_number, operator: equals, value: SW12}
+        - {path: $.status, operator: contains, value: delayed}
+  - name: a_wrong_gate_fails
+    tool: get_flight_status
+    args: {flight_number: SW12}
+    expectations:
+      response:
+        - {path: $.gate, operator: equals, value: Z99}
+""")
+    with contextlib.redirect_stdout(io.StringIO()):
+        frame = evals.run_tool_tests(cases)
+    return json.loads(frame.to_json(orient="records"))
+
+
 @feature("turn_evals")
 def _():
     from cxas_scrapi.evals.turn_evals import TurnEvals

@@ -97,6 +97,10 @@ def test_scrapi_runs_offline_against_the_emulator(scrapi_python, emulator, trans
     assert {"get_flight_status", "select_seat", "search_policies"} <= set(listed["listed"])
     assert listed["executed"]["response"]["flight_number"] == "SW12" and listed["executed"]["response"]["gate"]
 
+    tool_tests = {row["test_name"]: row for row in ok(results, "tool_evals")}
+    assert tool_tests["sw12_is_delayed"]["status"] == "PASSED", tool_tests
+    assert tool_tests["a_wrong_gate_fails"]["status"] == "FAILED" and "actual='A13'" in tool_tests["a_wrong_gate_fails"]["errors"]
+
     turns = ok(results, "turn_evals")
     verdicts = {}
     for row in turns:
