@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: all install demo test emulator notebooks bench chaos clean
+.PHONY: all install demo test emulator notebooks bench chaos clean scrapi-env
 
 all: install
 
@@ -31,8 +31,15 @@ demo: $(DEMO_STAMP)
 	$(BIN)/jupyter trust notebooks/*.ipynb
 	$(BIN)/ces-nb demo
 
+# cxas-scrapi from the registry in its own venv, cached per version (.venv-scrapi-VERSION),
+# for tests/test_scrapi.py. `make test` builds it first, so the test itself only drives it; if
+# it cannot be built there, the test says why (and fails under CI=true, else skips).
+scrapi-env: install
+	$(BIN)/python tests/scrapi_env.py
+
 # --durations: the slowest tests, each against its timeout (slow integration tests carry their own).
 test: install
+	-$(BIN)/python tests/scrapi_env.py
 	$(BIN)/python -m pytest $(NBVAL) tests notebooks --durations=15 $(PYTEST_ARGS)
 
 emulator: $(DEMO_STAMP)

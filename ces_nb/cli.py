@@ -1,5 +1,6 @@
 """`ces-nb` command line: `ces-nb emulator` runs the embedded CES emulator;
-`ces-nb demo` runs it behind JupyterLab on the tutorial notebooks."""
+`ces-nb demo` runs it behind JupyterLab on the tutorial notebooks; `ces-nb env` prints the
+environment that points existing CES clients (cxas-scrapi, ...) at it."""
 
 from __future__ import annotations
 
@@ -56,10 +57,21 @@ def _emulator(args: argparse.Namespace) -> int:
             print(f"ces-nb emulator: {exc}", file=sys.stderr)
             return 2
 
+    tls_port = _tls_port(args)
+    if args.require_token is not None:
+        from .emulator.auth import TokenCheck
+
+        try:
+            TokenCheck(args.require_token)
+        except ValueError as exc:
+            print(f"ces-nb emulator: {exc}", file=sys.stderr)
+            return 2
+
     async def serve() -> int:
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
                                 examples=examples, rest_port=args.rest_port, tool_limits=tool_limits,
-                                model_base_url=args.model_base_url, model_api_key_env=args.model_api_key_env)
+                                model_base_url=args.model_base_url, model_api_key_env=args.model_api_key_env,
+                                require_token=args.require_token, tls_port=tls_port, tls_dir=args.tls_dir)
         try:
             address = await server.start()
         except (OSError, StoreError) as exc:
@@ -86,12 +98,48 @@ def _emulator(args: argparse.Namespace) -> int:
         print(f"CES emulator listening on {address} (apps: {app_ids}; db: {display_url(server.db)})", flush=True)
         if server.rest_url:
             print(f"CES emulator REST on {server.rest_url} (the HTTP/JSON binding)", flush=True)
+        if server.tls_endpoint:
+            from .emulator.tls import export_lines
+
+            print(f"CES emulator TLS on {server.tls_endpoint} (gRPC and HTTPS REST); for clients, or eval \"$(ces-nb env)\":",
+                  flush=True)
+            environment = server.client_environment()
+            if args.require_token is not None:  # never echo the secret into a log
+                environment["CXAS_OAUTH_TOKEN"] = "<the --require-token value>"
+            print(export_lines(environment), flush=True)
         await stop.wait()
         print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
         await server.stop()
         return 0
 
     return asyncio.run(serve())
+
+
+DEFAULT_TLS_PORT = 50553
+
+
+def _tls_port(args: argparse.Namespace) -> int | None:
+    """--tls-port, or with --tls alone --port + 2 (50553 by default; 0 with --port 0)."""
+    if args.tls_port is not None:
+        return args.tls_port
+    if not args.tls:
+        return None
+    return 0 if args.port == 0 else args.port + 2
+
+
+def _env(args: argparse.Namespace) -> int:
+    """The `export` lines for a client of a TLS emulator (`eval "$(ces-nb env)"`)."""
+    from .emulator.tls import client_environment, ensure_tls_files, export_lines
+
+    try:
+        files = ensure_tls_files(args.tls_dir)
+    except OSError as exc:
+        print(f"ces-nb env: {exc}", file=sys.stderr)
+        return 1
+    host = args.host.strip("[]")
+    endpoint = f"localhost:{args.tls_port}" if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::") else f"{host}:{args.tls_port}"
+    print(export_lines(client_environment(files, endpoint, args.token)))
+    return 0
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -190,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     emu.add_argument("--port", type=int, default=50551, help="port to bind (default 50551; 0 picks a free one)")
     emu.add_argument("--rest-port", type=int, default=None, metavar="PORT",
                      help="also serve the REST (HTTP/JSON) binding on PORT, on the same host (0 picks a free one)")
+    emu.add_argument("--tls", action="store_true",
+                     help="also serve TLS, gRPC and HTTPS REST on one port (--tls-port, default --port + 2 = 50553), with a "
+                          "certificate for localhost from a local CA kept in ~/.local/share/ces_nb/tls; prints the client's "
+                          "environment (the same as `ces-nb env`)")
+    emu.add_argument("--tls-port", type=int, default=None, metavar="PORT",
+                     help="the TLS port (implies --tls; 0 picks a free one)")
+    emu.add_argument("--tls-dir", default=None, metavar="DIR", help=argparse.SUPPRESS)
+    emu.add_argument("--require-token", default=None, metavar="TOKEN",
+                     help="accept only `authorization: Bearer TOKEN` on the CES services (gRPC and REST); others get "
+                          "UNAUTHENTICATED. Without it any token, or none, is accepted")
     emu.add_argument("--db", default=None,
                      help="session store: a SQLite file, any SQLAlchemy URL, or :memory: (default: ~/.local/share/ces_nb/emulator.db)")
     emu.add_argument("--model", default=None, metavar="ID",
@@ -211,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("address", nargs="?", default=None, help="host:port (default $CES_NB_EMULATOR or 127.0.0.1:50551)")
     check.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="keep asking for up to SECONDS")
     check.set_defaults(func=_health, log_level="WARNING")
+    env = sub.add_parser("env", help="print `export` lines that point CES clients (cxas-scrapi, the official client) "
+                                      "at a TLS emulator: eval \"$(ces-nb env)\"")
+    env.add_argument("--tls-port", type=int, default=DEFAULT_TLS_PORT, help=f"the emulator's TLS port (default {DEFAULT_TLS_PORT})")
+    env.add_argument("--host", default="127.0.0.1", help="the emulator's host (default 127.0.0.1; dialled as localhost)")
+    env.add_argument("--token", default=None, help="the emulator's --require-token, if it has one (default: any token)")
+    env.add_argument("--tls-dir", default=None, metavar="DIR", help=argparse.SUPPRESS)
+    env.set_defaults(func=_env, log_level="WARNING")
     demo = sub.add_parser("demo", help="start the emulator and JupyterLab on the tutorial notebooks")
     demo.add_argument("--notebooks", default="notebooks", help="folder to open (default ./notebooks)")
     demo.add_argument("--port", type=int, default=50551, help="emulator port (default 50551; reused if one listens there)")

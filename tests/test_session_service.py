@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc
+
 import grpc
 import pytest
 from google.api_core import exceptions
@@ -42,7 +44,9 @@ def test_python_tool_runs_with_the_users_value_and_spans_are_real(sessions, sess
     root = out[-1].diagnostic_info.root_span
     tools = [c for c in root.child_spans if c.name == "Tool"]
     assert tools and tools[0].attributes["name"] == "get_flight_status"
-    assert '"SW42"' in tools[0].attributes["args"]
+    # args and response are structured values, as clients index them (cxas-scrapi's turn evals)
+    assert tools[0].attributes["args"]["flight_number"].upper() == "SW42"
+    assert isinstance(tools[0].attributes["response"], collections.abc.Mapping), tools[0].attributes["response"]
     assert tools[0].attributes["tool call id"]
     llm = next(c for c in root.child_spans if c.name == "LLM")
     for key in ("agent", "model", "input token count", "output token count", "time to first chunk (ms)"):

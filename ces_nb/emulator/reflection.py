@@ -1,4 +1,5 @@
-"""Service descriptors for gRPC server reflection.
+"""The services the emulator serves, under each CES API version, and their descriptors for
+gRPC server reflection.
 
 The proto-plus types register their messages in the default descriptor pool,
 but not the services (those live only in the generated clients). We add a
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from google.cloud import ces_v1
+from google.cloud import ces_v1, ces_v1beta
 
 _EMPTY = ".google.protobuf.Empty"
 
@@ -42,26 +43,43 @@ SERVED = {
         ("ExecuteTool", ces_v1.ExecuteToolRequest, ces_v1.ExecuteToolResponse, False, False),
     ],
 }
+# The handlers' own version: they take and return ces_v1 types.
 PACKAGE = "google.cloud.ces.v1"
-FILE_NAME = "ces_nb/emulator/ces_v1_services.proto"
+# Every version served, each with its generated types. Their messages are the same field for
+# field (same numbers, same types: v1beta's App only adds evaluation fields), so a v1beta call
+# runs the v1 handler on the same bytes (versions.py), and REST converts through the wire format.
+API_VERSIONS = {"google.cloud.ces.v1": ces_v1, "google.cloud.ces.v1beta": ces_v1beta}
+
+
+def served(package: str) -> dict[str, list[tuple]]:
+    """SERVED with the request and response types of `package`'s version."""
+    types = API_VERSIONS[package]
+    return {service: [(m, getattr(types, req.__name__), None if resp is None else getattr(types, resp.__name__), cs, ss)
+                      for m, req, resp, cs, ss in methods]
+            for service, methods in SERVED.items()}
 
 
 def service_names() -> list[str]:
-    return [f"{PACKAGE}.{s}" for s in SERVED]
+    return [f"{package}.{s}" for package in API_VERSIONS for s in SERVED]
 
 
 def register_service_descriptors() -> None:
+    for package in API_VERSIONS:
+        _register(package, f"ces_nb/emulator/{package.replace('.', '_')}_services.proto")
+
+
+def _register(package: str, file_name: str) -> None:
     pool = descriptor_pool.Default()
     try:
-        pool.FindFileByName(FILE_NAME)
+        pool.FindFileByName(file_name)
         return
     except KeyError:
         pass
     from google.protobuf import empty_pb2
 
     deps = {empty_pb2.DESCRIPTOR.name}
-    file = descriptor_pb2.FileDescriptorProto(name=FILE_NAME, package=PACKAGE, syntax="proto3")
-    for service, methods in SERVED.items():
+    file = descriptor_pb2.FileDescriptorProto(name=file_name, package=package, syntax="proto3")
+    for service, methods in served(package).items():
         svc = file.service.add(name=service)
         for method, req, resp, client_stream, server_stream in methods:
             for t in (req, resp):

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import pkgutil
 import logging
 import re
 import socket
@@ -37,8 +38,9 @@ import grpc
 from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
+from .auth import TokenCheck
 from .errors import EmulatorError, clip, quote
-from .reflection import PACKAGE, SERVED
+from .reflection import API_VERSIONS, PACKAGE, SERVED, served
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -117,15 +119,38 @@ class Route:
     request_type: Any = None    # proto-plus class; None for an RPC the emulator doesn't serve
     handler: Callable | None = None
     streaming: bool = False
+    # Another API version than the handlers': the request is converted to this (v1) type, and
+    # the response to `response_type`, through the wire format (the fields are the same).
+    handler_request_type: Any = None
+    response_type: Any = None
+    package: str = PACKAGE      # the API version: google.cloud.ces.v1 or ...v1beta
 
     def __str__(self) -> str:
         return f"{self.http_method} {self.uri}"
 
 
-def _rest_base(service: str):
-    """The generated `_Base<Service>RestTransport` of google.cloud.ces_v1."""
-    module = importlib.import_module(f"google.cloud.ces_v1.services.{_snake(service)}.transports.rest_base")
+def _module(package: str) -> str:
+    return "google.cloud." + package.split(".")[-2] + "_" + package.split(".")[-1]  # google.cloud.ces_v1beta
+
+
+def _rest_base(service: str, package: str = PACKAGE):
+    """The generated `_Base<Service>RestTransport` of the version's client (google.cloud.ces_v1...)."""
+    module = importlib.import_module(f"{_module(package)}.services.{_snake(service)}.transports.rest_base")
     return getattr(module, f"_Base{service}RestTransport")
+
+
+def _all_services(package: str) -> list[str]:
+    """Every service the version's client has a REST transport for (EvaluationService, ...)."""
+    services = importlib.import_module(f"{_module(package)}.services")
+    out = []
+    for info in pkgutil.iter_modules(services.__path__):
+        name = "".join(part.title() for part in info.name.split("_"))
+        try:
+            _rest_base(name, package)
+        except (ImportError, AttributeError):
+            continue
+        out.append(name)
+    return out
 
 
 def _http_options(base) -> dict[str, list[dict]]:
@@ -139,25 +164,33 @@ def _http_options(base) -> dict[str, list[dict]]:
 
 def build_routes(services: dict[str, object]) -> list[Route]:
     """Routes for the RPCs of `services` ({"SessionService": handler object, ...}) that the
-    official REST transport binds, then 501 routes for the ones it binds and the emulator
-    doesn't serve (CreateApp, GetLocation, ...), so those get a clear answer."""
-    served, unserved, seen = [], [], set()
-    for service, handlers in services.items():
-        options = _http_options(_rest_base(service))
-        methods = {m[0]: m for m in SERVED[service]}
-        for method, http_options in options.items():
-            entry = methods.get(method)
-            handler = getattr(handlers, _snake(method), None) if entry else None
-            for option in http_options:
-                regex, fields = compile_template(option["uri"])
-                http_method = option["method"].upper()
-                if handler is not None and not entry[3]:  # client streaming has no REST binding
-                    served.append(Route(f"{service}.{method}", http_method, option["uri"], regex, fields, option.get("body"),
-                                        entry[1], handler, streaming=entry[4]))
-                elif (http_method, option["uri"]) not in seen:
-                    unserved.append(Route(f"{service}.{method}", http_method, option["uri"], regex, fields, option.get("body")))
-                seen.add((http_method, option["uri"]))
-    return served + unserved
+    official REST transports bind, for every API version (/v1/..., /v1beta/...), then 501 routes
+    for the ones they bind and the emulator doesn't serve (CreateApp, GetLocation, the
+    EvaluationService, ...), so those get a clear answer."""
+    bound, unserved, seen = [], [], set()
+    for package in API_VERSIONS:
+        table = served(package)
+        for service in [*services, *(s for s in _all_services(package) if s not in services)]:
+            handlers = services.get(service)
+            options = _http_options(_rest_base(service, package))
+            methods = {m[0]: m for m in table.get(service, ())}
+            v1 = {m[0]: m for m in SERVED.get(service, ())}
+            for method, http_options in options.items():
+                entry = methods.get(method)
+                handler = getattr(handlers, _snake(method), None) if entry and handlers is not None else None
+                rpc = f"{service}.{method}"
+                for option in http_options:
+                    regex, fields = compile_template(option["uri"])
+                    http_method = option["method"].upper()
+                    if handler is not None and not entry[3]:  # client streaming has no REST binding
+                        other = package != PACKAGE
+                        bound.append(Route(rpc, http_method, option["uri"], regex, fields, option.get("body"), entry[1], handler,
+                                           streaming=entry[4], handler_request_type=v1[method][1] if other else None,
+                                           response_type=entry[2] if other else None, package=package))
+                    elif (http_method, option["uri"]) not in seen:
+                        unserved.append(Route(rpc, http_method, option["uri"], regex, fields, option.get("body"), package=package))
+                    seen.add((http_method, option["uri"]))
+    return bound + unserved
 
 
 # -- what handlers get in place of a grpc.aio.ServicerContext ------------------------------------
@@ -195,9 +228,21 @@ def to_json(message, ints: bool = False, pretty: bool = False) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def error_json(code: grpc.StatusCode, message: str) -> bytes:
-    return json.dumps({"error": {"code": HTTP_STATUS.get(code, 500), "message": message, "status": code.name}},
+def error_json(code: grpc.StatusCode, message: str, method: str = "") -> bytes:
+    """Google's JSON error body. Its ErrorInfo detail is what google-api-core reads as the
+    exception's `reason` and `domain`."""
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code.name, "domain": "ces-nb.emulator",
+            "metadata": {"service": "ces.googleapis.com", **({"method": method} if method else {})}}
+    return json.dumps({"error": {"code": HTTP_STATUS.get(code, 500), "message": message, "status": code.name, "details": [info]}},
                       ensure_ascii=False).encode()
+
+
+def _converted(route: Route, response):
+    """The handler's (v1) response as the route's version's message."""
+    pb = _pb(response)
+    if route.response_type is None or not isinstance(pb, Message):
+        return pb
+    return route.response_type.pb().FromString(pb.SerializeToString())
 
 
 def _parse_body(body: bytes, target: Message, what: str) -> None:
@@ -353,12 +398,13 @@ async def _send(send, status: int, body: bytes, headers: list = ()) -> None:
 class RestApp:
     """The ASGI app: routes parsed once from the client's REST transports."""
 
-    def __init__(self, services: dict[str, object]):
+    def __init__(self, services: dict[str, object], token: TokenCheck | None = None):
+        self.token = token
         self.routes = build_routes(services)
         self._by_method: dict[str, list[Route]] = {}
         for route in self.routes:
             self._by_method.setdefault(route.http_method, []).append(route)
-        self._served = ", ".join(str(r) for r in self.routes if r.handler is not None)
+        self._served = ", ".join(str(r) for r in self.routes if r.handler is not None and r.package == PACKAGE)
 
     def find(self, method: str, path: str) -> tuple[Route, tuple[str, ...]]:
         for route in self._by_method.get(method, ()):
@@ -368,7 +414,8 @@ class RestApp:
         other = sorted({r.http_method for r in self.routes if r.http_method != method and r.regex.match(path)})
         if other:
             raise EmulatorError.not_found(f"{method} {quote(path)} is not a CES route; that path takes {' or '.join(other)}")
-        raise EmulatorError.not_found(f"no CES REST route for {method} {quote(path)}; the emulator serves {self._served}")
+        raise EmulatorError.not_found(
+            f"no CES REST route for {method} {quote(path)}; the emulator serves {self._served} (and the same under /v1beta/)")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":  # lifespan is off and websockets are not served
@@ -386,7 +433,8 @@ class RestApp:
             pass
         except EmulatorError as exc:
             if not started:
-                await _send(send, HTTP_STATUS.get(exc.code, 500), error_json(exc.code, exc.message))
+                challenge = [(b"www-authenticate", b'Bearer realm="ces-nb emulator"')] if exc.code == grpc.StatusCode.UNAUTHENTICATED else []
+                await _send(send, HTTP_STATUS.get(exc.code, 500), error_json(exc.code, exc.message), challenge)
         except Exception as exc:  # never crash the server; say what failed
             log.exception("REST %s %s failed", scope.get("method"), scope.get("path"))
             if not started:
@@ -396,19 +444,24 @@ class RestApp:
         raw = scope.get("raw_path")
         path = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
         route, values = self.find(scope["method"], path)
+        if self.token is not None:
+            header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+            problem = self.token.problem(header)
+            if problem is not None:
+                raise EmulatorError(grpc.StatusCode.UNAUTHENTICATED, problem)
         query = scope.get("query_string", b"").decode("utf-8", "replace")
         ints, pretty, params = _options(parse_qsl(query, keep_blank_values=True))
         body = await self._read(receive, scope)
         if route.handler is None:
             raise EmulatorError.unimplemented(
-                f"{PACKAGE}.{route.rpc} is not served by the emulator; over REST it serves {self._served}")
+                f"{route.package}.{route.rpc} is not served by the emulator; over REST it serves {self._served} (and the same under /v1beta/)")
         request = await self._request(route, values, body, params)
         context = RestContext(scope)
         if route.streaming:
             await _watched(receive, self._stream(route, request, context, send, ints))
             return
         response = await _watched(receive, self._call(route, request, context))
-        pb = _pb(response)
+        pb = _converted(route, response)
         if pb.ByteSize() > OFF_LOOP_BYTES:
             payload = await asyncio.to_thread(to_json, pb, ints, pretty)
         else:
@@ -447,6 +500,8 @@ class RestApp:
         _apply_query(params, pb, route)
         for field, value in zip(route.fields, values):
             _bind_path(pb, field, unquote(value))
+        if route.handler_request_type is not None:  # another version: the handler takes v1
+            return route.handler_request_type.deserialize(pb.SerializeToString())
         return route.request_type.wrap(pb)
 
     @staticmethod
@@ -471,10 +526,10 @@ class RestApp:
                 await _send(send, 200, b"[]")
                 return
             await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
-            await send({"type": "http.response.body", "body": b"[" + to_json(first, ints), "more_body": True})
+            await send({"type": "http.response.body", "body": b"[" + to_json(_converted(route, first), ints), "more_body": True})
             try:
                 async for response in responses:
-                    await send({"type": "http.response.body", "body": b",\n" + to_json(response, ints), "more_body": True})
+                    await send({"type": "http.response.body", "body": b",\n" + to_json(_converted(route, response), ints), "more_body": True})
             except EmulatorError as exc:
                 await send({"type": "http.response.body", "body": b",\n" + error_json(exc.code, exc.message), "more_body": True})
             except Exception as exc:
@@ -512,8 +567,8 @@ def url_host(host: str) -> str:
 class RestServer:
     """uvicorn serving RestApp on the running event loop (the grpc.aio server's)."""
 
-    def __init__(self, services: dict[str, object], host: str, port: int):
-        self.app = RestApp(services)
+    def __init__(self, services: dict[str, object], host: str, port: int, token: TokenCheck | None = None):
+        self.app = RestApp(services, token)
         self.host = host
         self.port = port
         self._socket: socket.socket | None = None

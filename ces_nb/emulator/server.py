@@ -1,5 +1,6 @@
 """The embedded CES emulator: a grpc.aio server for SessionService, AgentService
-(read side) and ToolService, plus gRPC health and server reflection."""
+(read side) and ToolService, under google.cloud.ces.v1 and v1beta, plus gRPC health and
+server reflection; optionally REST, TLS (tls.py) and a required bearer token (auth.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from google.cloud import ces_v1
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .auth import RequireToken, TokenCheck
 from .export import LoadedApp, load_export
 from .reflection import register_service_descriptors, service_names
 from .registry import AppRegistry
@@ -23,6 +25,7 @@ from .services.session import SessionService
 from .sandbox import SandboxLimits
 from .services.tool import ToolService
 from .store import StoreLock, open_sqlite_file, open_store, sqlite_file
+from .versions import AlsoServedAs, Unserved
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -58,8 +61,17 @@ class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  db: str | None = None, model: str | None = None, audio_pace: float = 1.0, examples: list[str] | None = None,
                  rest_port: int | None = None, tool_limits: SandboxLimits | None = None,
-                 model_base_url: str | None = None, model_api_key_env: str | None = None):
+                 model_base_url: str | None = None, model_api_key_env: str | None = None,
+                 require_token: str | None = None, tls_port: int | None = None, tls_dir: str | None = None):
         self.audio_pace = audio_pace
+        # --require-token: only `authorization: Bearer <it>` (auth.py); None accepts any token or none
+        self.token = TokenCheck(require_token) if require_token is not None else None
+        # --tls: gRPC and HTTPS REST on this port too (tls.py); 0 picks a free one
+        self.tls_port = tls_port
+        self.tls_dir = tls_dir
+        self.tls = None
+        self.tls_files = None
+        self._tls_rest = None  # the REST binding behind TLS when --rest-port was not asked for
         self.tool_limits = tool_limits  # what pythonFunction code may use (sandbox.py)
         self.rest_port = rest_port  # the HTTP/JSON binding (rest.py) on this port too; 0 picks a free one
         self.rest = None
@@ -111,9 +123,11 @@ class EmulatorServer:
             # bind too and take half of the traffic. One port, one emulator.
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options)
+        self.server = grpc.aio.server(options=options, interceptors=[RequireToken(self.token)] if self.token else None)
         agents, tools = AgentService(self.registry), ToolService(self.registry)
-        self.server.add_generic_rpc_handlers((self.sessions.handler(), agents.handler(), tools.handler()))
+        v1 = (self.sessions.handler(), agents.handler(), tools.handler())
+        # v1, then v1beta on the same handlers, then a clear UNIMPLEMENTED for any other CES method
+        self.server.add_generic_rpc_handlers((*v1, AlsoServedAs(v1), Unserved()))
         self._health = health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         register_service_descriptors()
@@ -136,7 +150,7 @@ class EmulatorServer:
             from .rest import RestServer
 
             self.rest = RestServer({"SessionService": self.sessions, "AgentService": agents, "ToolService": tools},
-                                   self.host, self.rest_port)
+                                   self.host, self.rest_port, self.token)
             try:
                 self.rest.bind()
             except OSError:
@@ -147,13 +161,67 @@ class EmulatorServer:
                 raise
             self.rest_port = self.rest.port
         # -- end REST
+        # -- TLS (tls.py): gRPC and HTTPS REST on one more port, piped to the servers above
+        if self.tls_port is not None:
+            try:
+                await self._bind_tls({"SessionService": self.sessions, "AgentService": agents, "ToolService": tools})
+            except BaseException:
+                await self._stop_tls()
+                if self.rest is not None:
+                    await self.rest.stop(0)
+                    self.rest = None
+                await self.server.stop(None)
+                self.server = None
+                self._release_store()
+                raise
+        # -- end TLS
         # Bound, but not ready for turns until serving() says so (after the warm-up).
         for name in ["", *service_names()]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.rest is not None:
             await self.rest.start()
+        if self.tls is not None:
+            if self._tls_rest is not None:
+                await self._tls_rest.start()
+            await self.tls.start()
         return self.address
+
+    async def _bind_tls(self, services: dict) -> None:
+        from .rest import RestServer
+        from .tls import TlsFront, ensure_tls_files
+
+        self.tls_files = await asyncio.to_thread(ensure_tls_files, self.tls_dir)
+        rest_host, rest_port = self.host, self.rest_port
+        if self.rest is None:  # TLS REST needs the binding: a private one, on loopback only
+            self._tls_rest = RestServer(services, "127.0.0.1", 0, self.token)
+            self._tls_rest.bind()
+            rest_host, rest_port = "127.0.0.1", self._tls_rest.port
+        self.tls = TlsFront(self.host, self.tls_port, self.tls_files, self.port, rest_port, rest_host)
+        self.tls.bind()
+        self.tls_port = self.tls.port
+
+    async def _stop_tls(self, grace: float = 0) -> None:
+        tls, self.tls = self.tls, None
+        rest, self._tls_rest = self._tls_rest, None
+        if tls is not None:
+            await tls.stop(grace)
+        if rest is not None:
+            await rest.stop(grace)
+
+    @property
+    def tls_endpoint(self) -> str | None:
+        """host:port for TLS clients (the certificate names localhost), with --tls."""
+        return self.tls.endpoint if self.tls is not None else None
+
+    def client_environment(self) -> dict[str, str]:
+        """The environment a TLS client (cxas-scrapi, the official client) needs, with --tls."""
+        from .tls import client_environment
+
+        if self.tls is None:
+            raise RuntimeError("the emulator serves no TLS; start it with tls_port (ces-nb emulator --tls)")
+        token = self.token.token if self.token is not None else None
+        return client_environment(self.tls_files, self.tls_endpoint, token)
 
     async def serving(self) -> None:
         """Tell health checks the emulator is ready: clients wait for this, not for a log line."""
@@ -213,7 +281,7 @@ class EmulatorServer:
         if self.sessions is not None:
             await self.sessions.go_away()
         rest, self.rest = self.rest, None
-        await asyncio.gather(self.server.stop(grace), *([rest.stop(grace)] if rest is not None else []))
+        await asyncio.gather(self.server.stop(grace), self._stop_tls(grace), *([rest.stop(grace)] if rest is not None else []))
         if self.registry is not None:
             await self.registry.close()
         self._release_store()

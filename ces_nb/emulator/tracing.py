@@ -6,7 +6,7 @@ id. The mapping keeps real timestamps and durations and renames to CES's shape:
 
     root       perceived latency (ms)
       LLM      agent, model, input token count, output token count, time to first chunk (ms)
-      Tool     name, agent, args, response, tool call id
+      Tool     name, agent, args, response (objects, not JSON text), tool call id
       Callback agent, stage (the CES callback, e.g. before_model_callback), name, file,
                returned (None, LlmResponse, Content, dict), error and traceback if it raised
       Guardrail agent, name, type (contentFilter, codeCallback, llmPolicy...), stage,
@@ -96,6 +96,11 @@ def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
+def _plain(value: Any) -> Any:
+    """A tool's args or response as a value a Struct holds (what isn't JSON becomes its str)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
@@ -136,8 +141,10 @@ def build_root_span(
             return [_span("Tool", span, {
                 "name": record.name if record else attrs.get("gen_ai.tool.name"),
                 "agent": agent,
-                "args": json.dumps(record.args, sort_keys=True) if record else None,
-                "response": json.dumps(record.response, sort_keys=True, default=str) if record and record.response is not None else None,
+                # Structured values, as CES reports them and clients read them (cxas-scrapi's
+                # turn evals and trace report index attributes["args"] as an object).
+                "args": _plain(record.args) if record else None,
+                "response": _plain(record.response) if record and record.response is not None else None,
                 "tool call id": call_id,
             }, nested)]
         if span.name.startswith("ces.callback"):

@@ -1,0 +1,56 @@
+"""A venv with cxas-scrapi from the registry, for the tests that drive it against the emulator.
+
+Built once per scrapi version and kept (`.venv-scrapi-<version>` at the repository root, or
+`$CES_NB_SCRAPI_VENV`), so later runs reuse it; `make scrapi-env` builds it ahead of time.
+Nothing of scrapi is patched: tests only set environment variables."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRAPI_VERSION = os.environ.get("CES_NB_SCRAPI_VERSION", "1.10.0")
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_TIMEOUT_S = 1500
+
+
+class ScrapiEnvError(RuntimeError):
+    pass
+
+
+def venv_path() -> Path:
+    return Path(os.environ.get("CES_NB_SCRAPI_VENV") or ROOT / f".venv-scrapi-{SCRAPI_VERSION}")
+
+
+def ensure_scrapi_venv() -> Path:
+    """The venv's python, building the venv first if it is missing or half built."""
+    venv = venv_path()
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.exists():
+        return python
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be building it right now
+        if stamp.exists():
+            return python
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(venv)],
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"cxas-scrapi=={SCRAPI_VERSION}"],
+        ]
+        for step in steps:
+            try:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ScrapiEnvError(f"building the cxas-scrapi venv failed at {step[:3]}: {exc}") from None
+            if done.returncode != 0:
+                raise ScrapiEnvError(f"building the cxas-scrapi venv failed at {' '.join(step[:4])}:\n{done.stderr[-3000:]}")
+        stamp.write_text(SCRAPI_VERSION + "\n")
+    return python
+
+
+if __name__ == "__main__":
+    print(ensure_scrapi_venv())
