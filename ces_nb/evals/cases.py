@@ -119,7 +119,7 @@ class Case:
 
     @property
     def key(self) -> str:
-        """What identifies the case across runs: its file's name and its own name."""
+        """What identifies the case across runs: its file (with its folder) and its own name."""
         from pathlib import PurePath
 
-        return f"{PurePath(self.source).name}::{self.name}" if self.source else self.name
+        return f"{'/'.join(PurePath(self.source).parts[-2:])}::{self.name}" if self.source else self.name

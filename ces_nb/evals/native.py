@@ -17,8 +17,8 @@ from .errors import EvalFileError, shown
 
 _COMPARISON = {"EQUALS": "exact", "CONTAINS": "contains", "SEMANTIC_SIMILARITY": "semantic"}
 _PARSE_AT = re.compile(r' at "([^"]*)"')
-NOT_SIMULATED = ("needs a simulated user: CES plays scenarios with an LLM user, which this run has not got "
-                 "(pass simulator=...); not evaluated")
+NOT_SIMULATED = ("needs a simulated user: CES plays scenarios with an LLM user; offline only the scripted parts "
+                 "(variable overrides, mock tool responses) run; not evaluated")
 
 
 def is_evaluation(data: Any) -> bool:

@@ -48,7 +48,7 @@ def score_step(step: Step, seen: Observation, judge=None, thresholds: Thresholds
     unused = list(seen.calls)  # each observed call satisfies one expected call, in order
     rows = []
     for e in step.expectations:
-        if e.note.startswith("skipEvaluation"):
+        if e.note.startswith("skipEvaluation") or e.kind == RUBRIC:  # rubrics: score_case_rubrics
             continue
         rows.append(_score(e, seen, unused, judge, thresholds, values))
     if thresholds.extra_tool_call_behavior == "FAIL" and any(e.kind == TOOL_CALL for e in step.expectations):
