@@ -12,6 +12,15 @@ from typing import Any
 from .observe import SYSTEM_TOOLS, observe
 
 
+def _sorted(value: Any) -> Any:
+    """Keys in order, so a golden from a live session and from its saved transcript are the same text."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
 def _inputs(turn) -> list[dict]:
     return [i.to_dict() for i in turn.inputs]
 
@@ -53,7 +62,11 @@ def conversation_turns(turns) -> list[dict]:
         groups.append({"user": _user(items), "variables": _variables(items), "turns": [turn]})
     for g in groups:
         g["client_ids"] = {c.id for t in g["turns"] for c in t.tool_calls}
-        g["seen"] = observe(g["turns"])
+        g["seen"] = seen = observe(g["turns"])
+        for call in seen.calls:
+            call.args, call.response = _sorted(call.args), _sorted(call.response)
+        seen.end_args = _sorted(seen.end_args)
+        g["variables"] = _sorted(g["variables"])
         g["texts"] = [t.text for t in g["turns"] if t.text]
     return groups
 

@@ -16,7 +16,7 @@ from .cases import (AGENT_RESPONSE, AGENT_TRANSFER, GOLDEN, NO_TOOL_CALLS, RUBRI
 from .errors import EvalFileError, shown
 
 _COMPARISON = {"EQUALS": "exact", "CONTAINS": "contains", "SEMANTIC_SIMILARITY": "semantic"}
-_PARSE_AT = re.compile(r' at "([^"]*)"')
+_PARSE_AT = re.compile(r' at "?(Evaluation(?:\.\w+(?:\[\d+\])*)*)"?\.*')
 NOT_SIMULATED = ("needs a simulated user: CES plays scenarios with an LLM user; offline only the scripted parts "
                  "(variable overrides, mock tool responses) run; not evaluated")
 
@@ -37,8 +37,10 @@ def _parse(data: dict, message, source: str, at: str) -> dict:
     except json_format.ParseError as exc:
         text = str(exc)
         m = _PARSE_AT.search(text)
-        where = m[1].split(".", 1)[1] if m and "." in m[1] else at
-        raise EvalFileError(source, f"{at}.{where}" if at and where != at else where, _PARSE_AT.sub("", text)) from None
+        where = m[1].split(".", 1)[1] if m and "." in m[1] else ""
+        problem = _PARSE_AT.sub("", text).rsplit(" field: ", 1)[-1].strip()
+        full = ".".join(x for x in (at, where) if x) if not where.startswith("[") else at + where
+        raise EvalFileError(source, full, f"not a CES Evaluation: {problem}") from None
     return json_format.MessageToDict(pb, preserving_proto_field_name=True)
 
 
