@@ -54,7 +54,9 @@ def run_command(args: argparse.Namespace) -> int:
     except (EvalFileError, CesError, ValueError, FileNotFoundError) as exc:
         print(f"ces-nb eval: {exc}", file=sys.stderr)
         return USAGE
-    print(run.cases_frame.drop(columns=["tags"]).to_string(index=False))
+    table = run.cases_frame.drop(columns=["tags"])
+    table["latency_ms"] = [f"{v:.1f} ms" if v == v and v is not None else "" for v in table["latency_ms"]]
+    print(table.rename(columns={"latency_ms": "latency"}).to_string(index=False))
     print()
     print(run.text())
     if args.junit:

@@ -113,7 +113,7 @@ def case_html(case) -> str:
     tags = " ".join(f'<span class="ces-chip">{_e(t)}</span>' for t in case.tags)
     latency = f" <span>{_e(_ms(case.latency_ms))}</span>" if case.latency_ms is not None else ""
     body = [f'<details class="ces-eval-card"{open_}><summary>{_badge(case.outcome)} <b>{_e(case.name)}</b> '
-            f'<span class="ces-eval-note">{_e(case.kind)} · {_e(case.source)}</span> {tags}{latency}</summary>']
+            f'<span class="ces-eval-note">{_e(case.kind)} · {_e(case.key.split("::", 1)[0])}</span> {tags}{latency}</summary>']
     if case.description:
         body.append(f"<div class='ces-eval-note'>{_e(case.description)}</div>")
     if case.error:

@@ -4,6 +4,7 @@ parallel, with a tqdm bar; the verdicts are an EvalRun."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +158,7 @@ def _run_tool_test(client, app: str, case: Case, result: CaseResult) -> None:
     for row in score_tool_test(case, body, variables):
         row.latency_ms = result.latency_ms
         result.expectations.append(row)
-    result.notes.append(f"ExecuteTool {case.tool}: {body}")
+    result.notes.append(f"ExecuteTool {case.tool}: {json.dumps(body, sort_keys=True, default=str)}")
 
 
 def _run_conversation(client, app: str, case: Case, result: CaseResult, judge, thresholds: Thresholds, session_id: str | None) -> None:
