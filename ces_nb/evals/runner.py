@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .cases import GOLDEN, SCENARIO, SCENARIO_CASE, TOOL_CALL, TOOL_TEST, Case, MockAnswer, Thresholds
+from .cases import GOLDEN, RUBRIC, SCENARIO, SCENARIO_CASE, TOOL_CALL, TOOL_TEST, Case, MockAnswer, Thresholds
 from .judges import TextSimilarityJudge
 from .observe import observe
 from .results import ERROR, CaseResult, ExpectationResult
@@ -112,7 +112,10 @@ def _tool_aliases(client, app: str) -> dict[str, str]:
 
 
 def _aliased(case: Case, aliases: dict[str, str]) -> Case:
-    if not aliases:
+    renamed = [e.expected["tool"] for s in case.steps for e in s.expectations
+               if e.kind == TOOL_CALL and isinstance(e.expected, dict) and e.expected.get("tool") in aliases
+               and aliases[e.expected["tool"]] != e.expected["tool"]]
+    if not renamed and not any(m.tool in aliases and aliases[m.tool] != m.tool for s in case.steps for m in s.mocks):
         return case
     case = copy.deepcopy(case)
     for step in case.steps:
@@ -166,6 +169,7 @@ def _run_conversation(client, app: str, case: Case, result: CaseResult, judge, t
     session.auto_answer = False  # this runner answers client tools, from the golden
     result.session = session.name
     variables = dict(case.variables)
+    live = []  # the Turns, for the rubric judge's transcript
     for number, step in enumerate(case.steps, 1):
         inputs = dict(step.inputs)
         if number == 1 and variables:
@@ -181,6 +185,7 @@ def _run_conversation(client, app: str, case: Case, result: CaseResult, judge, t
             turns.append(session.respond(answers, how="mock"))
             rounds += 1
         first = len(result.turns)
+        live.extend(turns)
         result.turns.extend(t.to_dict() for t in turns)
         result.step_turns.append(list(range(first, len(result.turns))))
         seen = observe(turns)
@@ -200,8 +205,9 @@ def _run_conversation(client, app: str, case: Case, result: CaseResult, judge, t
     if case.kind == SCENARIO_CASE:
         for e in case.expectations:
             result.expectations.append(skipped(e, e.note))
-    conversation = "\n".join(_line(t) for t in result.turn_objects())
-    result.expectations.extend(score_case_rubrics(case, conversation, judge))
+    if any(e.kind == RUBRIC for e in case.expectations) or any(e.kind == RUBRIC for s in case.steps for e in s.expectations):
+        conversation = "\n".join(_line(t) for t in live)
+        result.expectations.extend(score_case_rubrics(case, conversation, judge))
     latencies = [ms for kind, ms in result.spans if kind == "turn"]
     result.latency_ms = sum(latencies) if latencies else None
 
