@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_EVALS = ROOT / "ces_nb" / "demo_app" / "evals"
 DEMO_APP = ROOT / "ces_nb" / "demo_app" / "skyway"
 ACME = ROOT / "tests" / "apps" / "cxas_project"
+PET_CLINIC = ROOT / "notebooks" / "pet_clinic" / "cxas_app" / "Pet Clinic"
 XSD = ROOT / "tests" / "evals_fixtures" / "junit.xsd"
 GOLDENS = DEMO_EVALS / "goldens" / "skyway.yaml"
 NATIVE = DEMO_EVALS / "evaluations" / "book_seat.evaluation.json"
@@ -58,7 +59,8 @@ def other(tmp_path_factory):
     """A second emulator serving a broken copy of the demo app and the cxas-scrapi test project."""
     tmp = tmp_path_factory.mktemp("evals")
     broken = _break_demo_app(tmp)
-    process = EmulatorProcess("--db", str(tmp / "db.sqlite"), "--app", str(broken), "--app", str(ACME / "cxas_app" / "Acme Support"))
+    process = EmulatorProcess("--db", str(tmp / "db.sqlite"), "--app", str(broken), "--app", str(ACME / "cxas_app" / "Acme Support"),
+                              "--app", str(PET_CLINIC))
     yield process
     process.stop()
 
@@ -381,3 +383,64 @@ def test_to_golden_makes_a_session_into_a_passing_regression_test(client, tmp_pa
     # and the same golden from the saved transcript, with no server
     saved = session.save(tmp_path / "t.json")
     assert ces_nb.Transcript.load(saved).to_golden(format=suffix[1:], name="explored", tags=["nb"]) == text
+
+
+# -- native goldens: updated variables and thresholds -------------------------------------------
+
+def _pet_clinic_golden(pet_variable: str, args: dict, threshold: float | None = None) -> dict:
+    call = {"toolCall": {"displayName": "find_appointment", "args": args}}
+    if threshold is not None:
+        call["expectationLevelMetricsThresholdsOverride"] = {"toolInvocationParameterCorrectnessThreshold": threshold}
+    return {"displayName": "appointment", "golden": {"turns": [
+        {"steps": [{"userInput": {"variables": {"owner_name": "Sam"}}}, {"userInput": {"event": {"event": "welcome"}}}]},
+        {"steps": [{"userInput": {"text": "When is Bella's next appointment?"}},
+                   {"expectation": call},
+                   {"expectation": {"updatedVariables": {"pet_name": pet_variable}}},
+                   {"expectation": {"agentResponse": {"role": "agent", "chunks": [{"text": "Monday at 14:30"}]},
+                                    "comparisonType": "CONTAINS"}}]}]}}
+
+
+def test_updated_variables_from_a_python_tool(other):
+    pets = ces_nb.connect(endpoint=other.address, app="pet-clinic")
+    good = ces_nb.evaluate(_pet_clinic_golden("Bella", {"pet_name": "Bella"}), client=pets, progress=False)
+    assert good.passed, good.text()
+    row = next(e for e in good.cases[0].expectations if e.kind == "updated_variables")
+    assert row.observed["pet_name"] == "Bella" and row.turn == 2
+    bad = ces_nb.evaluate(_pet_clinic_golden("Max", {"pet_name": "Bella"}), client=pets, progress=False)
+    assert _failing(bad) == {("appointment", 2, "updated_variables")}
+
+
+def test_parameter_threshold_overrides(other, tmp_path):
+    pets = ces_nb.connect(endpoint=other.address, app="pet-clinic")
+    args = {"pet_name": "Bella", "owner": "Sam"}  # one of two parameters is right
+    strict = ces_nb.evaluate(_pet_clinic_golden("Bella", args), client=pets, progress=False)
+    assert _failing(strict) == {("appointment", 2, "tool_call")}
+    assert next(e for e in strict.cases[0].expectations if e.kind == "tool_call").score == 0.5
+    lenient = ces_nb.evaluate(_pet_clinic_golden("Bella", args, threshold=0.5), client=pets, progress=False)
+    assert lenient.passed, lenient.text()
+    # a thresholds file (EvaluationMetricsThresholds) applies to every case of the run
+    (tmp_path / "thresholds.json").write_text(json.dumps({"goldenEvaluationMetricsThresholds": {
+        "expectationLevelMetricsThresholds": {"toolInvocationParameterCorrectnessThreshold": 0.5},
+        "toolMatchingSettings": {"extraToolCallBehavior": "FAIL"}}}))
+    (tmp_path / "golden.json").write_text(json.dumps(_pet_clinic_golden("Bella", args)))
+    run = ces_nb.evaluate(tmp_path, client=pets, progress=False)
+    assert run.passed, run.text()
+
+
+def test_extra_tool_calls_fail_when_the_thresholds_say_so(client):
+    from ces_nb.evals import Thresholds
+
+    golden = {"conversations": [{"conversation": "extra", "turns": [{"user": "What's the status of flight SW123?",
+                                                                      "tool_calls": [{"action": "search_policies", "args": {}}]}]}]}
+    allowed = ces_nb.evaluate(golden, client=client, progress=False)
+    strict = ces_nb.evaluate(golden, client=client, progress=False, thresholds=Thresholds(extra_tool_call_behavior="FAIL"))
+    assert len([e for e in strict.cases[0].expectations if e.outcome == "FAIL"]) == \
+        len([e for e in allowed.cases[0].expectations if e.outcome == "FAIL"]) + 1
+    extra = [e for e in strict.cases[0].expectations if "extraToolCallBehavior" in e.explanation]
+    assert extra and extra[0].observed["tool"] == "get_flight_status"
+
+
+def test_the_progress_bar_counts_cases(client, capsys):
+    ces_nb.evaluate(GOLDENS, client=client, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating" in err and "5/5" in err

@@ -122,4 +122,4 @@ class Case:
         """What identifies the case across runs: its file (with its folder) and its own name."""
         from pathlib import PurePath
 
-        return f"{'/'.join(PurePath(self.source).parts[-2:])}::{self.name}" if self.source else self.name
+        return f"{'/'.join(PurePath(self.source).parts[-2:])}::{self.name}" if self.source and not self.source.startswith("<") else self.name
