@@ -10,10 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .cases import GOLDEN, RUBRIC, SCENARIO, SCENARIO_CASE, TOOL_CALL, TOOL_TEST, Case, MockAnswer, Thresholds
+from .cases import RUBRIC, SCENARIO_CASE, TOOL_CALL, TOOL_TEST, Case, MockAnswer, Thresholds
 from .judges import TextSimilarityJudge
 from .observe import observe
-from .results import ERROR, CaseResult, ExpectationResult
+from .results import CaseResult
 from .scoring import score_case_rubrics, score_step, score_tool_test, skipped
 
 MAX_TOOL_ROUNDS = 20
@@ -228,4 +228,4 @@ def _line(turn) -> str:
     return f"User: {user}\nAgent: {turn.text}" + (f"\nTool calls: {calls}" if calls else "")
 
 
-__all__ = ["evaluate", "run_case", "ERROR", "ExpectationResult", "GOLDEN", "SCENARIO"]
+__all__ = ["evaluate", "run_case"]

@@ -16,12 +16,12 @@ import re
 from typing import Any
 
 from .cases import (AGENT_RESPONSE, AGENT_TRANSFER, END_SESSION, METRICS, NO_TOOL_CALLS, RUBRIC, TOOL_CALL,
-                    TOOL_NOT_CALLED, TOOL_ORDER, TOOL_OUTPUT, TOOL_RESPONSE, TOOL_VARIABLES, UPDATED_VARIABLES, Case,
+                    TOOL_NOT_CALLED, TOOL_ORDER, TOOL_OUTPUT, TOOL_RESPONSE, UPDATED_VARIABLES, Case,
                     Expectation, Step, Thresholds)
 from .judges import TextSimilarityJudge
-from .matching import fill, match_value, parameter_correctness, plain, subset
+from .matching import fill, match_value, parameter_correctness, subset
 from .observe import Observation
-from .results import ERROR, FAIL, PASS, SKIPPED, ExpectationResult
+from .results import FAIL, PASS, SKIPPED, ExpectationResult
 
 DEFAULT_PARAMETER_THRESHOLD = 1.0   # every parameter right, unless the file says otherwise
 
@@ -244,5 +244,4 @@ def score_tool_test(case: Case, response: Any, variables: dict | None = None) ->
     return rows
 
 
-__all__ = ["score_step", "score_case_rubrics", "score_tool_test", "skipped", "json_path", "check_operator", "plain",
-           "ERROR"]
+__all__ = ["score_step", "score_case_rubrics", "score_tool_test", "skipped", "json_path", "check_operator"]

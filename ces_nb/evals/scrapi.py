@@ -236,7 +236,7 @@ def read_turn_evals(data: Any, source: str) -> list[Case]:
 def _turn_eval_step(r: _Reader, d: Any, at: str) -> Step:
     d = r.mapping(d, at, "a turn {user, expectations}")
     step = Step(inputs=golden_inputs(r, d, at), at=at)
-    if d is not None and "variables" in d and "turns" not in d and at.endswith("]") and ".turns[" in at:
+    if ".turns[" in at and "variables" in d:  # a later step's own variables (a case's go with its first turn)
         step.inputs["variables"] = r.optional_mapping(d, "variables", at, "variables")
     for k, item in enumerate(r.listing(d.get("expectations") or [], f"{at}.expectations", "expectations")):
         e_at = f"{at}.expectations[{k}]"
