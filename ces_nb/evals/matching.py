@@ -31,10 +31,10 @@ def plain(value: Any) -> Any:
 
 
 def _same_scalar(expected: Any, observed: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(observed, bool):  # True == 1 in Python, not in JSON
+        return type(expected) is type(observed) and expected == observed
     if expected == observed:
         return True
-    if isinstance(expected, bool) or isinstance(observed, bool):
-        return False
     if isinstance(expected, (int, float)) and isinstance(observed, (int, float)):
         return float(expected) == float(observed)
     return str(expected) == str(observed) if isinstance(expected, (int, float)) or isinstance(observed, (int, float)) else False
