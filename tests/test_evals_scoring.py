@@ -84,3 +84,25 @@ def test_tool_test_operators(data, path, operator, value, ok):
 def test_placeholders_fill_from_observed_values():
     assert fill("Seat {seat} on {flight.number} for {price} USD, {unknown}", {"seat": "2A", "flight": {"number": "SW1"}, "price": 340.0}) \
         == "Seat 2A on SW1 for 340 USD, {unknown}"
+
+
+def test_the_gemini_judge_reads_gemini_answers():
+    """No network here: a stand-in for google-genai's client answers as Gemini would (JSON text)."""
+    from types import SimpleNamespace
+
+    from ces_nb.evals import GeminiJudge
+
+    asked = []
+
+    class Models:
+        def generate_content(self, model, contents, config):
+            asked.append((model, contents, config))
+            answer = '{"met": true, "explanation": "polite"}' if "EXPECTATION" in contents else '{"score": 3, "explanation": "close"}'
+            return SimpleNamespace(text=answer)
+
+    judge = GeminiJudge(client=SimpleNamespace(models=Models()))
+    verdict = judge.similarity("You may check one bag", "One checked bag is included")
+    assert verdict.passed and verdict.score == 0.75 and "Gemini" in verdict.label
+    assert not judge.similarity("a", "b", threshold=4).passed
+    assert judge.rubric("The agent is polite", "User: hi").passed
+    assert asked[0][0] == "gemini-2.5-flash" and asked[0][2]["response_mime_type"] == "application/json"
