@@ -331,6 +331,14 @@ def test_cli_passes_fails_and_writes_junit_that_validates(emulator, other, tmp_p
         assert sum(1 for suite in xml for _ in suite) == 12  # one testcase per conversation or tool test
     failed = {case.name for suite in JUnitXml.fromfile(str(tmp_path / "bad.xml")) for case in suite if not case.is_passed and not case.is_skipped}
     assert failed == {"flight_status", "goodbye", "book_seat", "book_seat_native"}
+    # --baseline also fails on latency: a baseline whose spans took a twentieth of the time
+    fast = json.loads((tmp_path / "good.json").read_text())
+    for case in fast["cases"]:
+        case["spans"] = [[kind, ms / 20] for kind, ms in case["spans"]]
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    slower = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "fast.json")
+    assert slower.returncode == 1, slower.stdout
+    assert "latency   turn: p90" in slower.stdout and "0 pass→fail" in slower.stdout
 
 
 def test_cli_usage_errors_exit_2(emulator, tmp_path):
