@@ -114,6 +114,7 @@ class Case:
     expectations: list[Expectation] = field(default_factory=list)  # about the whole case
     tool: str = ""              # tool tests
     args: dict = field(default_factory=dict)
+    context: dict = field(default_factory=dict)     # tool tests: ExecuteTool's context (python tools)
     thresholds: Thresholds | None = None
     description: str = ""
 

@@ -151,6 +151,8 @@ def _run_tool_test(client, app: str, case: Case, result: CaseResult) -> None:
     request = ces_v1.ExecuteToolRequest(parent=app, tool=client.tool_name(app, case.tool), args=case.args)
     if case.variables:
         request.variables = case.variables
+    if case.context:
+        request.context = case.context
     started = time.perf_counter()
     response = client.tools.execute_tool(request=request)
     result.latency_ms = (time.perf_counter() - started) * 1000

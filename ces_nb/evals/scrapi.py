@@ -197,7 +197,8 @@ def read_tool_tests(data: Any, source: str) -> list[Case]:
                     r.fail(f"{e_at}.operator", f"expected one of {', '.join(TOOL_TEST_OPERATORS)}, found {shown(operator)}")
                 expectations.append(Expectation(kind, item.get("value"), match=operator, at=e_at, path=path))
         cases.append(Case(name=name, kind=TOOL_TEST, source=source, at=at, tags=r.tags(test, at), tool=r.text(test["tool"], f"{at}.tool", "a tool"),
-                          args=args, variables=variables or r.optional_mapping(test, "context", at, "context"), expectations=expectations))
+                          args=args, variables=variables, context=r.optional_mapping(test, "context", at, "context"),
+                          expectations=expectations))
     return cases
 
 
