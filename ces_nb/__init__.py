@@ -34,6 +34,9 @@ _LAZY = {
     "plot_latency": ("ces_nb.render.plots", "plot_latency"),
     "frames": ("ces_nb.frames", None),
     "adk": ("ces_nb.adk", None),
+    "evaluate": ("ces_nb.evals.runner", "evaluate"),
+    "EvalRun": ("ces_nb.evals.run", "EvalRun"),
+    "evals": ("ces_nb.evals", None),
 }
 
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
     from .errors import CesError
     from .model import Span, Transcript, TranscriptError, Turn
     from .session import Session
+    from .evals.run import EvalRun
+    from .evals.runner import evaluate
 
 
 def __getattr__(name: str) -> Any:

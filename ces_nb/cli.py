@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--lab-port", type=int, default=8888, help="JupyterLab port (default 8888)")
     demo.add_argument("lab_args", nargs="*", help="more JupyterLab options, after --")
     demo.set_defaults(func=_demo, log_level="WARNING")
+    from .evals.command import add_eval_parser
+
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "health" and not args.address:
         from .local_emulator import default_address

@@ -155,11 +155,21 @@ def _live_parser() -> MagicArgumentParser:
     return p
 
 
+def _eval_parser() -> MagicArgumentParser:
+    p = _parser("eval", "Run goldens, tool tests, turn evals and CES Evaluations against the connection; an EvalRun.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="evaluation files or folders (.yaml/.yml/.json)")
+    p.add_argument("--app", help="app id or full name (default: the current one)")
+    p.add_argument("--parallel", type=int, default=1, help="cases at once (default 1)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    p.add_argument("--baseline", metavar="RUN.json", help="a saved run to compare with: the comparison is returned instead")
+    return p
+
+
 COMMANDS = {
     "connect": _connect_parser, "new": _new_parser, "history": _history_parser, "save": _save_parser,
     "load": _load_parser, "tools": _tools_parser, "break": _break_parser, "mock": _mock_parser,
     "tool": _tool_parser, "conversations": _conversations_parser, "show": _show_parser, "fork": _fork_parser,
-    "spans": _spans_parser, "say": _say_parser, "live": _live_parser,
+    "spans": _spans_parser, "say": _say_parser, "live": _live_parser, "eval": _eval_parser,
 }
 
 
@@ -688,6 +698,25 @@ class CesMagics(Magics):
             return Transcript.load(args.path)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+    def _cmd_eval(self, arg: str):
+        from .errors import CesError
+        from .evals import EvalFileError, EvalRun, evaluate
+        from .evals.junit import write_junit
+
+        args = _parse(_eval_parser(), arg)
+        if args.parallel < 1:
+            raise UsageError("--parallel takes a number from 1 up, e.g. %cescmd eval evals/ --parallel 4")
+        client = self._client()
+        app = args.app or self.app or None
+        try:
+            baseline = EvalRun.load(args.baseline) if args.baseline else None
+            run = evaluate(args.paths, client=client, app=app, parallel=args.parallel, progress=False)
+        except (EvalFileError, CesError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        if args.junit:
+            write_junit(run, args.junit)
+        return run.compare(baseline) if baseline is not None else run
 
 
 # %cescmd? : the commands' own parsers, generated like the rest of the help.

@@ -981,6 +981,15 @@ class Transcript:
         """From an AgentService Conversation (proto or JSON)."""
         return cls.from_dict(_as_dict(conversation))
 
+    def to_golden(self, path: str | Path | None = None, *, name: str | None = None, tags: list[str] | None = None,
+                  format: str | None = None) -> str:
+        """The conversation as a golden for `ces_nb.evaluate`: cxas-scrapi YAML (default) or, with
+        format="json" or a .json path, a native CES Evaluation. Answers given to client tool calls
+        become the golden's `output` / `mockToolResponse`. Writes `path` when given; returns the text."""
+        from .evals.goldens import to_golden
+
+        return to_golden(self, path, name=name, tags=tags, format=format)
+
     def diff(self, other: "Transcript", tolerance: float = 0.5, min_ms: float = 5.0):
         """What differs, turn by turn: text, tool calls and args, and span durations (beyond
         `tolerance` relative and `min_ms` absolute). HTML in a notebook; `.frame` is a DataFrame."""

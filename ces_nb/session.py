@@ -367,6 +367,10 @@ class Session:
         """Write the session as a transcript JSON file; `Transcript.load(path)` reads it back."""
         return self.transcript.save(path)
 
+    def to_golden(self, path: str | Path | None = None, **options: Any) -> str:
+        """The session as a golden (see `Transcript.to_golden`)."""
+        return self.transcript.to_golden(path, **options)
+
     @property
     def ended(self) -> bool:
         return any(t.ended for t in self.turns)

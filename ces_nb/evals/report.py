@@ -1,0 +1,166 @@
+"""EvalRun and RunComparison -> text and static HTML. One card per case; expected beside observed;
+under each failure the real turn cells (span tree included) as the rest of ces_nb draws them.
+Every string from a file, an agent or a tool is escaped. No JavaScript; <details> collapses."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from html import escape
+from importlib import resources
+from typing import Any
+
+from .results import ERROR, FAIL, PASS, SKIPPED
+
+
+def turn_card_html(turn) -> str:
+    """The turn as ces_nb renders it everywhere else: the one place this report points at."""
+    from ..render.html import turn_body_html
+
+    return turn_body_html(turn)
+
+
+@lru_cache(maxsize=1)
+def _css() -> str:
+    from ..render.html import stylesheet
+
+    return stylesheet() + resources.files("ces_nb.evals").joinpath("static/evals.css").read_text(encoding="utf-8")
+
+
+def _wrap(body: str, fallback: str) -> str:
+    from ..render.html import next_id
+
+    return (f'<div class="ces-root" id="{next_id("ces-eval")}"><style>{_css()}</style>'
+            f'<pre class="ces-fallback" hidden="hidden">{escape(fallback)}</pre>{body}</div>')
+
+
+def _e(value: Any) -> str:
+    return escape(str(value))
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return '<span class="ces-eval-note">—</span>'
+    if isinstance(value, str):
+        return f"<pre>{escape(value)}</pre>"
+    return f"<pre>{escape(json.dumps(value, indent=1, ensure_ascii=False, sort_keys=True, default=str))}</pre>"
+
+
+def _badge(outcome: str) -> str:
+    return f'<span class="ces-eval-{outcome.lower()}">{_e(outcome)}</span>'
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} ms"
+
+
+# -- text -------------------------------------------------------------------------------------
+
+def run_text(run) -> str:
+    counts = run.counts()
+    head = (f"EvalRun: {len(run.cases)} case(s): {counts[PASS]} passed, {counts[FAIL]} failed, "
+            f"{counts[ERROR]} errors, {counts[SKIPPED]} skipped")
+    judge = run.meta.get("judge")
+    lines = [head] + ([f"judge: {judge}"] if judge else [])
+    for c in run.cases:
+        lines.append(f"  {c.outcome:<7} {c.key}")
+        for e in c.expectations:
+            if e.outcome in (FAIL, ERROR):
+                lines.append(f"          turn {e.turn} {e.kind}: {e.explanation or 'failed'}")
+        if c.error:
+            lines.append(f"          error: {c.error}")
+    return "\n".join(lines)
+
+
+def comparison_text(cmp) -> str:
+    lines = [f"RunComparison: {len(cmp.regressions)} pass→fail, {len(cmp.fixed)} fail→pass"]
+    for r in cmp.changes:
+        lines.append(f"  {r['change']:<9} {r['conversation']} turn {r['turn']} {r['kind']}: {r['explanation']}")
+    for problem in cmp.latency_regressions():
+        lines.append(f"  latency   {problem}")
+    return "\n".join(lines)
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+def _expectation_rows(case) -> str:
+    rows = []
+    for e in case.expectations:
+        cls = ' class="ces-eval-row-fail"' if e.outcome in (FAIL, ERROR) else ""
+        score = "" if e.score is None else f"{e.score:.2f}"
+        rows.append(f"<tr{cls}><td>{_e(e.turn or '')}</td><td>{_e(e.kind)}<br><span class='ces-eval-note'>{_e(e.metric)}"
+                    f"{(' · ' + _e(e.match)) if e.match else ''}</span></td><td>{_value(e.expected)}</td><td>{_value(e.observed)}</td>"
+                    f"<td>{_badge(e.outcome)}<br>{_e(score)}</td><td>{_e(e.explanation)}<br>"
+                    f"<span class='ces-eval-note'>{_e(e.at)}</span></td></tr>")
+    return ("<table class='ces-eval-table'><tr><th>turn</th><th>kind</th><th>expected</th><th>observed</th><th>outcome</th>"
+            "<th>why · where</th></tr>" + "".join(rows) + "</table>")
+
+
+def _failed_turns(case) -> str:
+    turns = sorted({e.turn for e in case.expectations if e.outcome in (FAIL, ERROR) and e.turn})
+    parts = []
+    for number in turns:
+        cards = "".join(turn_card_html(t) for t in case.turn_objects(number))
+        if cards:
+            parts.append(f"<details open><summary>turn {number} as the agent answered it</summary>"
+                         f"<div class='ces-eval-turns'>{cards}</div></details>")
+    return "".join(parts)
+
+
+def case_html(case) -> str:
+    failed = case.outcome in (FAIL, ERROR)
+    open_ = " open" if failed else ""
+    tags = " ".join(f'<span class="ces-chip">{_e(t)}</span>' for t in case.tags)
+    latency = f" <span>{_e(_ms(case.latency_ms))}</span>" if case.latency_ms is not None else ""
+    body = [f'<details class="ces-eval-card"{open_}><summary>{_badge(case.outcome)} <b>{_e(case.name)}</b> '
+            f'<span class="ces-eval-note">{_e(case.kind)} · {_e(case.key.split("::", 1)[0])}</span> {tags}{latency}</summary>']
+    if case.description:
+        body.append(f"<div class='ces-eval-note'>{_e(case.description)}</div>")
+    if case.error:
+        body.append(f'<div class="ces-error">{_e(case.error)}</div>')
+    body.append(_expectation_rows(case))
+    for note in case.notes:
+        body.append(f"<div class='ces-eval-note'>{_e(note)}</div>")
+    if failed:
+        body.append(_failed_turns(case))
+    body.append("</details>")
+    return "".join(body)
+
+
+def run_html(run, text: str | None = None) -> str:
+    counts = run.counts()
+    judge = run.meta.get("judge", "")
+    head = (f'<div class="ces-head"><b>Evaluation</b> <span>{len(run.cases)} case(s)</span> '
+            f'{_badge(PASS)} {counts[PASS]} {_badge(FAIL)} {counts[FAIL]} {_badge(ERROR)} {counts[ERROR]} '
+            f'{_badge(SKIPPED)} {counts[SKIPPED]}</div>')
+    where = " · ".join(_e(run.meta[k]) for k in ("app",) if run.meta.get(k))
+    meta = f"<div class='ces-eval-note'>{where}{' · judge: ' + _e(judge) if judge else ''}</div>"
+    order = sorted(run.cases, key=lambda c: (c.outcome not in (FAIL, ERROR), run.cases.index(c)))  # failures first
+    return _wrap(head + meta + "".join(case_html(c) for c in order), run_text(run) if text is None else text)
+
+
+def comparison_html(cmp, text: str | None = None) -> str:
+    rows = []
+    for r in cmp.changes:
+        cls = ' class="ces-eval-row-fail"' if r["change"] == "pass→fail" else ""
+        rows.append(f"<tr{cls}><td>{_e(r['change'])}</td><td>{_e(r['conversation'])}</td><td>{_e(r['turn'])}</td>"
+                    f"<td>{_e(r['kind'])}</td><td>{_value(r['expected'])}</td><td>{_value(r['observed_before'])}</td>"
+                    f"<td>{_value(r['observed_after'])}</td><td>{_e(r['explanation'])}</td></tr>")
+    changes = ("<table class='ces-eval-table'><tr><th>change</th><th>case</th><th>turn</th><th>kind</th><th>expected</th>"
+               "<th>before</th><th>after</th><th>why</th></tr>" + "".join(rows) + "</table>") if rows else \
+        "<div class='ces-eval-note'>no expectation changed outcome</div>"
+    latency = cmp.latency
+    lat_rows = []
+    slow = {p.split(":", 1)[0] for p in cmp.latency_regressions()}
+    for kind, row in (latency.iterrows() if len(latency) else []):
+        cls = ' class="ces-eval-row-fail"' if kind in slow else ""
+        cells = "".join(f"<td>{_ms(row[f'p{q}_before'])} → {_ms(row[f'p{q}_after'])}<br>Δ {_ms(row[f'p{q}_delta'])} "
+                        f"<span class='ces-eval-note'>(95% CI {_ms(row[f'p{q}_ci_low'])} … {_ms(row[f'p{q}_ci_high'])})</span></td>"
+                        for q in (50, 90))
+        lat_rows.append(f"<tr{cls}><td>{_e(kind)}</td><td>{int(row['n_before'])} / {int(row['n_after'])}</td>{cells}</tr>")
+    lat = ("<table class='ces-eval-table'><tr><th>span kind</th><th>n</th><th>p50</th><th>p90</th></tr>" + "".join(lat_rows)
+           + "</table>") if lat_rows else ""
+    head = (f'<div class="ces-head"><b>Comparison</b> <span>{len(cmp.regressions)} pass→fail</span> '
+            f'<span>{len(cmp.fixed)} fail→pass</span></div>')
+    return _wrap(head + changes + "<div class='ces-eval-note'>latency by span kind (baseline → this run)</div>" + lat,
+                 comparison_text(cmp) if text is None else text)
