@@ -176,10 +176,10 @@ def test_rest_errors_are_googles_json_error_bodies(emulator):
     error = body["error"]
     assert error["code"] == 404 and error["status"] == "NOT_FOUND" and error["message"]
     assert error["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
-    # A service the emulator doesn't serve (v1beta's EvaluationService) is 501 saying so.
-    status, body, _ = _http(f"{emulator.rest_url}/v1beta/{APP}/evaluations")
+    # A method the emulator doesn't serve (v1beta's evaluation datasets) is 501 saying so.
+    status, body, _ = _http(f"{emulator.rest_url}/v1beta/{APP}/evaluationDatasets")
     assert status == 501 and body["error"]["status"] == "UNIMPLEMENTED"
-    assert "EvaluationService" in body["error"]["message"]
+    assert "EvaluationService.ListEvaluationDatasets" in body["error"]["message"]
     # The official client reads the detail as the exception's reason.
     agents = ces_v1beta.AgentServiceClient(transport="rest", client_options={"api_endpoint": emulator.rest_url},
                                            credentials=AnonymousCredentials())

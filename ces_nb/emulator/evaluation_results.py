@@ -27,7 +27,10 @@ SEMANTIC_SCALE = 4  # CES scores semantic similarity 0..4; the offline judge's 0
 
 
 def evaluation_result(case: CaseResult, evaluation: ces_v1beta.Evaluation, name: str, run: str,
-                      conversation: str, created: datetime.datetime) -> ces_v1beta.EvaluationResult:
+                      conversation: str, created: datetime.datetime,
+                      display_names: dict[str, str] | None = None) -> ces_v1beta.EvaluationResult:
+    """`display_names`: the app's tool and agent resource names -> display names, to fill the
+    output-only `display_name` of the expectations the result echoes, as CES does."""
     result = Result(name=name, display_name=evaluation.display_name, create_time=created, evaluation_run=run,
                     evaluation_status=OUTCOMES.get(case.outcome, Outcome.OUTCOME_UNSPECIFIED),
                     execution_state=Result.ExecutionState.ERROR if case.error else Result.ExecutionState.COMPLETED,
@@ -41,11 +44,11 @@ def evaluation_result(case: CaseResult, evaluation: ces_v1beta.Evaluation, name:
     if "scenario" in evaluation:
         result.scenario_result = _scenario(case, evaluation.scenario, conversation)
     else:
-        result.golden_result = _golden(case, evaluation.golden, conversation)
+        result.golden_result = _golden(case, evaluation.golden, conversation, display_names or {})
     return result
 
 
-def _golden(case: CaseResult, golden, conversation: str):
+def _golden(case: CaseResult, golden, conversation: str, display_names: dict[str, str]):
     app = conversation.split("/conversations/")[0]
     turns = [Result.GoldenResult.TurnReplayResult(conversation=conversation) for _ in golden.turns]
     rows_by_turn: dict[int, list[ExpectationResult]] = {}
@@ -67,14 +70,14 @@ def _golden(case: CaseResult, golden, conversation: str):
             turns[t].tool_ordered_invocation_score = row.score or 0.0
             continue
         step = golden.turns[t].steps[int(m[2])] if m and m[2] is not None and int(m[2]) < len(golden.turns[t].steps) else None
-        turns[t].expectation_outcome.append(_outcome(row, step, m[3] if m else None, app))
+        turns[t].expectation_outcome.append(_outcome(row, step, m[3] if m else None, app, display_names))
     for t, rows in rows_by_turn.items():
         _turn_metrics(turns[t], rows)
     out.turn_replay_results.extend(turns)
     return out
 
 
-def _outcome(row: ExpectationResult, step, where: str | None, app: str):
+def _outcome(row: ExpectationResult, step, where: str | None, app: str, display_names: dict[str, str]):
     o = Result.GoldenExpectationOutcome(outcome=OUTCOMES[row.outcome])
     if step is not None and where == "expectation":
         o.expectation = step.expectation
@@ -82,6 +85,10 @@ def _outcome(row: ExpectationResult, step, where: str | None, app: str):
         o.expectation = ces_v1beta.Evaluation.GoldenExpectation(agent_transfer=step.agent_transfer)
     else:  # a row the golden has no expectation for: an extra tool call
         o.expectation = ces_v1beta.Evaluation.GoldenExpectation(note=row.explanation or row.kind)
+    for part, ref in (("tool_call", "tool"), ("agent_transfer", "target_agent")):
+        echoed = getattr(o.expectation, part) if part in o.expectation else None
+        if echoed is not None and not echoed.display_name and getattr(echoed, ref) in display_names:
+            echoed.display_name = display_names[getattr(echoed, ref)]
     observed = row.observed
     if row.kind in (TOOL_CALL, END_SESSION):
         call = observed if isinstance(observed, dict) else {}

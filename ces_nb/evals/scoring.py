@@ -102,7 +102,7 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
 
 
 def _agent_is(want: str, got: str) -> bool:
-    norm = lambda s: re.sub(r"[\s_]+", " ", s).strip().lower()  # noqa: E731  "Returns Agent" ~ "returns_agent"
+    norm = lambda s: re.sub(r"[\s_-]+", " ", s).strip().lower()  # noqa: E731  "Returns Agent" ~ "returns_agent" ~ "returns-agent"
     return norm(want) == norm(got) or norm(got).endswith(norm(want))
 
 

@@ -229,14 +229,14 @@ class EvaluationService:
         parent = operation.name.split("/operations/")[0]
         try:
             prompts = {e.name: e.llm_criteria.prompt for e in await self.store.list("expectation", app, b.EvaluationExpectation)}
-            aliases = await self._aliases(app)
+            aliases, display_names = await self._names(app)
             for evaluation in evaluations:
                 for n in range(run.run_count or 1):
                     session_id = f"evaluation-{run.name.rsplit('/', 1)[-1]}-{_new_id()[:8]}"
                     case = case_of(evaluation, prompts)
                     outcome = await play(self.sessions, case, f"{app}/sessions/{session_id}", aliases)
                     result = evaluation_result(outcome, evaluation, f"{evaluation.name}/results/{_new_id()}", run.name,
-                                               f"{app}/conversations/{session_id}", _now())
+                                               f"{app}/conversations/{session_id}", _now(), display_names)
                     await self.store.put("result", result.name, evaluation.name, result)
                     run.evaluation_results.append(result.name)
                     _count(run, result)
@@ -263,10 +263,13 @@ class EvaluationService:
         await self.store.put("run", run.name, app, run)
         await self.store.put("operation", operation.name, parent, operation)
 
-    async def _aliases(self, app: str) -> dict[str, str]:
-        """Tool ids -> display names, as `ces_nb.evaluate` reads them from ListTools."""
-        listed = await self.agents.list_tools(ces_v1.ListToolsRequest(parent=app, page_size=1000), None)
-        return {t.name.rsplit("/", 1)[-1]: t.display_name for t in listed.tools if t.display_name}
+    async def _names(self, app: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(tool ids -> display names, as `ces_nb.evaluate` reads them from ListTools;
+        tool and agent resource names -> display names)."""
+        tools = (await self.agents.list_tools(ces_v1.ListToolsRequest(parent=app, page_size=1000), None)).tools
+        agents = (await self.agents.list_agents(ces_v1.ListAgentsRequest(parent=app, page_size=1000), None)).agents
+        aliases = {t.name.rsplit("/", 1)[-1]: t.display_name for t in tools if t.display_name}
+        return aliases, {x.name: x.display_name for x in [*tools, *agents] if x.display_name}
 
     async def _remember(self, evaluation: str, run: str, result: b.EvaluationResult) -> None:
         current = await self.store.get("evaluation", evaluation, b.Evaluation)
