@@ -46,6 +46,18 @@ def golden(name: str, order: str = "A1234") -> dict:
     ]}}
 
 
+def handover(name: str) -> dict:
+    """The returns golden as scrapi compiles it: each agent line its own agentResponse expectation."""
+    says = ["Let me connect you with our returns specialist.", "Your return RMA-2291 is booked. Print the label from your email."]
+    return {"displayName": name, "golden": {"turns": [{"steps": [
+        {"userInput": {"text": "I want to return my blender"}},
+        *({"expectation": {"agentResponse": {"role": "agent", "chunks": [{"text": text}]}}} for text in says),
+        {"expectation": {"agentTransfer": {"targetAgent": f"{APP}/agents/returns-agent"}}},
+        {"expectation": {"toolCall": {"id": "c1", "tool": f"{APP}/tools/start_return", "args": {"item": "blender"}}}},
+        {"expectation": {"toolResponse": {"id": "c1", "tool": f"{APP}/tools/start_return", "response": {"reference": "RMA-2291"}}}},
+    ]}]}}
+
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     db = tmp_path_factory.mktemp("evaluations") / "store.db"
@@ -148,7 +160,7 @@ def _outcomes(result: b.EvaluationResult) -> list[tuple[int, str, str]]:
 
 
 def _engine_outcomes(case) -> list[tuple[int, str, str]]:
-    kinds = {"agent_response": "agent_response", "tool_call": "tool_call", "end_session": "tool_call"}
+    kinds = {"agent_response": "agent_response", "tool_call": "tool_call", "end_session": "tool_call", "agent_transfer": "agent_transfer"}
     return [(int(e.at.split("turns[")[1].split("]")[0]), kinds[e.kind], "FAIL" if e.outcome == "ERROR" else e.outcome)
             for e in case.expectations if e.kind in kinds]
 
@@ -156,15 +168,17 @@ def _engine_outcomes(case) -> list[tuple[int, str, str]]:
 def test_verdicts_agree_with_ces_nb_evaluate_on_the_same_goldens(emulator):
     evaluations = client(emulator, "grpc")
     good, bad = golden(f"agree-{uuid.uuid4().hex[:6]}"), golden(f"agree-broken-{uuid.uuid4().hex[:6]}", order="B9999")
-    names = [create(evaluations, g).name for g in (good, bad)]
+    returns = handover(f"agree-handover-{uuid.uuid4().hex[:6]}")
+    names = [create(evaluations, g).name for g in (good, bad, returns)]
     finished = run(evaluations, *names)
-    assert (finished.progress.passed_count, finished.progress.failed_count) == (1, 1)
+    assert (finished.progress.passed_count, finished.progress.failed_count) == (2, 1)
     served = {r.display_name: r for n in names for r in evaluations.list_evaluation_results(parent=n)}
 
-    notebook = ces_nb.evaluate([copy.deepcopy(good), copy.deepcopy(bad)], client=ces_nb.connect(endpoint=emulator.address, start=False),
+    connection = ces_nb.connect(endpoint=emulator.address, start=False)
+    notebook = ces_nb.evaluate([copy.deepcopy(good), copy.deepcopy(bad), copy.deepcopy(returns)], client=connection,
                                app=APP, progress=False)
     by_name = {c.name: c for c in notebook.cases}
-    for g in (good, bad):
+    for g in (good, bad, returns):
         case, result = by_name[g["displayName"]], served[g["displayName"]]
         assert Outcome(result.evaluation_status).name == case.outcome
         assert _outcomes(result) == _engine_outcomes(case), g["displayName"]
@@ -174,6 +188,9 @@ def test_verdicts_agree_with_ces_nb_evaluate_on_the_same_goldens(emulator):
     outcome = served[bad["displayName"]].golden_result.turn_replay_results[1].expectation_outcome[0]
     assert outcome.tool_invocation_result.parameter_correctness_score == 0.0 and "order_id" in outcome.tool_invocation_result.explanation
     assert served[bad["displayName"]].evaluation_status == Outcome.FAIL
+    # The same returns golden in scrapi's YAML (one agent entry, two lines) gets the same verdict.
+    yaml_run = ces_nb.evaluate(HERE / "apps" / "cxas_project" / "evals" / "goldens" / "returns.yaml", client=connection, app=APP, progress=False)
+    assert [c.outcome for c in yaml_run.cases] == ["PASS"] == [Outcome(served[returns["displayName"]].evaluation_status).name]
 
 
 def test_bad_input_gets_the_right_status_saying_what_to_do(emulator):

@@ -131,10 +131,10 @@ def test_scrapi_golden_runner(scrapi_python, emulator):
     [rubric] = happy["expectations"]
     assert rubric["expectation"] == "The agent must call lookup_order with the order id" and "needs an LLM judge" in rubric["justification"]
 
-    # scrapi compiles the two agent lines of one turn into two agentResponse expectations; each is
-    # compared with all the turn said (as ces_nb.evals compares them), so each falls short.
+    # scrapi compiles the two agent lines of one turn into two agentResponse expectations; they are
+    # compared together with all the turn said, as ces_nb.evals reads the YAML's list of lines.
     handover = golden["return_handover"]
     [turn] = handover["turns"]
     outcomes = {(c["type"], c.get("actual")): c["outcome"] for c in turn["comparisons"]}
     assert outcomes[("transfer", "Returns Agent")] == "PASS" and outcomes[("tool_call", "start_return")] == "PASS"
-    assert [c["outcome"] for c in turn["comparisons"] if c["type"] == "text"] == ["FAIL", "FAIL"] and handover["passed"] is False
+    assert [c["outcome"] for c in turn["comparisons"] if c["type"] == "text"] == ["PASS", "PASS"] and handover["passed"] is True

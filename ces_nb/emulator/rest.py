@@ -165,8 +165,9 @@ def _http_options(base) -> dict[str, list[dict]]:
 def build_routes(services: dict[str, object]) -> list[Route]:
     """Routes for the RPCs of `services` ({"SessionService": handler object, ...}) that the
     official REST transports bind, for every API version (/v1/..., /v1beta/...), then 501 routes
-    for the ones they bind and the emulator doesn't serve (CreateApp, GetLocation, the
-    EvaluationService, ...), so those get a clear answer."""
+    for the ones they bind and the emulator doesn't serve (CreateApp, GetLocation, evaluation
+    datasets, ...), so those get a clear answer. A service only one version defines (v1beta's
+    EvaluationService) is routed under that version only, to handlers taking its types."""
     bound, unserved, seen = [], [], set()
     for package in API_VERSIONS:
         available = _all_services(package)  # v1 has no EvaluationService

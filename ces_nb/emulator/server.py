@@ -1,6 +1,6 @@
 """The embedded CES emulator: a grpc.aio server for SessionService, AgentService
-(read side) and ToolService, under google.cloud.ces.v1 and v1beta, plus gRPC health and
-server reflection; optionally REST, TLS (tls.py) and a required bearer token (auth.py)."""
+(read side) and ToolService, under google.cloud.ces.v1 and v1beta, v1beta's EvaluationService
+with google.longrunning.Operations, plus gRPC health and server reflection; optionally REST, TLS (tls.py) and a required bearer token (auth.py)."""
 
 from __future__ import annotations
 
