@@ -325,8 +325,8 @@ def test_an_unserved_ces_method_is_unimplemented_saying_what_is_served(emulator)
         evaluations = ces_v1beta.EvaluationServiceClient(
             transport=ces_v1beta.EvaluationServiceClient.get_transport_class("grpc")(channel=channel))
         with pytest.raises(exceptions.MethodNotImplemented) as caught:
-            evaluations.list_evaluations(parent=APP, timeout=10)
-        assert "google.cloud.ces.v1beta.EvaluationService.ListEvaluations is not served" in caught.value.message
+            evaluations.list_evaluation_datasets(parent=APP, timeout=10)
+        assert "google.cloud.ces.v1beta.EvaluationService.ListEvaluationDatasets is not served" in caught.value.message
         agents = ces_v1.AgentServiceClient(transport=ces_v1.AgentServiceClient.get_transport_class("grpc")(channel=channel))
         with pytest.raises(exceptions.MethodNotImplemented):
             agents.create_app(parent="projects/p/locations/us", app={"display_name": "x"}, timeout=10)

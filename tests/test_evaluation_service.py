@@ -272,3 +272,16 @@ def test_reflection_lists_the_evaluation_service_and_operations(emulator):
     listed = {s.name for s in answer.list_services_response.service}
     assert {"google.cloud.ces.v1beta.EvaluationService", "google.longrunning.Operations"} <= listed
     assert "google.cloud.ces.v1.EvaluationService" not in listed
+
+
+def test_a_scenario_runs_its_scripted_part_and_says_the_rest_is_not_evaluated(emulator):
+    evaluations = client(emulator, "grpc")
+    made = create(evaluations, {"displayName": f"scenario-{uuid.uuid4().hex[:6]}", "scenario": {
+        "task": "Find out where order A1234 is", "maxTurns": 4,
+        "scenarioExpectations": [{"agentResponse": {"role": "agent", "chunks": [{"text": "Your order has shipped"}]}}]}})
+    finished = run(evaluations, made.name)
+    assert finished.evaluation_type == b.EvaluationRun.EvaluationType.SCENARIO
+    [result] = evaluations.list_evaluation_results(parent=made.name)
+    assert result.evaluation_status == Outcome.SKIPPED and result.scenario_result.task == "Find out where order A1234 is"
+    [expected] = result.scenario_result.expectation_outcomes
+    assert expected.outcome == Outcome.SKIPPED and expected.expectation.agent_response.chunks[0].text == "Your order has shipped"

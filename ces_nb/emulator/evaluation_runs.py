@@ -13,6 +13,9 @@ thread, and each turn is handed back to the server's event loop."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+import time
 from typing import Any
 
 from google.cloud import ces_v1, ces_v1beta
@@ -33,10 +36,11 @@ class EmulatorConversation:
     """One session on the emulator's SessionService, with what the evaluation runner asks of a
     session: `name`, `auto_answer`, `pending`, `ended`, `send`, `respond`."""
 
-    def __init__(self, sessions, session_name: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, sessions, session_name: str, loop: asyncio.AbstractEventLoop, stopping: threading.Event):
         self.sessions = sessions
         self.name = session_name
         self.loop = loop
+        self.stopping = stopping  # set when the emulator stops: the thread must not wait on a stopped loop
         self.auto_answer = False  # the runner answers client tools, from the golden
         self.turns: list[Turn] = []
 
@@ -44,7 +48,16 @@ class EmulatorConversation:
         request_inputs = build_inputs(text, pending=self.pending, **inputs)
         request = ces_v1.RunSessionRequest(config=ces_v1.SessionConfig(session=self.name), inputs=request_inputs)
         future = asyncio.run_coroutine_threadsafe(self.sessions.run_session(request, None), self.loop)
-        response = future.result(TURN_TIMEOUT_S)
+        deadline = time.monotonic() + TURN_TIMEOUT_S
+        while True:
+            try:
+                response = future.result(0.25)
+                break
+            except concurrent.futures.TimeoutError:
+                if self.stopping.is_set() or time.monotonic() > deadline:
+                    future.cancel()
+                    raise TimeoutError("the emulator stopped during the turn" if self.stopping.is_set()
+                                       else f"the turn took over {TURN_TIMEOUT_S:g} s") from None
         turn = Turn.from_outputs(response.outputs, request_inputs)
         self.turns.append(turn)
         return turn
@@ -80,8 +93,9 @@ def case_of(evaluation: ces_v1beta.Evaluation, prompts: dict[str, str]) -> Case:
     return case
 
 
-async def play(sessions, case: Case, session_name: str, aliases: dict[str, str], judge=None) -> CaseResult:
+async def play(sessions, case: Case, session_name: str, aliases: dict[str, str], stopping: threading.Event,
+               judge=None) -> CaseResult:
     """One case in a fresh session on this emulator; never raises for the agent's answers."""
     loop = asyncio.get_running_loop()
-    return await asyncio.to_thread(run_in_session, lambda: EmulatorConversation(sessions, session_name, loop), case,
+    return await asyncio.to_thread(run_in_session, lambda: EmulatorConversation(sessions, session_name, loop, stopping), case,
                                    judge=judge, aliases=aliases)

@@ -34,7 +34,8 @@ class EvaluationStore:
     reads take the type to decode into (a proto-plus type, or services.operations.RawProto)."""
 
     def __init__(self, session_service: Any):
-        self._engine = getattr(session_service, "db_engine", None)  # ADK's DatabaseSessionService
+        # ADK's DatabaseSessionService, or a store wrapping one (as TurnStore does)
+        self._engine = getattr(session_service, "db_engine", None) or getattr(getattr(session_service, "store", None), "db_engine", None)
         self._memory: dict[str, tuple[str, str, int, bytes]] = {}
         self._ready = asyncio.Lock()
         self._created = False

@@ -19,6 +19,7 @@ import asyncio
 import datetime
 import logging
 import re
+import threading
 import uuid
 
 import grpc
@@ -62,6 +63,7 @@ class EvaluationService:
         self.store = store
         self.operations = Operations(store)
         self._runs: set[asyncio.Task] = set()
+        self._stopping = threading.Event()
 
     # -- names -------------------------------------------------------------------------------
 
@@ -234,7 +236,7 @@ class EvaluationService:
                 for n in range(run.run_count or 1):
                     session_id = f"evaluation-{run.name.rsplit('/', 1)[-1]}-{_new_id()[:8]}"
                     case = case_of(evaluation, prompts)
-                    outcome = await play(self.sessions, case, f"{app}/sessions/{session_id}", aliases)
+                    outcome = await play(self.sessions, case, f"{app}/sessions/{session_id}", aliases, self._stopping)
                     result = evaluation_result(outcome, evaluation, f"{evaluation.name}/results/{_new_id()}", run.name,
                                                f"{app}/conversations/{session_id}", _now(), display_names)
                     await self.store.put("result", result.name, evaluation.name, result)
@@ -335,6 +337,7 @@ class EvaluationService:
 
     async def close(self) -> None:
         """Stops runs still playing (they end CANCELLED in the store)."""
+        self._stopping.set()
         for task in list(self._runs):
             task.cancel()
         for task in list(self._runs):
