@@ -176,10 +176,10 @@ def test_rest_errors_are_googles_json_error_bodies(emulator):
     error = body["error"]
     assert error["code"] == 404 and error["status"] == "NOT_FOUND" and error["message"]
     assert error["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
-    # A service the emulator doesn't serve (v1beta's EvaluationService) is 501 saying so.
-    status, body, _ = _http(f"{emulator.rest_url}/v1beta/{APP}/evaluations")
+    # A method the emulator doesn't serve (v1beta's evaluation datasets) is 501 saying so.
+    status, body, _ = _http(f"{emulator.rest_url}/v1beta/{APP}/evaluationDatasets")
     assert status == 501 and body["error"]["status"] == "UNIMPLEMENTED"
-    assert "EvaluationService" in body["error"]["message"]
+    assert "EvaluationService.ListEvaluationDatasets" in body["error"]["message"]
     # The official client reads the detail as the exception's reason.
     agents = ces_v1beta.AgentServiceClient(transport="rest", client_options={"api_endpoint": emulator.rest_url},
                                            credentials=AnonymousCredentials())
@@ -325,8 +325,8 @@ def test_an_unserved_ces_method_is_unimplemented_saying_what_is_served(emulator)
         evaluations = ces_v1beta.EvaluationServiceClient(
             transport=ces_v1beta.EvaluationServiceClient.get_transport_class("grpc")(channel=channel))
         with pytest.raises(exceptions.MethodNotImplemented) as caught:
-            evaluations.list_evaluations(parent=APP, timeout=10)
-        assert "google.cloud.ces.v1beta.EvaluationService.ListEvaluations is not served" in caught.value.message
+            evaluations.list_evaluation_datasets(parent=APP, timeout=10)
+        assert "google.cloud.ces.v1beta.EvaluationService.ListEvaluationDatasets is not served" in caught.value.message
         agents = ces_v1.AgentServiceClient(transport=ces_v1.AgentServiceClient.get_transport_class("grpc")(channel=channel))
         with pytest.raises(exceptions.MethodNotImplemented):
             agents.create_app(parent="projects/p/locations/us", app={"display_name": "x"}, timeout=10)

@@ -110,8 +110,31 @@ def test_scrapi_runs_offline_against_the_emulator(scrapi_python, emulator, trans
     assert sum(row["test_name"] == "flight_status" for row in turns) == 3  # contains, tool_called, tool_input
 
 
-@pytest.mark.xfail(strict=True, reason="the golden runner pushes goldens to the EvaluationService, which the emulator "
-                                       "does not serve yet (issue 17, after the evaluation engine)")
 def test_scrapi_golden_runner(scrapi_python, emulator):
+    """run_all_evals pushes the goldens (ListEvaluationExpectations, CreateEvaluationExpectation,
+    ListEvaluations, CreateEvaluation), runs them (RunEvaluation), polls the operation and the run
+    (GetOperation, GetEvaluationRun) and reads the results (GetEvaluationResult, GetEvaluation):
+    the verdicts are ces_nb.evals' on the same goldens."""
     results = drive(scrapi_python, emulator, "projects/scrapi-project/locations/us/apps/acme-support", str(GOLDENS))
-    ok(results, "golden_runner")
+    golden = {g["name"]: g for g in ok(results, "golden_runner")}
+    assert set(golden) == {"order_status_happy_path", "return_handover"}
+
+    happy = golden["order_status_happy_path"]
+    assert happy["passed"] is True and happy["session_id"].startswith("evaluation-")
+    comparisons = [[(c["type"], c["outcome"], c.get("expected"), c.get("actual")) for c in t["comparisons"]] for t in happy["turns"]]
+    assert comparisons[0] == [("text", "PASS", "Hi, this is Acme Support. How can I help you today?",
+                               "Hi, this is Acme Support. How can I help you today?")]
+    assert ("tool_call", "PASS", "lookup_order", "lookup_order") in comparisons[1]
+    assert ("tool_call", "PASS", "end_session", "end_session") in comparisons[2]
+    assert happy["turns"][1]["semantic_score"] == 4 and "offline" in happy["turns"][1]["semantic_explanation"]
+    # The natural-language expectation needs an LLM judge: not evaluated offline, and it says so.
+    [rubric] = happy["expectations"]
+    assert rubric["expectation"] == "The agent must call lookup_order with the order id" and "needs an LLM judge" in rubric["justification"]
+
+    # scrapi compiles the two agent lines of one turn into two agentResponse expectations; they are
+    # compared together with all the turn said, as ces_nb.evals reads the YAML's list of lines.
+    handover = golden["return_handover"]
+    [turn] = handover["turns"]
+    outcomes = {(c["type"], c.get("actual")): c["outcome"] for c in turn["comparisons"]}
+    assert outcomes[("transfer", "Returns Agent")] == "PASS" and outcomes[("tool_call", "start_return")] == "PASS"
+    assert [c["outcome"] for c in turn["comparisons"] if c["type"] == "text"] == ["PASS", "PASS"] and handover["passed"] is True

@@ -43,6 +43,53 @@ SERVED = {
         ("ExecuteTool", ces_v1.ExecuteToolRequest, ces_v1.ExecuteToolResponse, False, False),
     ],
 }
+
+def _evaluation_methods() -> list[tuple]:
+    from .services.operations import Empty, Operation
+
+    b = ces_v1beta
+    return [
+        ("CreateEvaluation", b.CreateEvaluationRequest, b.Evaluation, False, False),
+        ("GetEvaluation", b.GetEvaluationRequest, b.Evaluation, False, False),
+        ("ListEvaluations", b.ListEvaluationsRequest, b.ListEvaluationsResponse, False, False),
+        ("UpdateEvaluation", b.UpdateEvaluationRequest, b.Evaluation, False, False),
+        ("DeleteEvaluation", b.DeleteEvaluationRequest, Empty, False, False),
+        ("CreateEvaluationExpectation", b.CreateEvaluationExpectationRequest, b.EvaluationExpectation, False, False),
+        ("GetEvaluationExpectation", b.GetEvaluationExpectationRequest, b.EvaluationExpectation, False, False),
+        ("ListEvaluationExpectations", b.ListEvaluationExpectationsRequest, b.ListEvaluationExpectationsResponse, False, False),
+        ("UpdateEvaluationExpectation", b.UpdateEvaluationExpectationRequest, b.EvaluationExpectation, False, False),
+        ("DeleteEvaluationExpectation", b.DeleteEvaluationExpectationRequest, Empty, False, False),
+        ("RunEvaluation", b.RunEvaluationRequest, Operation, False, False),
+        ("GetEvaluationRun", b.GetEvaluationRunRequest, b.EvaluationRun, False, False),
+        ("ListEvaluationRuns", b.ListEvaluationRunsRequest, b.ListEvaluationRunsResponse, False, False),
+        ("DeleteEvaluationRun", b.DeleteEvaluationRunRequest, Operation, False, False),
+        ("GetEvaluationResult", b.GetEvaluationResultRequest, b.EvaluationResult, False, False),
+        ("ListEvaluationResults", b.ListEvaluationResultsRequest, b.ListEvaluationResultsResponse, False, False),
+        ("DeleteEvaluationResult", b.DeleteEvaluationResultRequest, Empty, False, False),
+    ]
+
+
+def _operation_methods() -> list[tuple]:
+    from .services import operations as o
+
+    return [
+        ("GetOperation", o.GetOperationRequest, o.Operation, False, False),
+        ("ListOperations", o.ListOperationsRequest, o.ListOperationsResponse, False, False),
+        ("DeleteOperation", o.DeleteOperationRequest, o.Empty, False, False),
+        ("CancelOperation", o.CancelOperationRequest, o.Empty, False, False),
+    ]
+
+
+# Services only some versions define (the EvaluationService is v1beta's alone): their handlers
+# take and return that version's types, and are served under it only.
+SERVED_IN = {"google.cloud.ces.v1beta": {"EvaluationService": _evaluation_methods()}}
+# google.longrunning.Operations, for the long-running calls of these services. Over gRPC it is
+# its own service; over REST its routes belong to each such service's transport
+# (GET /v1beta/{name=projects/*/locations/*/operations/*}).
+OPERATIONS = _operation_methods()
+LONG_RUNNING = {"EvaluationService"}
+OPERATIONS_SERVICE = "google.longrunning.Operations"
+
 # The handlers' own version: they take and return ces_v1 types.
 PACKAGE = "google.cloud.ces.v1"
 # Every version served, each with its generated types. Their messages are the same field for
@@ -52,15 +99,24 @@ API_VERSIONS = {"google.cloud.ces.v1": ces_v1, "google.cloud.ces.v1beta": ces_v1
 
 
 def served(package: str) -> dict[str, list[tuple]]:
-    """SERVED with the request and response types of `package`'s version."""
+    """SERVED with the request and response types of `package`'s version, and the services
+    only that version defines."""
     types = API_VERSIONS[package]
-    return {service: [(m, getattr(types, req.__name__), None if resp is None else getattr(types, resp.__name__), cs, ss)
-                      for m, req, resp, cs, ss in methods]
-            for service, methods in SERVED.items()}
+    table = {service: [(m, getattr(types, req.__name__), None if resp is None else getattr(types, resp.__name__), cs, ss)
+                       for m, req, resp, cs, ss in methods]
+             for service, methods in SERVED.items()}
+    table.update(SERVED_IN.get(package, {}))
+    return table
+
+
+def rest_methods(package: str, service: str) -> list[tuple]:
+    """The methods of `service` the REST binding routes: its own, and the operations' if it
+    has long-running calls."""
+    return [*served(package).get(service, ()), *(OPERATIONS if service in LONG_RUNNING and service in SERVED_IN.get(package, {}) else ())]
 
 
 def service_names() -> list[str]:
-    return [f"{package}.{s}" for package in API_VERSIONS for s in SERVED]
+    return [f"{package}.{s}" for package in API_VERSIONS for s in served(package)]
 
 
 def register_service_descriptors() -> None:
@@ -77,7 +133,9 @@ def _register(package: str, file_name: str) -> None:
         pass
     from google.protobuf import empty_pb2
 
-    deps = {empty_pb2.DESCRIPTOR.name}
+    from google.longrunning import operations_pb2
+
+    deps = {empty_pb2.DESCRIPTOR.name, operations_pb2.DESCRIPTOR.name}
     file = descriptor_pb2.FileDescriptorProto(name=file_name, package=package, syntax="proto3")
     for service, methods in served(package).items():
         svc = file.service.add(name=service)

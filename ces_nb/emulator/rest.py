@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 
 from .auth import TokenCheck
 from .errors import EmulatorError, clip, quote
-from .reflection import API_VERSIONS, PACKAGE, SERVED, served
+from .reflection import API_VERSIONS, PACKAGE, SERVED, rest_methods
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -165,15 +165,16 @@ def _http_options(base) -> dict[str, list[dict]]:
 def build_routes(services: dict[str, object]) -> list[Route]:
     """Routes for the RPCs of `services` ({"SessionService": handler object, ...}) that the
     official REST transports bind, for every API version (/v1/..., /v1beta/...), then 501 routes
-    for the ones they bind and the emulator doesn't serve (CreateApp, GetLocation, the
-    EvaluationService, ...), so those get a clear answer."""
+    for the ones they bind and the emulator doesn't serve (CreateApp, GetLocation, evaluation
+    datasets, ...), so those get a clear answer. A service only one version defines (v1beta's
+    EvaluationService) is routed under that version only, to handlers taking its types."""
     bound, unserved, seen = [], [], set()
     for package in API_VERSIONS:
-        table = served(package)
-        for service in [*services, *(s for s in _all_services(package) if s not in services)]:
+        available = _all_services(package)  # v1 has no EvaluationService
+        for service in [*(s for s in services if s in available), *(s for s in available if s not in services)]:
             handlers = services.get(service)
             options = _http_options(_rest_base(service, package))
-            methods = {m[0]: m for m in table.get(service, ())}
+            methods = {m[0]: m for m in rest_methods(package, service)}
             v1 = {m[0]: m for m in SERVED.get(service, ())}
             for method, http_options in options.items():
                 entry = methods.get(method)
@@ -183,7 +184,7 @@ def build_routes(services: dict[str, object]) -> list[Route]:
                     regex, fields = compile_template(option["uri"])
                     http_method = option["method"].upper()
                     if handler is not None and not entry[3]:  # client streaming has no REST binding
-                        other = package != PACKAGE
+                        other = package != PACKAGE and service in SERVED  # a v1 handler: convert
                         bound.append(Route(rpc, http_method, option["uri"], regex, fields, option.get("body"), entry[1], handler,
                                            streaming=entry[4], handler_request_type=v1[method][1] if other else None,
                                            response_type=entry[2] if other else None, package=package))

@@ -1,6 +1,6 @@
 """The embedded CES emulator: a grpc.aio server for SessionService, AgentService
-(read side) and ToolService, under google.cloud.ces.v1 and v1beta, plus gRPC health and
-server reflection; optionally REST, TLS (tls.py) and a required bearer token (auth.py)."""
+(read side) and ToolService, under google.cloud.ces.v1 and v1beta, v1beta's EvaluationService
+with google.longrunning.Operations, plus gRPC health and server reflection; optionally REST, TLS (tls.py) and a required bearer token (auth.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import RequireToken, TokenCheck
 from .export import LoadedApp, load_export
-from .reflection import register_service_descriptors, service_names
+from .evaluation_store import EvaluationStore
+from .reflection import OPERATIONS_SERVICE, register_service_descriptors, service_names
 from .registry import AppRegistry
 from .runtime import AppRuntime
 from .services.agent import AgentService
+from .services.evaluation import EvaluationService
 from .services.session import SessionService
 from .sandbox import SandboxLimits
 from .services.tool import ToolService
@@ -88,6 +90,7 @@ class EmulatorServer:
         self.server: grpc.aio.Server | None = None
         self.registry: AppRegistry | None = None
         self.sessions: SessionService | None = None
+        self.evaluations: EvaluationService | None = None
         self._health: health.aio.HealthServicer | None = None
         self._store_lock: StoreLock | None = None
 
@@ -125,14 +128,20 @@ class EmulatorServer:
         ]
         self.server = grpc.aio.server(options=options, interceptors=[RequireToken(self.token)] if self.token else None)
         agents, tools = AgentService(self.registry), ToolService(self.registry)
+        # v1beta's alone, its runs and results kept beside the conversations (evaluation_store.py)
+        self.evaluations = EvaluationService(self.registry, self.sessions, agents, EvaluationStore(store))
         v1 = (self.sessions.handler(), agents.handler(), tools.handler())
-        # v1, then v1beta on the same handlers, then a clear UNIMPLEMENTED for any other CES method
-        self.server.add_generic_rpc_handlers((*v1, AlsoServedAs(v1), Unserved()))
+        # v1, then v1beta on the same handlers, the EvaluationService and its operations, then a
+        # clear UNIMPLEMENTED for any other CES method
+        self.server.add_generic_rpc_handlers((*v1, AlsoServedAs(v1), self.evaluations.handler(),
+                                              self.evaluations.operations.handler(), Unserved()))
+        rest_services = {"SessionService": self.sessions, "AgentService": agents, "ToolService": tools,
+                         "EvaluationService": self.evaluations}
         self._health = health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         register_service_descriptors()
         reflection.enable_server_reflection(
-            [*service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+            [*service_names(), OPERATIONS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         try:
             port = self.server.add_insecure_port(f"{self.host}:{self.port}")
@@ -149,8 +158,7 @@ class EmulatorServer:
         if self.rest_port is not None:
             from .rest import RestServer
 
-            self.rest = RestServer({"SessionService": self.sessions, "AgentService": agents, "ToolService": tools},
-                                   self.host, self.rest_port, self.token)
+            self.rest = RestServer(rest_services, self.host, self.rest_port, self.token)
             try:
                 self.rest.bind()
             except OSError:
@@ -164,7 +172,7 @@ class EmulatorServer:
         # -- TLS (tls.py): gRPC and HTTPS REST on one more port, piped to the servers above
         if self.tls_port is not None:
             try:
-                await self._bind_tls({"SessionService": self.sessions, "AgentService": agents, "ToolService": tools})
+                await self._bind_tls(rest_services)
             except BaseException:
                 await self._stop_tls()
                 if self.rest is not None:
@@ -282,6 +290,8 @@ class EmulatorServer:
             await self.sessions.go_away()
         rest, self.rest = self.rest, None
         await asyncio.gather(self.server.stop(grace), self._stop_tls(grace), *([rest.stop(grace)] if rest is not None else []))
+        if self.evaluations is not None:
+            await self.evaluations.close()
         if self.registry is not None:
             await self.registry.close()
         self._release_store()

@@ -41,7 +41,7 @@ class AlsoServedAs(grpc.GenericRpcHandler):
 
 class Unserved(grpc.GenericRpcHandler):
     """UNIMPLEMENTED, naming the method and what is served, for any CES method the emulator
-    lacks (the EvaluationService, CreateApp, ...), where gRPC would say only "Method not found!"."""
+    lacks (CreateApp, evaluation datasets, ...), where gRPC would say only "Method not found!"."""
 
     def service(self, handler_call_details):
         method = handler_call_details.method
@@ -50,7 +50,8 @@ class Unserved(grpc.GenericRpcHandler):
         name = method.strip("/").replace("/", ".")
         message = (f"{name} is not served by the ces-nb emulator; it serves the SessionService, the read side of the "
                    f"AgentService (apps, agents, tools, toolsets, guardrails, examples, conversations) and "
-                   f"ToolService.ExecuteTool, under google.cloud.ces.v1 and v1beta")
+                   f"ToolService.ExecuteTool, under google.cloud.ces.v1 and v1beta, and the EvaluationService's "
+                   f"evaluations, expectations, runs and results under v1beta (the only version that defines it)")
 
         async def unimplemented(_requests, context: grpc.aio.ServicerContext):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)

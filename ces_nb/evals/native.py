@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .cases import (AGENT_RESPONSE, AGENT_TRANSFER, GOLDEN, NO_TOOL_CALLS, RUBRIC, SCENARIO, SCENARIO_CASE, TOOL_CALL,
+from .cases import (AGENT_RESPONSE, AGENT_TRANSFER, END_SESSION, GOLDEN, NO_TOOL_CALLS, RUBRIC, SCENARIO, SCENARIO_CASE, TOOL_CALL,
                     TOOL_ORDER, UPDATED_VARIABLES, Case, Expectation, MockAnswer, Step, Thresholds)
 from .errors import EvalFileError, shown
 
@@ -170,7 +170,9 @@ def _expectation(step: Step, e: dict, at: str) -> None:
     note = e.get("note", "")
     skip = bool(e.get("skip_evaluation"))
     made: Expectation | None = None
-    if "tool_call" in e:
+    if "tool_call" in e and _tool_name(e["tool_call"]) == "end_session":  # the system tool: as the scrapi reader reads it
+        made = Expectation(END_SESSION, e["tool_call"].get("args") or {}, at=f"{at}.expectation.toolCall")
+    elif "tool_call" in e:
         call = e["tool_call"]
         made = Expectation(TOOL_CALL, {"tool": _tool_name(call), "args": call.get("args") or {}}, at=f"{at}.expectation.toolCall")
         if threshold is not None:

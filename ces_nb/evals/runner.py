@@ -130,18 +130,41 @@ def _aliased(case: Case, aliases: dict[str, str]) -> Case:
 def run_case(client, app: str, case: Case, *, judge=None, thresholds: Thresholds | None = None,
              session_id: str | None = None, aliases: dict[str, str] | None = None) -> CaseResult:
     """One case in a fresh session: its CaseResult (never raises for the server's answers)."""
-    judge = judge or TextSimilarityJudge()
-    result = CaseResult(key=case.key, name=case.name, kind=case.kind, source=case.source, tags=list(case.tags),
-                        description=case.description)
-    case = _aliased(case, aliases or {})
+    if case.kind == TOOL_TEST:
+        result = _new_result(case)
+        try:
+            _run_tool_test(client, app, _aliased(case, aliases or {}), result)
+        except Exception as exc:  # the server failed the call: the case errs, the run goes on
+            result.error = f"{type(exc).__name__}: {exc}"
+        return result.decide()
+
+    def session():
+        return client.session(app=app, session_id=session_id or f"eval-{_slug(case.name)}-{_stamp()}")
+
+    return run_in_session(session, case, judge=judge, thresholds=thresholds, aliases=aliases)
+
+
+def run_in_session(session, case: Case, *, judge=None, thresholds: Thresholds | None = None,
+                   aliases: dict[str, str] | None = None) -> CaseResult:
+    """One conversation case (golden, turn eval, scenario) in the fresh session `session()` makes;
+    its CaseResult (never raises for the server's answers).
+
+    The session is anything with `name`, `auto_answer`, `pending` ({call id: ToolCall}), `ended`,
+    `send(**inputs) -> Turn` and `respond(answers, how=...) -> Turn`: a notebook `Session`, or
+    the emulator's EvaluationService playing turns on its own SessionService. Both are scored
+    here, so the notebook, the CLI and the service agree on every verdict."""
+    result = _new_result(case)
     try:
-        if case.kind == TOOL_TEST:
-            _run_tool_test(client, app, case, result)
-        else:
-            _run_conversation(client, app, case, result, judge, thresholds or Thresholds(), session_id)
+        _run_conversation(session(), _aliased(case, aliases or {}), result, judge or TextSimilarityJudge(),
+                          thresholds or Thresholds())
     except Exception as exc:  # the server failed the turn: the case errs, the run goes on
         result.error = f"{type(exc).__name__}: {exc}"
     return result.decide()
+
+
+def _new_result(case: Case) -> CaseResult:
+    return CaseResult(key=case.key, name=case.name, kind=case.kind, source=case.source, tags=list(case.tags),
+                      description=case.description)
 
 
 def _run_tool_test(client, app: str, case: Case, result: CaseResult) -> None:
@@ -166,8 +189,7 @@ def _run_tool_test(client, app: str, case: Case, result: CaseResult) -> None:
     result.notes.append(f"ExecuteTool {case.tool}: {json.dumps(body, sort_keys=True, default=str)}")
 
 
-def _run_conversation(client, app: str, case: Case, result: CaseResult, judge, thresholds: Thresholds, session_id: str | None) -> None:
-    session = client.session(app=app, session_id=session_id or f"eval-{_slug(case.name)}-{_stamp()}")
+def _run_conversation(session, case: Case, result: CaseResult, judge, thresholds: Thresholds) -> None:
     session.auto_answer = False  # this runner answers client tools, from the golden
     result.session = session.name
     variables = dict(case.variables)
@@ -230,4 +252,4 @@ def _line(turn) -> str:
     return f"User: {user}\nAgent: {turn.text}" + (f"\nTool calls: {calls}" if calls else "")
 
 
-__all__ = ["evaluate", "run_case"]
+__all__ = ["evaluate", "run_case", "run_in_session"]

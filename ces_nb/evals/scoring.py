@@ -47,8 +47,16 @@ def score_step(step: Step, seen: Observation, judge=None, thresholds: Thresholds
     values = seen.values(variables or {})
     unused = list(seen.calls)  # each observed call satisfies one expected call, in order
     rows = []
+    together = _responses_together(step)
     for e in step.expectations:
         if e.note.startswith("skipEvaluation") or e.kind == RUBRIC:  # rubrics: score_case_rubrics
+            continue
+        if together is not None and e in together[1]:
+            row = _score(together[0], seen, unused, judge, thresholds, values)
+            row.at = e.at
+            if len(together[1]) > 1:
+                row.explanation = f"the turn's {len(together[1])} agent responses, compared together: {row.explanation}"
+            rows.append(row)
             continue
         rows.append(_score(e, seen, unused, judge, thresholds, values))
     if thresholds.extra_tool_call_behavior == "FAIL" and any(e.kind == TOOL_CALL for e in step.expectations):
@@ -57,6 +65,17 @@ def score_step(step: Step, seen: Observation, judge=None, thresholds: Thresholds
             rows.append(_row(e, {"tool": call.name, "args": call.args}, False, 0.0,
                              f"{call.name} was called and the golden does not expect it (extraToolCallBehavior FAIL)"))
     return rows
+
+
+def _responses_together(step: Step) -> tuple[Expectation, list[Expectation]] | None:
+    """A turn's several agent-response expectations (a CES golden lists each agent message as
+    its own) compared as one text with all the turn said, as a scrapi golden's list of agent
+    lines is: the same golden gets the same verdict in either format. None for one or none."""
+    responses = [e for e in step.expectations if e.kind == AGENT_RESPONSE and not e.note.startswith("skipEvaluation")]
+    if len(responses) < 2 or len({e.match for e in responses}) > 1 or responses[0].match not in ("semantic", "exact"):
+        return None
+    joined = "\n\n".join(str(e.expected or "").strip() for e in responses if str(e.expected or "").strip())
+    return Expectation(AGENT_RESPONSE, joined, match=responses[0].match, at=responses[0].at), responses
 
 
 def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds, values: dict) -> ExpectationResult:
@@ -102,7 +121,7 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
 
 
 def _agent_is(want: str, got: str) -> bool:
-    norm = lambda s: re.sub(r"[\s_]+", " ", s).strip().lower()  # noqa: E731  "Returns Agent" ~ "returns_agent"
+    norm = lambda s: re.sub(r"[\s_-]+", " ", s).strip().lower()  # noqa: E731  "Returns Agent" ~ "returns_agent" ~ "returns-agent"
     return norm(want) == norm(got) or norm(got).endswith(norm(want))
 
 
