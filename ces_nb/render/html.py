@@ -14,11 +14,14 @@ import json
 from functools import lru_cache
 from html import escape
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
+from ..convert.otel import SPAN_KINDS
 from .markdown import markdown_html
 from .text import broken_message, integral, transcript_text, turn_text, unreadable
+
+if TYPE_CHECKING:  # for the annotations only: renderers read records, and import none (model.py calls them)
+    from ..model import Span, ToolResult, Transcript, Turn, UserInput
 
 _ids = itertools.count(1)
 _SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -137,7 +140,7 @@ def citations_html(citations: list) -> str:
 
 def suggestions_html(turn: Turn) -> str:
     parts = []
-    for s in turn.of_kind("google_search_suggestions"):
+    for s in turn.search_suggestions:
         for h in s.htmls:
             # Never inline: the search entry point's HTML lives, escaped, in a script-less sandbox.
             parts.append(f'<iframe class="ces-suggest" sandbox="" title="Google search suggestions" srcdoc="{_e(h)}"></iframe>')

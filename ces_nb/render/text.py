@@ -1,10 +1,16 @@
-"""Deterministic text/plain for turns and transcripts."""
+"""Deterministic text/plain for turns and transcripts.
+
+Like xarray's formatting functions, these take a record and return a string. They import
+no record class (ces_nb.model calls them for its reprs), only read the records' fields.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from ..model import ToolResult, Transcript, Turn, UserInput
+if TYPE_CHECKING:  # for the annotations only
+    from ..model import ToolResult, Transcript, Turn, UserInput
 
 
 def integral(value, _depth: int = 0):
@@ -93,7 +99,7 @@ def _turn_text(turn: Turn) -> str:
         lines.append(f"  tool call {call.name} (id {call.id}): {_json(call.args)}")
     for i, c in enumerate(turn.citations, 1):
         lines.append(f"  [{i}] {c.title} <{c.uri}>" + (" (attribution required)" if c.requires_attribution else ""))
-    for s in turn.of_kind("google_search_suggestions"):
+    for s in turn.search_suggestions:
         lines.append("  search suggestions: " + ", ".join(q["query"] for q in s.queries))
     for payload in turn.payloads:
         lines.append(f"  payload: {_json(payload)}")
