@@ -243,6 +243,11 @@ class Output:
         """The output's JSON body, as the proto JSON mapping spells it."""
         return self.value
 
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        """Raise TranscriptError (naming `at`) when the JSON body cannot be this output."""
+        _string(raw, at)
+
     def to_dict(self) -> dict:
         out = {self.kind: self.body(), "turn_index": self.turn_index}
         if self.turn_completed:
@@ -268,6 +273,10 @@ class AudioOutput(Output):
     def body(self) -> str:
         return _b64(self.value)
 
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _base64(raw, at)
+
 
 @dataclass
 class ToolCallsOutput(Output):
@@ -280,6 +289,10 @@ class ToolCallsOutput(Output):
 
     def body(self) -> dict:
         return {"tool_calls": [c.to_dict() for c in self.value]}
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _check_list(_obj(raw, at), "tool_calls", at, _check_call)
 
 
 @dataclass
@@ -294,6 +307,10 @@ class CitationsOutput(Output):
     def body(self) -> dict:
         return {"cited_chunks": [c.to_dict() for c in self.value]}
 
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _check_list(_obj(raw, at), "cited_chunks", at, _check_citation)
+
 
 @dataclass
 class SearchSuggestionsOutput(Output):
@@ -306,6 +323,12 @@ class SearchSuggestionsOutput(Output):
 
     def body(self) -> dict:
         return self.value.to_dict()
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        body = _obj(raw, at)
+        _check_list(body, "htmls", at, _string)
+        _check_list(body, "web_search_queries", at, _check_query)
 
 
 @dataclass
@@ -320,6 +343,10 @@ class EndSessionOutput(Output):
     def body(self) -> dict:
         return {"metadata": self.value}
 
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _fields(_obj(raw, at), at, _obj, "metadata")
+
 
 @dataclass
 class PayloadOutput(Output):
@@ -329,6 +356,10 @@ class PayloadOutput(Output):
     @classmethod
     def value_from(cls, raw: Any) -> dict:
         return raw or {}
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _obj(raw, at)
 
 
 OUTPUT_TYPES: dict[str, type[Output]] = {t.kind: t for t in (
@@ -1119,23 +1150,7 @@ def _check_output(raw: Any, at: _At) -> bool:
     _need(raw, dict, at, "an output (an object)")
     kind = _first_kind(raw, OUTPUT_KINDS)
     if kind is not None:
-        value, here = get_field(raw, kind), at / _key(raw, kind)
-        if kind == "text":
-            _string(value, here)
-        elif kind == "audio":
-            _base64(value, here)
-        elif kind == "tool_calls":
-            _check_list(_obj(value, here), "tool_calls", here, _check_call)
-        elif kind == "citations":
-            _check_list(_obj(value, here), "cited_chunks", here, _check_citation)
-        elif kind == "google_search_suggestions":
-            body = _obj(value, here)
-            _check_list(body, "htmls", here, _string)
-            _check_list(body, "web_search_queries", here, _check_query)
-        elif kind == "end_session":
-            _fields(_obj(value, here), here, _obj, "metadata")
-        elif kind == "payload":
-            _obj(value, here)
+        OUTPUT_TYPES[kind].check_body(get_field(raw, kind), at / _key(raw, kind))
     _fields(raw, at, _whole, "turn_index")
     return True
 
