@@ -1,13 +1,15 @@
-"""Turn, Output, Span, Transcript: the one place where CES protos become plain data.
+"""Turn, Output, Span, Transcript: plain records. No session, no widgets, no I/O.
 
-Every source goes through the same JSON-shaped dict, so a proto from a live
-RunSession, a BidiSessionServerMessage, a stored Conversation.Turn, or a JSON
-trace found in the wild (camelCase or snake_case) builds the same `Turn`:
+Every source reaches these through the same JSON-shaped dict: ces_nb.convert reads protos
+(a live RunSession's SessionOutputs, BidiSessionServerMessages, a stored Conversation), ADK
+events and OpenTelemetry spans; a JSON trace found in the wild (camelCase or snake_case)
+is read here, by `from_dict`:
 
-    proto --MessageToDict--> dict --from_dict--> dataclass
+    proto --ces_nb.convert--> dict --from_dict--> dataclass
 
 Keys are looked up in both spellings; the user's own data (tool args, payloads,
-variables, span attributes) is never renamed.
+variables, span attributes) is never renamed. Each kind of output is its own class
+(TextOutput, ToolCallsOutput, ...), named by `kind` as the proto field is.
 
 The transcript file format (`Transcript.save`, version 1) is this dict form:
 

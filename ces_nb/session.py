@@ -453,10 +453,15 @@ class LiveTurn:
         object.__setattr__(self, "session", session)
 
     def __getattr__(self, name: str) -> Any:
+        if name in LiveTurn.__slots__:  # not set yet (copy, pickle): never recurse looking for it
+            raise AttributeError(name)
         return getattr(self.record, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self.record, name, value)
+        if name in LiveTurn.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.record, name, value)
 
     def __eq__(self, other: Any) -> bool:
         return self.record == (other.record if isinstance(other, LiveTurn) else other)

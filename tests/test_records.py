@@ -3,6 +3,7 @@ old, no session, no widgets and no network; a session's LiveTurn is the interact
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -110,3 +111,5 @@ def test_a_live_turn_reads_as_its_record(client):
     assert live.record.partial and live.record.notes[-1] == "checked"
     assert list(frames.turns_frame(live).turn) == [live.index] == list(frames.turns_frame([live]).turn)
     assert live.panel() is None  # no pending calls, no form
+    copied = copy.copy(live)
+    assert copied.record is live.record and copied.session is session

@@ -30,7 +30,7 @@ from google.genai import types
 
 from . import ces_python
 from .agent_tools import PythonFunctionTool, apply_state_delta, build_tool, runner_call
-from .code_context import MAX_EVENTS, agent_display, code_filename, dump, session_context  # noqa: F401 (guardrails.py reads code_filename here)
+from .code_context import code_filename, dump, session_context
 from .playback import TRANSFER_TOOL, adk_name
 from .tracing import tracer
 

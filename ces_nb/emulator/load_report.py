@@ -10,7 +10,6 @@ logs it at start-up, and GetApp's `validation_errors` carries its non-"runs" lin
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
