@@ -61,7 +61,7 @@ class Session:
         self.forked_from: tuple[str, int] | None = None
         self._how: dict[str, str] = {}
         self._views = weakref.WeakSet()  # open tool-call forms: told after every turn (see watch)
-        self._panels: dict[int, Any] = {}  # id(turn) -> the form panel of that turn's pending calls
+        self._panels: dict[int, tuple[Turn, Any]] = {}  # id(turn) -> (turn, the form panel of its pending calls)
 
     # -- config --------------------------------------------------------------------
 
@@ -303,10 +303,10 @@ class Session:
         calls = [c for c in turn.tool_calls if c.id in pending]
         if not calls:
             return None
-        key = id(turn)
-        if key not in self._panels:
-            self._panels[key] = self.tool_panel(calls)
-        return self._panels[key]
+        cached = self._panels.get(id(turn))
+        if cached is None or cached[0] is not turn:  # (the turn is kept with it, so its id stays its own)
+            cached = self._panels[id(turn)] = (turn, self.tool_panel(calls))
+        return cached[1]
 
     def watch(self, view) -> None:
         """`view.sync(pending_ids, ended, answered_how)` runs after every turn this session keeps
