@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from emulator_process import EmulatorProcess  # noqa: E402
 
 import ces_nb  # noqa: E402
+from ces_nb.convert.session_output import turn_from_outputs  # noqa: E402
 from ces_nb.model import Span, Turn  # noqa: E402
 from ces_nb.render.html import turn_html  # noqa: E402
 
@@ -35,7 +36,7 @@ def typical_turn_share(rounds: int = 60) -> tuple[float, float, float]:
             t0 = time.perf_counter()
             response = client.sessions.run_session(request=request)
             t1 = time.perf_counter()
-            turn = Turn.from_outputs(response.outputs, request["inputs"])
+            turn = turn_from_outputs(response.outputs, request["inputs"])
             t2 = time.perf_counter()
             turn._repr_mimebundle_()
             t3 = time.perf_counter()

@@ -20,7 +20,7 @@ def _emulator(args: argparse.Namespace) -> int:
     from .emulator.store import StoreError, display_url
 
     if args.check:  # the load report of each --app, file by file; nothing is served
-        from .emulator.load_report import check
+        from .emulator.export import check
 
         results = [check(p) for p in (args.app or [str(demo_app_path())])]
         print("\n\n".join(report.text() for report, _ in results))

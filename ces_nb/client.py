@@ -4,48 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .convert.tools import client_function_schema
 from .errors import CesError, explain
 from .local_emulator import default_address, ensure_emulator
-
-EMULATOR_PARENT = "projects/ces-nb/locations/us"  # AgentServiceClient.common_location_path("ces-nb", "us")
-
-
-# Resource names through the generated `*_path` / `parse_*_path` helpers of the official
-# clients (imported on first use: google.cloud.ces_v1 is heavy).
-
-def _agents_class():
-    from google.cloud.ces_v1 import AgentServiceClient
-
-    return AgentServiceClient
-
-
-def _one_segment_each(parts: dict[str, str]) -> dict[str, str]:
-    # The generated patterns match lazily up to the end, so "apps/a/sessions/s" would parse as app "a/sessions/s".
-    return parts if parts and all(v and "/" not in v for v in parts.values()) else {}
-
-
-def parse_app(name: str) -> dict[str, str]:
-    """{"project", "location", "app"} of an app resource name, or {} when it is not one."""
-    return _one_segment_each(_agents_class().parse_app_path(name or ""))
-
-
-def parse_conversation(name: str) -> dict[str, str]:
-    """{"project", "location", "app", "conversation"} of a conversation name, or {}."""
-    return _one_segment_each(_agents_class().parse_conversation_path(name or ""))
-
-
-def app_parent(app: str) -> str:
-    """The location an app lives in: projects/P/locations/L."""
-    parts = parse_app(app)
-    return _agents_class().common_location_path(parts["project"], parts["location"]) if parts else EMULATOR_PARENT
-
-
-def session_path(app: str, session_id: str) -> str:
-    from google.cloud.ces_v1 import SessionServiceClient
-
-    parts = parse_app(app)
-    return SessionServiceClient.session_path(**parts, session=session_id) if parts else f"{app}/sessions/{session_id}"
-
+from .names import EMULATOR_PARENT, agent_service_client, app_parent, parse_app, parse_conversation, session_path  # noqa: F401 (public here too)
+from .session import Session
 
 def regional_endpoint(location: str) -> str:
     """CES serves `global` at ces.googleapis.com and a region at its regional (rep) endpoint."""
@@ -102,8 +65,8 @@ class Client:
             return self.app
         if app.startswith("projects/"):
             return app
-        location = _agents_class().parse_common_location_path(app_parent(self.app) if self.app else EMULATOR_PARENT)
-        return _agents_class().app_path(location["project"], location["location"], app)
+        location = agent_service_client().parse_common_location_path(app_parent(self.app) if self.app else EMULATOR_PARENT)
+        return agent_service_client().app_path(location["project"], location["location"], app)
 
     def check(self, timeout: float = 10.0) -> None:
         """Reach the server and read the app (or list the apps): a CesError saying what to
@@ -132,7 +95,7 @@ class Client:
         from .explore.conversations import get_conversation
 
         if not parse_conversation(name):
-            name = _agents_class().conversation_path(**parse_app(self.resolve_app(None)), conversation=name)
+            name = agent_service_client().conversation_path(**parse_app(self.resolve_app(None)), conversation=name)
         return get_conversation(self, name)
 
     # -- tools -------------------------------------------------------------------
@@ -166,32 +129,21 @@ class Client:
         if tool is not None:
             return tool.name
         parts = parse_app(app)
-        return _agents_class().tool_path(**parts, tool=name) if parts else f"{app}/tools/{name}"
+        return agent_service_client().tool_path(**parts, tool=name) if parts else f"{app}/tools/{name}"
 
     def tool_schema(self, app: str, call_tool: str) -> dict:
         """{"parameters": ..., "response": ..., "description": ...} for a client function, as plain dicts
         (empty when the tool or its schemas are unknown)."""
-        from google.protobuf import json_format
-
         try:
             tool = self.tools_of(app).get(call_tool) or self.tools_of(app).get(call_tool.rsplit("/", 1)[-1])
         except CesError:
             return {}
-        if tool is None or "client_function" not in tool:
-            return {}
-        fn = type(tool).pb(tool).client_function
-        out = {"description": fn.description}
-        for key in ("parameters", "response"):
-            if fn.HasField(key):
-                out[key] = json_format.MessageToDict(getattr(fn, key), preserving_proto_field_name=True)
-        return out
+        return client_function_schema(tool)
 
     # -- sessions ----------------------------------------------------------------
 
     def session(self, app: str | None = None, session_id: str | None = None, **config: Any):
         """A new conversation (or a stored one, given its id). `config` takes any SessionConfig field."""
-        from .session import Session
-
         return Session(self, self.resolve_app(app), session_id=session_id, **config)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ class Mock:
     def matches(self, call: ToolCall) -> bool:
         from .emulator.mocks import args_match  # the same matching the emulator's ExecuteTool uses
 
-        return _same_tool(self.tool, call) and (self.args is None or args_match(self.args, call.args))
+        return same_tool(self.tool, call) and (self.args is None or args_match(self.args, call.args))
 
 
 @dataclass
@@ -62,7 +62,7 @@ class CallRecord:
         return None if self.answered is None else (self.answered - self.received) * 1e3
 
 
-def _same_tool(name: str, call: ToolCall) -> bool:
+def same_tool(name: str, call: ToolCall) -> bool:
     short = name.rsplit("/", 1)[-1]
     return short in (call.name, call.display_name, call.tool.rsplit("/", 1)[-1]) or name == call.tool
 
@@ -131,18 +131,18 @@ class ClientTools:
 
     def propose(self, call: ToolCall) -> Proposal:
         """What would answer this call, and whether a breakpoint holds it."""
-        hold = any(_same_tool(b, call) for b in self.breakpoints)
+        hold = any(same_tool(b, call) for b in self.breakpoints)
         proposal = Proposal(None, None, hold)
         mock = next((m for m in self.mocks if m.matches(call)), None)
         if mock is not None:
             proposal.response, proposal.how = dict(mock.response), "mock"
-        elif self.unmatched == "FAIL" and any(_same_tool(m.tool, call) for m in self.mocks):
+        elif self.unmatched == "FAIL" and any(same_tool(m.tool, call) for m in self.mocks):
             # Mocked tool, unmatched args, FAIL: the agent hears that no mock fits.
             proposal.how = "mock"
             proposal.error = f"no mock for {call.name} matches args {call.args}"
             proposal.response = {"error": proposal.error}
         else:
-            handler = next((fn for name, fn in self.handlers.items() if _same_tool(name, call)), None)
+            handler = next((fn for name, fn in self.handlers.items() if same_tool(name, call)), None)
             if handler is not None:
                 proposal.how = "handler"
                 try:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .model import Transcript, Turn
+if TYPE_CHECKING:  # for the annotations only: Transcript.diff builds this
+    from .model import Transcript, Turn
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .model import Span, Transcript, Turn, json_value
+from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
 
 SPAN_COLUMNS = ["conversation", "turn", "index", "parent", "depth", "span", "kind", "start_ms", "duration_ms"]
 PERCENTILES = (50, 90, 99)
@@ -19,6 +19,8 @@ def transcripts(obj: Any) -> list[Transcript]:
     """Normalize anything turn-shaped into transcripts."""
     if obj is None:
         return []
+    if isinstance(getattr(obj, "record", None), Turn):  # a session's LiveTurn
+        obj = obj.record
     if isinstance(obj, Transcript):
         return [obj]
     if isinstance(obj, Turn):
@@ -36,7 +38,7 @@ def transcripts(obj: Any) -> list[Transcript]:
             return [Transcript([Turn(index=1, root_span=Span.from_dict(obj), completed=True)])]
         raise ValueError("a dict here is a transcript, a turn or a span in JSON; this one has none of their keys")
     if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
-        items = list(obj)
+        items = [item.record if isinstance(getattr(item, "record", None), Turn) else item for item in obj]
         if items and all(isinstance(t, Turn) for t in items):
             return [Transcript(items)]
         return [t for item in items for t in transcripts(item)]
@@ -73,18 +75,19 @@ def outputs_frame(obj: Any):
         for turn in t.turns:
             for position, output in enumerate(turn.outputs):
                 rows.append({"conversation": t.session, "turn": turn.index, "position": position, "kind": output.kind,
-                             "value": _summary(output.kind, output.value), "turn_completed": output.turn_completed})
+                             "value": _summary(output), "turn_completed": output.turn_completed})
     return pd.DataFrame(rows, columns=["conversation", "turn", "position", "kind", "value", "turn_completed"])
 
 
-def _summary(kind: str, value: Any) -> Any:
-    if kind == "audio":
+def _summary(output: Output) -> Any:
+    value = output.value
+    if isinstance(output, AudioOutput):
         return f"{len(value)} bytes"
-    if kind == "tool_calls":
+    if isinstance(output, ToolCallsOutput):
         return [{"id": c.id, "tool": c.name, "args": c.args} for c in value]
-    if kind == "citations":
+    if isinstance(output, CitationsOutput):
         return [{"title": c.title, "uri": c.uri} for c in value]
-    if kind == "google_search_suggestions":
+    if isinstance(output, SearchSuggestionsOutput):
         return [q["query"] for q in value.queries]
     return value
 

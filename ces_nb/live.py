@@ -2,7 +2,7 @@
 
     with session.live(input_audio={"audio_encoding": "LINEAR16", "sample_rate_hertz": 16000}) as live:
         live.send_audio("question.wav")      # any file soundfile reads; or an ndarray, or raw bytes
-        turn = live.next_turn()              # a Turn: transcript, text, the agent's audio, spans
+        turn = live.next_turn()              # a turn (LiveTurn): transcript, text, the agent's audio, spans
 
 Audio is decoded, resampled, encoded and sent in 40-120 ms chunks, paced in real time or
 as fast as possible. When the server says go_away, the stream reconnects with the session's
@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import audio
+from .convert.bidi import add_message
 from .errors import CesError, explain
 from .model import Turn, UserInput
 
@@ -281,8 +282,6 @@ class LiveSession:
         self._finish_partial(self.error)
 
     def _on_message(self, message) -> None:
-        from .model import _as_dict, _output_dict
-
         with self._lock:
             if self._current is None:
                 self._current = Turn(inputs=list(self._pending_inputs))
@@ -290,22 +289,18 @@ class LiveSession:
                 self._current.audio_encoding = self.output_audio["audio_encoding"]
                 self._current.audio_sample_rate = int(self.output_audio["sample_rate_hertz"])
             turn = self._current
-        pb = type(message).pb(message)
-        if pb.WhichOneof("message_type") == "session_output":
-            turn.add_output(_output_dict(message.session_output))
-        else:
-            turn.add_bidi_message(_as_dict(message))
+        add_message(turn, message)
         if turn.completed:
             with self._lock:
                 self._current = None
-            self.turns.put(self.session._after(self.session._keep(turn), stream=True))
+            self.turns.put(self.session.view(self.session._after(self.session._keep(turn), stream=True)))
 
     def _finish_partial(self, error: BaseException | None) -> None:
         with self._lock:
             turn, self._current = self._current, None
         if turn is not None and turn.outputs:
             turn.partial, turn.error = True, str(error) if error else "the stream ended mid-turn"
-            self.turns.put(self.session._keep(turn))
+            self.turns.put(self.session.view(self.session._keep(turn)))
         elif error is not None and not self._closing:
             self.turns.put(error)
 

@@ -574,7 +574,7 @@ class CesMagics(Magics):
             raise UsageError("name one conversation: %cescmd show NAME (a full name or an id from %cescmd conversations)")
         from google.cloud.ces_v1 import AgentServiceClient
 
-        from .client import parse_app, parse_conversation
+        from .names import parse_app, parse_conversation
         from .errors import CesError
 
         name = _parse(_show_parser(), arg).name

@@ -1,13 +1,15 @@
-"""Turn, Output, Span, Transcript: the one place where CES protos become plain data.
+"""Turn, Output, Span, Transcript: plain records. No session, no widgets, no I/O.
 
-Every source goes through the same JSON-shaped dict, so a proto from a live
-RunSession, a BidiSessionServerMessage, a stored Conversation.Turn, or a JSON
-trace found in the wild (camelCase or snake_case) builds the same `Turn`:
+Every source reaches these through the same JSON-shaped dict: ces_nb.convert reads protos
+(a live RunSession's SessionOutputs, BidiSessionServerMessages, a stored Conversation), ADK
+events and OpenTelemetry spans; a JSON trace found in the wild (camelCase or snake_case)
+is read here, by `from_dict`:
 
-    proto --MessageToDict--> dict --from_dict--> dataclass
+    proto --ces_nb.convert--> dict --from_dict--> dataclass
 
 Keys are looked up in both spellings; the user's own data (tool args, payloads,
-variables, span attributes) is never renamed.
+variables, span attributes) is never renamed. Each kind of output is its own class
+(TextOutput, ToolCallsOutput, ...), named by `kind` as the proto field is.
 
 The transcript file format (`Transcript.save`, version 1) is this dict form:
 
@@ -33,12 +35,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
+
+from .convert.otel import SPAN_KINDS
 
 FORMAT = "ces_nb.transcript"
 VERSION = 1
 
-OUTPUT_KINDS = ("text", "audio", "tool_calls", "citations", "google_search_suggestions", "end_session", "payload")
 INPUT_KINDS = ("text", "dtmf", "audio", "tool_responses", "image", "blob", "variables", "event")
 CHUNK_KINDS = (
     "text", "transcript", "blob", "payload", "image", "tool_call", "tool_response",
@@ -54,13 +57,13 @@ def _camel(name: str) -> str:
     return _CAMEL.sub(lambda m: m.group(1).upper(), name)
 
 
-def _get(d: dict, name: str, default: Any = None) -> Any:
+def get_field(d: dict, name: str, default: Any = None) -> Any:
     if name in d:
         return d[name]
     return d.get(_camel(name), default)
 
 
-def _has(d: dict, name: str) -> bool:
+def has_field(d: dict, name: str) -> bool:
     return name in d or _camel(name) in d
 
 
@@ -79,7 +82,7 @@ def _b64(data: bytes) -> str:
 
 # -- times ---------------------------------------------------------------------------
 
-def _timestamp_ns(value: Any) -> int | None:
+def timestamp_ns(value: Any) -> int | None:
     """RFC 3339 text (nanoseconds kept), a datetime, or {seconds, nanos} -> ns since epoch."""
     if value in (None, ""):
         return None
@@ -147,7 +150,7 @@ class ToolCall:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ToolCall":
-        return cls(id=_get(d, "id", ""), tool=_tool_id(d), display_name=_get(d, "display_name", ""), args=_get(d, "args") or {})
+        return cls(id=get_field(d, "id", ""), tool=tool_resource(d), display_name=get_field(d, "display_name", ""), args=get_field(d, "args") or {})
 
     def to_dict(self) -> dict:
         return {"id": self.id, "tool": self.tool, "display_name": self.display_name, "args": self.args}
@@ -162,17 +165,17 @@ class ToolResponse:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ToolResponse":
-        return cls(id=_get(d, "id", ""), tool=_tool_id(d), display_name=_get(d, "display_name", ""), response=_get(d, "response") or {})
+        return cls(id=get_field(d, "id", ""), tool=tool_resource(d), display_name=get_field(d, "display_name", ""), response=get_field(d, "response") or {})
 
     def to_dict(self) -> dict:
         return {"id": self.id, "tool": self.tool, "display_name": self.display_name, "response": self.response}
 
 
-def _tool_id(d: dict) -> str:
-    if _has(d, "tool"):
-        return _get(d, "tool") or ""
-    toolset = _get(d, "toolset_tool") or {}
-    return f"{_get(toolset, 'toolset', '')}/tools/{_get(toolset, 'tool_id', '')}" if toolset else ""
+def tool_resource(d: dict) -> str:
+    if has_field(d, "tool"):
+        return get_field(d, "tool") or ""
+    toolset = get_field(d, "toolset_tool") or {}
+    return f"{get_field(toolset, 'toolset', '')}/tools/{get_field(toolset, 'tool_id', '')}" if toolset else ""
 
 
 @dataclass
@@ -184,7 +187,7 @@ class Citation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Citation":
-        return cls(_get(d, "title", ""), _get(d, "uri", ""), _get(d, "text", ""), bool(_get(d, "requires_attribution", False)))
+        return cls(get_field(d, "title", ""), get_field(d, "uri", ""), get_field(d, "text", ""), bool(get_field(d, "requires_attribution", False)))
 
     def to_dict(self) -> dict:
         return {"title": self.title, "uri": self.uri, "text": self.text, "requires_attribution": self.requires_attribution}
@@ -197,8 +200,8 @@ class SearchSuggestions:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSuggestions":
-        queries = [{"query": _get(q, "query", ""), "uri": _get(q, "uri", "")} for q in _get(d, "web_search_queries") or []]
-        return cls(list(_get(d, "htmls") or []), queries)
+        queries = [{"query": get_field(q, "query", ""), "uri": get_field(q, "uri", "")} for q in get_field(d, "web_search_queries") or []]
+        return cls(list(get_field(d, "htmls") or []), queries)
 
     def to_dict(self) -> dict:
         return {"htmls": self.htmls, "web_search_queries": self.queries}
@@ -206,58 +209,164 @@ class SearchSuggestions:
 
 @dataclass
 class Output:
-    """One SessionOutput. `value` depends on `kind`:
+    """One SessionOutput. Each kind of output is its own class (TextOutput, ToolCallsOutput, …);
+    `kind` names it as the proto field does ("text", "tool_calls", …)."""
 
-    text: str · audio: bytes · tool_calls: list[ToolCall] · citations: list[Citation] ·
-    google_search_suggestions: SearchSuggestions · end_session: dict (metadata) · payload: dict
-    """
-
-    kind: str
     value: Any
     turn_index: int = 0
     turn_completed: bool = False
+    kind: ClassVar[str] = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls is Output:  # the old Output(kind, value) would silently make a wrong record
+            raise TypeError("Output is the base of TextOutput, ToolCallsOutput, …: make one of those, "
+                            "or Output.of(kind, value, turn_index)")
+        return super().__new__(cls)
+
+    @classmethod
+    def of(cls, kind: str, value: Any, turn_index: int = 0, turn_completed: bool = False) -> "Output":
+        """The output of a kind named as the proto field is ("text", "tool_calls", …)."""
+        return OUTPUT_TYPES[kind](value, turn_index, turn_completed)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Output | None":
-        kind = next((k for k in OUTPUT_KINDS if _has(d, k)), None)
+        kind = next((k for k in OUTPUT_KINDS if has_field(d, k)), None)
         if kind is None:
             return None
-        raw = _get(d, kind)
-        value: Any
-        if kind == "audio":
-            value = _bytes(raw)
-        elif kind == "tool_calls":
-            value = [ToolCall.from_dict(c) for c in _get(raw or {}, "tool_calls") or []]
-        elif kind == "citations":
-            value = [Citation.from_dict(c) for c in _get(raw or {}, "cited_chunks") or []]
-        elif kind == "google_search_suggestions":
-            value = SearchSuggestions.from_dict(raw or {})
-        elif kind == "end_session":
-            value = _get(raw or {}, "metadata") or {}
-        elif kind == "payload":
-            value = raw or {}
-        else:
-            value = raw or ""
-        return cls(kind, value, int(_get(d, "turn_index", 0) or 0), bool(_get(d, "turn_completed", False)))
+        output_type = OUTPUT_TYPES[kind]
+        return output_type(output_type.value_from(get_field(d, kind)), int(get_field(d, "turn_index", 0) or 0), bool(get_field(d, "turn_completed", False)))
+
+    @classmethod
+    def value_from(cls, raw: Any) -> Any:
+        """The value from the output's JSON body."""
+        return raw or ""
+
+    def body(self) -> Any:
+        """The output's JSON body, as the proto JSON mapping spells it."""
+        return self.value
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        """Raise TranscriptError (naming `at`) when the JSON body cannot be this output."""
+        _string(raw, at)
 
     def to_dict(self) -> dict:
-        v = self.value
-        if self.kind == "audio":
-            body: Any = _b64(v)
-        elif self.kind == "tool_calls":
-            body = {"tool_calls": [c.to_dict() for c in v]}
-        elif self.kind == "citations":
-            body = {"cited_chunks": [c.to_dict() for c in v]}
-        elif self.kind == "google_search_suggestions":
-            body = v.to_dict()
-        elif self.kind == "end_session":
-            body = {"metadata": v}
-        else:
-            body = v
-        out = {self.kind: body, "turn_index": self.turn_index}
+        out = {self.kind: self.body(), "turn_index": self.turn_index}
         if self.turn_completed:
             out["turn_completed"] = True
         return out
+
+
+@dataclass
+class TextOutput(Output):
+    value: str = ""
+    kind: ClassVar[str] = "text"
+
+
+@dataclass
+class AudioOutput(Output):
+    value: bytes = b""
+    kind: ClassVar[str] = "audio"
+
+    @classmethod
+    def value_from(cls, raw: Any) -> bytes:
+        return _bytes(raw)
+
+    def body(self) -> str:
+        return _b64(self.value)
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _base64(raw, at)
+
+
+@dataclass
+class ToolCallsOutput(Output):
+    value: list[ToolCall] = field(default_factory=list)
+    kind: ClassVar[str] = "tool_calls"
+
+    @classmethod
+    def value_from(cls, raw: Any) -> list[ToolCall]:
+        return [ToolCall.from_dict(c) for c in get_field(raw or {}, "tool_calls") or []]
+
+    def body(self) -> dict:
+        return {"tool_calls": [c.to_dict() for c in self.value]}
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _check_list(_obj(raw, at), "tool_calls", at, _check_call)
+
+
+@dataclass
+class CitationsOutput(Output):
+    value: list[Citation] = field(default_factory=list)
+    kind: ClassVar[str] = "citations"
+
+    @classmethod
+    def value_from(cls, raw: Any) -> list[Citation]:
+        return [Citation.from_dict(c) for c in get_field(raw or {}, "cited_chunks") or []]
+
+    def body(self) -> dict:
+        return {"cited_chunks": [c.to_dict() for c in self.value]}
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _check_list(_obj(raw, at), "cited_chunks", at, _check_citation)
+
+
+@dataclass
+class SearchSuggestionsOutput(Output):
+    value: SearchSuggestions = field(default_factory=SearchSuggestions)
+    kind: ClassVar[str] = "google_search_suggestions"
+
+    @classmethod
+    def value_from(cls, raw: Any) -> SearchSuggestions:
+        return SearchSuggestions.from_dict(raw or {})
+
+    def body(self) -> dict:
+        return self.value.to_dict()
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        body = _obj(raw, at)
+        _check_list(body, "htmls", at, _string)
+        _check_list(body, "web_search_queries", at, _check_query)
+
+
+@dataclass
+class EndSessionOutput(Output):
+    value: dict = field(default_factory=dict)  # the end_session metadata
+    kind: ClassVar[str] = "end_session"
+
+    @classmethod
+    def value_from(cls, raw: Any) -> dict:
+        return get_field(raw or {}, "metadata") or {}
+
+    def body(self) -> dict:
+        return {"metadata": self.value}
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _fields(_obj(raw, at), at, _obj, "metadata")
+
+
+@dataclass
+class PayloadOutput(Output):
+    value: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "payload"
+
+    @classmethod
+    def value_from(cls, raw: Any) -> dict:
+        return raw or {}
+
+    @classmethod
+    def check_body(cls, raw: Any, at: "_At") -> None:
+        _obj(raw, at)
+
+
+OUTPUT_TYPES: dict[str, type[Output]] = {t.kind: t for t in (
+    TextOutput, AudioOutput, ToolCallsOutput, CitationsOutput, SearchSuggestionsOutput, EndSessionOutput, PayloadOutput)}
+OUTPUT_KINDS = tuple(OUTPUT_TYPES)
 
 
 @dataclass
@@ -270,18 +379,18 @@ class UserInput:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UserInput | None":
-        kind = next((k for k in INPUT_KINDS if _has(d, k)), None)
+        kind = next((k for k in INPUT_KINDS if has_field(d, k)), None)
         if kind is None:
             return None
-        raw = _get(d, kind)
+        raw = get_field(d, kind)
         if kind == "event":
-            value: Any = _get(raw, "event", "") if isinstance(raw, dict) else raw
+            value: Any = get_field(raw, "event", "") if isinstance(raw, dict) else raw
         elif kind in ("image", "blob"):
-            value = (_get(raw, "mime_type", ""), _bytes(_get(raw, "data")))
+            value = (get_field(raw, "mime_type", ""), _bytes(get_field(raw, "data")))
         elif kind == "audio":
             value = _bytes(raw)
         elif kind == "tool_responses":
-            value = [ToolResponse.from_dict(r) for r in _get(raw or {}, "tool_responses") or []]
+            value = [ToolResponse.from_dict(r) for r in get_field(raw or {}, "tool_responses") or []]
         else:
             value = raw if raw is not None else ""
         return cls(kind, value)
@@ -308,18 +417,18 @@ class Chunk:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Chunk | None":
-        kind = next((k for k in CHUNK_KINDS if _has(d, k)), None)
+        kind = next((k for k in CHUNK_KINDS if has_field(d, k)), None)
         if kind is None:
             return None
-        raw = _get(d, kind)
+        raw = get_field(d, kind)
         if kind in ("image", "blob"):
-            value: Any = (_get(raw, "mime_type", ""), _bytes(_get(raw, "data")))
+            value: Any = (get_field(raw, "mime_type", ""), _bytes(get_field(raw, "data")))
         elif kind == "tool_call":
             value = ToolCall.from_dict(raw)
         elif kind == "tool_response":
             value = ToolResponse.from_dict(raw)
         elif kind == "agent_transfer":
-            value = {"target_agent": _get(raw, "target_agent", ""), "display_name": _get(raw, "display_name", "")}
+            value = {"target_agent": get_field(raw, "target_agent", ""), "display_name": get_field(raw, "display_name", "")}
         else:
             value = raw if raw is not None else ("" if kind in ("text", "transcript") else {})
         return cls(kind, value)
@@ -341,8 +450,8 @@ class Message:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Message":
-        chunks = [c for c in (Chunk.from_dict(x) for x in _get(d, "chunks") or []) if c is not None]
-        return cls(_get(d, "role", ""), chunks, _timestamp_ns(_get(d, "event_time")))
+        chunks = [c for c in (Chunk.from_dict(x) for x in get_field(d, "chunks") or []) if c is not None]
+        return cls(get_field(d, "role", ""), chunks, timestamp_ns(get_field(d, "event_time")))
 
     def to_dict(self) -> dict:
         out: dict = {"role": self.role, "chunks": [c.to_dict() for c in self.chunks]}
@@ -351,7 +460,6 @@ class Message:
         return out
 
 
-SPAN_KINDS = ("LLM", "Tool", "Callback", "Guardrail", "VAD", "ASR", "TTS")
 _SPAN_KIND_BY_WORD = {k.lower(): k for k in SPAN_KINDS}
 
 
@@ -371,40 +479,19 @@ class Span:
         stack = [(root, d)]
         while stack:
             span, raw = stack.pop()
-            for child_raw in _get(raw, "child_spans") or []:
+            for child_raw in get_field(raw, "child_spans") or []:
                 child = cls._one(child_raw)
                 span.children.append(child)
                 stack.append((child, child_raw))
         return root
 
     @classmethod
-    def from_pb(cls, pb: Any) -> "Span":
-        """From a google.cloud.ces.v1.Span protobuf (or proto-plus) message, iteratively."""
-        def one(m) -> "Span":
-            start = m.start_time.ToNanoseconds() if m.HasField("start_time") else None
-            end = m.end_time.ToNanoseconds() if m.HasField("end_time") else None
-            duration = m.duration.ToNanoseconds() if m.HasField("duration") else (end - start if start is not None and end is not None else None)
-            attributes = struct_to_dict(m.attributes) if m.HasField("attributes") else {}
-            return cls(m.name, start, end, duration, attributes)
-
-        pb = _pb(pb)
-        root = one(pb)
-        stack = [(root, pb)]
-        while stack:
-            span, raw = stack.pop()
-            for child_pb in raw.child_spans:
-                child = one(child_pb)
-                span.children.append(child)
-                stack.append((child, child_pb))
-        return root
-
-    @classmethod
     def _one(cls, d: dict) -> "Span":
-        start, end = _timestamp_ns(_get(d, "start_time")), _timestamp_ns(_get(d, "end_time"))
-        duration = _duration_ns(_get(d, "duration"))
+        start, end = timestamp_ns(get_field(d, "start_time")), timestamp_ns(get_field(d, "end_time"))
+        duration = _duration_ns(get_field(d, "duration"))
         if duration is None and start is not None and end is not None:
             duration = end - start
-        return cls(_get(d, "name", ""), start, end, duration, dict(_get(d, "attributes") or {}))
+        return cls(get_field(d, "name", ""), start, end, duration, dict(get_field(d, "attributes") or {}))
 
     def to_dict(self) -> dict:
         out: dict = {"name": self.name}
@@ -453,46 +540,15 @@ class Turn:
     events: list[dict] = field(default_factory=list)  # bidi-only: recognition results, barge-in, go_away
     audio_encoding: str = "LINEAR16"
     audio_sample_rate: int = 16000
-    # Live-session extras, not part of the record: the turn that answered this one's tool
-    # calls automatically, notes on how, and the session (for tool-call forms).
+    # Not part of the saved record: the turn that answered this one's tool calls
+    # automatically (a session's auto-answer), and notes on how the turn came to be.
     continuation: "Turn | None" = field(default=None, compare=False, repr=False)
     notes: list[str] = field(default_factory=list, compare=False, repr=False)
-    session: Any = field(default=None, compare=False, repr=False)
     # What a loaded file held that its field cannot (left out of the turn), each naming the field:
     # "turns[3].outputs[1].audio: not valid base64". Rendered as error cards.
     load_errors: list[str] = field(default_factory=list, compare=False, repr=False)
 
     # -- building ------------------------------------------------------------------
-
-    @classmethod
-    def from_outputs(cls, outputs: Iterable[Any], inputs: Iterable[Any] = ()) -> "Turn":
-        """From SessionOutput protos (or their dicts), e.g. a RunSessionResponse's outputs."""
-        turn = cls(inputs=[i for i in (UserInput.from_dict(_as_dict(x)) for x in inputs) if i is not None])
-        for raw in outputs:
-            turn.add_output(raw if isinstance(raw, dict) else _output_dict(raw))
-        return turn
-
-    @classmethod
-    def from_bidi(cls, messages: Iterable[Any], inputs: Iterable[Any] = ()) -> "Turn":
-        """From BidiSessionServerMessages: session outputs plus recognition, barge-in and go_away events."""
-        turn = cls(inputs=[i for i in (UserInput.from_dict(_as_dict(x)) for x in inputs) if i is not None])
-        for raw in messages:
-            turn.add_bidi_message(_as_dict(raw))
-        return turn
-
-    @classmethod
-    def from_conversation_turn(cls, conversation_turn: Any, index: int = 0) -> "Turn":
-        """From a stored Conversation.Turn: its messages and root_span are all there is,
-        so the user's chunks become inputs and the agent's chunks become outputs."""
-        d = _as_dict(conversation_turn)
-        turn = cls(index=index, completed=True)
-        turn.messages = [Message.from_dict(m) for m in _get(d, "messages") or []]
-        if _get(d, "root_span"):
-            turn.root_span = Span.from_dict(_get(d, "root_span"))
-        turn.inputs, turn.outputs = _io_from_messages(turn.messages, index)
-        if turn.outputs:
-            turn.outputs[-1].turn_completed = True
-        return turn
 
     @classmethod
     def from_dict(cls, d: dict, *, strict: bool = True, at: str = "turn") -> "Turn":
@@ -511,45 +567,39 @@ class Turn:
         output = Output.from_dict(d)
         if output is not None:
             self.outputs.append(output)
-        index = int(_get(d, "turn_index", 0) or 0)
+        index = int(get_field(d, "turn_index", 0) or 0)
         if index:
             self.index = index
-        if _get(d, "turn_completed"):
+        if get_field(d, "turn_completed"):
             self.completed = True
             if output is not None:
                 output.turn_completed = True
-        diagnostic = _get(d, "diagnostic_info")
+        diagnostic = get_field(d, "diagnostic_info")
         if diagnostic:
-            self.messages = [Message.from_dict(m) for m in _get(diagnostic, "messages") or []]
-            root = _get(diagnostic, "root_span")
+            self.messages = [Message.from_dict(m) for m in get_field(diagnostic, "messages") or []]
+            root = get_field(diagnostic, "root_span")
             if isinstance(root, Span):
                 self.root_span = root
             elif root:
                 self.root_span = Span.from_dict(root)
         return output
 
-    def add_bidi_message(self, d: dict) -> Output | None:
-        if _has(d, "session_output"):
-            return self.add_output(_get(d, "session_output"))
-        for kind in ("recognition_result", "interruption_signal", "end_session", "go_away"):
-            if _has(d, kind):
-                event = {kind: _get(d, kind) or {}}
-                if kind == "interruption_signal":
-                    event["after_audio_ms"] = round(self.audio_ms, 1)  # where, in the agent's reply, it was cut
-                self.events.append(event)
-        return None
-
     # -- reading -------------------------------------------------------------------
 
     def of_kind(self, kind: str) -> list:
-        return [o.value for o in self.outputs if o.kind == kind]
+        """The values of the outputs of one kind ("text", "tool_calls", …), in order."""
+        return self.values(OUTPUT_TYPES[kind])
+
+    def values(self, output_type: type[Output]) -> list:
+        """The values of the outputs of one type (TextOutput, ToolCallsOutput, …), in order."""
+        return [o.value for o in self.outputs if isinstance(o, output_type)]
 
     @property
     def text(self) -> str:
         """The agent's text. Streamed fragments join as they are; whole messages
         (one ends a sentence, the next starts afresh) become paragraphs."""
         out = ""
-        for piece in self.of_kind("text"):
+        for piece in self.values(TextOutput):
             if out and out[-1] in ".!?:)" and piece and not piece[0].isspace():
                 out += "\n\n"
             out += piece
@@ -561,23 +611,27 @@ class Turn:
 
     @property
     def tool_calls(self) -> list[ToolCall]:
-        return [c for calls in self.of_kind("tool_calls") for c in calls]
+        return [c for calls in self.values(ToolCallsOutput) for c in calls]
 
     @property
     def citations(self) -> list[Citation]:
-        return [c for cs in self.of_kind("citations") for c in cs]
+        return [c for cs in self.values(CitationsOutput) for c in cs]
+
+    @property
+    def search_suggestions(self) -> list[SearchSuggestions]:
+        return self.values(SearchSuggestionsOutput)
 
     @property
     def payloads(self) -> list[dict]:
-        return self.of_kind("payload")
+        return self.values(PayloadOutput)
 
     @property
     def audio(self) -> bytes:
-        return b"".join(self.of_kind("audio"))
+        return b"".join(self.values(AudioOutput))
 
     @property
     def end_session(self) -> dict | None:
-        ends = self.of_kind("end_session")
+        ends = self.values(EndSessionOutput)
         return ends[-1] if ends else None
 
     @property
@@ -649,6 +703,8 @@ class Turn:
     def last(self) -> "Turn":
         return self.chain[-1]
 
+    # The renderers take records and import none of this module, so records can call them;
+    # they load on first display (the HTML side pulls in markdown-it and nh3).
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         from .render.html import turn_html
         from .render.text import chain_text
@@ -656,26 +712,13 @@ class Turn:
         text = chain_text(self)
         return {"text/plain": text, "text/html": turn_html(self, text)}
 
-    def _ipython_display_(self) -> None:
-        """The static turn, then (live sessions, unanswered client calls) the tool-call form
-        as its own output, so exports without widgets keep the static table."""
-        from IPython.display import display
-
-        display(self._repr_mimebundle_(), raw=True)
-        if self.session is not None:
-            from .render.tool_form import form_panel
-
-            panel = form_panel(self.last)
-            if panel is not None:
-                display(panel)
-
     def __repr__(self) -> str:
         from .render.text import chain_text
 
         return chain_text(self)
 
 
-def _io_messages(turn: "Turn") -> list[Message]:
+def io_messages(turn: "Turn") -> list[Message]:
     """A turn's inputs and outputs as CES Messages, for turns without diagnostic messages."""
     user = Message("user")
     for item in turn.inputs:
@@ -689,16 +732,16 @@ def _io_messages(turn: "Turn") -> list[Message]:
             user.chunks.extend(Chunk("tool_response", r) for r in item.value)
     agent = Message("agent")
     for output in turn.outputs:
-        if output.kind == "text":
+        if isinstance(output, TextOutput):
             agent.chunks.append(Chunk("text", output.value))
-        elif output.kind == "tool_calls":
+        elif isinstance(output, ToolCallsOutput):
             agent.chunks.extend(Chunk("tool_call", c) for c in output.value)
-        elif output.kind == "payload":
+        elif isinstance(output, PayloadOutput):
             agent.chunks.append(Chunk("payload", output.value))
     return [m for m in (user, agent) if m.chunks]
 
 
-def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInput], list[Output]]:
+def io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInput], list[Output]]:
     inputs: list[UserInput] = []
     outputs: list[Output] = []
     # A call answered inside an agent message ran on the server; only client calls are outputs.
@@ -716,11 +759,11 @@ def _io_from_messages(messages: list[Message], index: int) -> tuple[list[UserInp
                     inputs.append(UserInput("variables", chunk.value))
                 continue
             if chunk.kind in ("text", "transcript"):
-                outputs.append(Output("text", chunk.value, index))
+                outputs.append(TextOutput(chunk.value, index))
             elif chunk.kind == "tool_call" and chunk.value.id not in server_ids:
-                outputs.append(Output("tool_calls", [chunk.value], index))
+                outputs.append(ToolCallsOutput([chunk.value], index))
             elif chunk.kind == "payload":
-                outputs.append(Output("payload", chunk.value, index))
+                outputs.append(PayloadOutput(chunk.value, index))
     return inputs, outputs
 
 
@@ -769,73 +812,6 @@ def sorted_keys(value: Any) -> Any:
     return value
 
 
-def struct_to_dict(struct: Any) -> dict:
-    """A google.protobuf.Struct as a dict with sorted keys, the way MessageToDict reads it,
-    without its generic reflection (a turn holds dozens of these)."""
-    fields = struct.fields
-    return {k: _value_to_py(fields[k]) for k in sorted(fields)}
-
-
-def _value_to_py(value: Any) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return struct_to_dict(value.struct_value)
-    if kind == "list_value":
-        return [_value_to_py(v) for v in value.list_value.values]
-    if kind is None or kind == "null_value":
-        return None
-    return getattr(value, kind)
-
-
-def _pb(message: Any):
-    from google.protobuf.message import Message as PbMessage
-
-    return message if isinstance(message, PbMessage) else type(message).pb(message)
-
-
-def _output_dict(output: Any) -> dict:
-    """A SessionOutput proto -> its dict, with the root span built straight from the proto:
-    the span tree is most of a turn's bytes, and a JSON detour through its timestamps costs."""
-    from google.protobuf import json_format
-
-    pb = _pb(output)
-    d: dict = {"turn_index": pb.turn_index, "turn_completed": pb.turn_completed}
-    kind = pb.WhichOneof("output_type")
-    if kind in ("text", "audio"):
-        d[kind] = getattr(pb, kind)
-    elif kind == "payload":
-        d[kind] = struct_to_dict(pb.payload)
-    elif kind == "tool_calls" and not any(c.HasField("toolset_tool") for c in pb.tool_calls.tool_calls):
-        d[kind] = {"tool_calls": [{"id": c.id, "tool": c.tool, "display_name": c.display_name, "args": struct_to_dict(c.args)}
-                                  for c in pb.tool_calls.tool_calls]}
-    elif kind == "citations":
-        d[kind] = {"cited_chunks": [{"uri": c.uri, "title": c.title, "text": c.text, "requires_attribution": c.requires_attribution}
-                                    for c in pb.citations.cited_chunks]}
-    elif kind == "end_session":
-        d[kind] = {"metadata": struct_to_dict(pb.end_session.metadata)}
-    elif kind is not None:
-        d[kind] = sorted_keys(json_format.MessageToDict(getattr(pb, kind), preserving_proto_field_name=True))
-    if pb.HasField("diagnostic_info"):
-        info = pb.diagnostic_info
-        d["diagnostic_info"] = {
-            # Not key-sorted: messages are never drawn key by key, and saving sorts anyway.
-            "messages": [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in info.messages],
-            "root_span": Span.from_pb(info.root_span) if info.HasField("root_span") else None,
-        }
-    return d
-
-
-def _as_dict(message: Any) -> dict:
-    """A proto-plus message, a raw protobuf message, or already a dict -> the JSON-shaped dict."""
-    if isinstance(message, dict):
-        return message
-    from google.protobuf import json_format
-    from google.protobuf.message import Message as PbMessage
-
-    pb = message if isinstance(message, PbMessage) else type(message).pb(message)
-    return sorted_keys(json_format.MessageToDict(pb, preserving_proto_field_name=True))
-
-
 @dataclass
 class ToolResult:
     """What ToolService.ExecuteTool answered."""
@@ -847,20 +823,6 @@ class ToolResult:
     search_suggestions: SearchSuggestions | None = None
     variables: dict = field(default_factory=dict)
     mocked: bool = False
-
-    @classmethod
-    def from_response(cls, response: Any, args: dict, mocked: bool = False) -> "ToolResult":
-        d = _as_dict(response)
-        suggestions = _get(d, "google_search_suggestions")
-        return cls(
-            tool=_tool_id(d),
-            args=dict(args),
-            response=_get(d, "response") or {},
-            citations=[Citation.from_dict(c) for c in _get(_get(d, "citations") or {}, "cited_chunks") or []],
-            search_suggestions=SearchSuggestions.from_dict(suggestions) if suggestions else None,
-            variables=_get(d, "variables") or {},
-            mocked=mocked,
-        )
 
     @property
     def name(self) -> str:
@@ -915,28 +877,28 @@ class Transcript:
             return cls(turns)
         if not isinstance(d, dict):
             raise _not_a_transcript(f'the JSON holds {_shown(d)}, where a transcript is an object with "turns"')
-        if not _has(d, "turns") and _get(d, "format") != FORMAT:
+        if not has_field(d, "turns") and get_field(d, "format") != FORMAT:
             keys = sorted(str(k) for k in d)
             listed = ", ".join(keys[:8]) + (", …" if len(keys) > 8 else "")
             raise _not_a_transcript(f'an object with no "turns" (its keys: {listed or "none"})')
-        raw_turns = _get(d, "turns")
+        raw_turns = get_field(d, "turns")
         if raw_turns is not None and not isinstance(raw_turns, list):
             raise _not_a_transcript(f'"turns" is {_shown(raw_turns)}, where a list of turns belongs')
         reader = _Reader(strict)
         top = _At(None, "")
-        if _get(d, "format") != FORMAT:  # a Conversation from the wild
+        if get_field(d, "format") != FORMAT:  # a Conversation from the wild
             turns = _read_turns(raw_turns or [], "turns", strict, conversation=True)
-            meta = {k: _get(d, k) for k in ("start_time", "end_time", "source", "channel_type", "entry_agent") if _has(d, k)}
-            name = reader.guard(top / _key(d, "name"), _string, _get(d, "name"), top / _key(d, "name")) or ""
+            meta = {k: get_field(d, k) for k in ("start_time", "end_time", "source", "channel_type", "entry_agent") if has_field(d, k)}
+            name = reader.guard(top / _key(d, "name"), _string, get_field(d, "name"), top / _key(d, "name")) or ""
             return cls(turns, session=name, app=name.split("/conversations/")[0], metadata=meta, load_errors=reader.problems)
-        version = _get(d, "version", VERSION)
+        version = get_field(d, "version", VERSION)
         if isinstance(version, bool) or not isinstance(version, int):
             raise _not_a_transcript(f'"version" is {_shown(version)}, where a whole number belongs (this ces_nb writes {VERSION})')
         if version > VERSION:
             raise ValueError(f"transcript format version {version} is newer than this ces_nb reads ({VERSION}); upgrade ces_nb")
-        session = reader.guard(top / "session", _string, _get(d, "session"), top / "session") or ""
-        app = reader.guard(top / "app", _string, _get(d, "app"), top / "app") or ""
-        metadata = reader.guard(top / "metadata", _obj, _get(d, "metadata"), top / "metadata") or {}
+        session = reader.guard(top / "session", _string, get_field(d, "session"), top / "session") or ""
+        app = reader.guard(top / "app", _string, get_field(d, "app"), top / "app") or ""
+        metadata = reader.guard(top / "metadata", _obj, get_field(d, "metadata"), top / "metadata") or {}
         turns = _read_turns(raw_turns or [], _key(d, "turns"), strict, conversation=False)
         return cls(turns, session, app, metadata, load_errors=reader.problems)
 
@@ -975,11 +937,6 @@ class Transcript:
     @property
     def ended(self) -> bool:
         return any(t.ended for t in self.turns)
-
-    @classmethod
-    def from_conversation(cls, conversation: Any) -> "Transcript":
-        """From an AgentService Conversation (proto or JSON)."""
-        return cls.from_dict(_as_dict(conversation))
 
     def to_golden(self, path: str | Path | None = None, *, name: str | None = None, tags: list[str] | None = None,
                   format: str | None = None) -> str:
@@ -1139,12 +1096,12 @@ def _time(value: Any, at: _At, parse, what: str) -> None:
 
 def _fields(d: dict, at: _At, check, *names: str) -> None:
     for name in names:
-        if _has(d, name):
-            check(_get(d, name), at / _key(d, name))
+        if has_field(d, name):
+            check(get_field(d, name), at / _key(d, name))
 
 
 def _first_kind(d: dict, kinds: tuple) -> str | None:
-    return next((k for k in kinds if _has(d, k)), None)
+    return next((k for k in kinds if has_field(d, k)), None)
 
 
 def _check_call(raw: Any, at: _At) -> None:
@@ -1152,13 +1109,13 @@ def _check_call(raw: Any, at: _At) -> None:
     _need(raw, dict, at, "an object")
     _fields(raw, at, _string, "id", "tool", "display_name")
     _fields(raw, at, _obj, "args", "response")
-    if _has(raw, "toolset_tool"):
-        _fields(_obj(_get(raw, "toolset_tool"), at / _key(raw, "toolset_tool")), at / _key(raw, "toolset_tool"), _string, "toolset", "tool_id")
+    if has_field(raw, "toolset_tool"):
+        _fields(_obj(get_field(raw, "toolset_tool"), at / _key(raw, "toolset_tool")), at / _key(raw, "toolset_tool"), _string, "toolset", "tool_id")
 
 
 def _check_list(raw: dict, name: str, at: _At, check) -> None:
     key = _key(raw, name)
-    for i, item in enumerate(_items(_get(raw, name), at / key)):
+    for i, item in enumerate(_items(get_field(raw, name), at / key)):
         check(item, at / f"{key}[{i}]")
 
 
@@ -1173,7 +1130,7 @@ def _check_input(raw: Any, at: _At) -> "UserInput | None":
     kind = _first_kind(raw, INPUT_KINDS)
     if kind is None:
         return None
-    value, here = _get(raw, kind), at / _key(raw, kind)
+    value, here = get_field(raw, kind), at / _key(raw, kind)
     if kind in ("text", "dtmf"):
         _string(value, here)
     elif kind == "event":
@@ -1204,23 +1161,7 @@ def _check_output(raw: Any, at: _At) -> bool:
     _need(raw, dict, at, "an output (an object)")
     kind = _first_kind(raw, OUTPUT_KINDS)
     if kind is not None:
-        value, here = _get(raw, kind), at / _key(raw, kind)
-        if kind == "text":
-            _string(value, here)
-        elif kind == "audio":
-            _base64(value, here)
-        elif kind == "tool_calls":
-            _check_list(_obj(value, here), "tool_calls", here, _check_call)
-        elif kind == "citations":
-            _check_list(_obj(value, here), "cited_chunks", here, _check_citation)
-        elif kind == "google_search_suggestions":
-            body = _obj(value, here)
-            _check_list(body, "htmls", here, _string)
-            _check_list(body, "web_search_queries", here, _check_query)
-        elif kind == "end_session":
-            _fields(_obj(value, here), here, _obj, "metadata")
-        elif kind == "payload":
-            _obj(value, here)
+        OUTPUT_TYPES[kind].check_body(get_field(raw, kind), at / _key(raw, kind))
     _fields(raw, at, _whole, "turn_index")
     return True
 
@@ -1230,7 +1171,7 @@ def _check_chunk(raw: Any, at: _At) -> None:
     kind = _first_kind(raw, CHUNK_KINDS)
     if kind is None:
         return
-    value, here = _get(raw, kind), at / _key(raw, kind)
+    value, here = get_field(raw, kind), at / _key(raw, kind)
     if kind in ("text", "transcript"):
         _string(value, here)
     elif kind in ("image", "blob"):
@@ -1247,8 +1188,8 @@ def _check_message(raw: Any, at: _At) -> Message:
     _need(raw, dict, at, "a message (an object)")
     _fields(raw, at, _string, "role")
     _check_list(raw, "chunks", at, _check_chunk)
-    if _get(raw, "event_time") not in (None, ""):
-        _time(_get(raw, "event_time"), at / _key(raw, "event_time"), _timestamp_ns, "a timestamp")
+    if get_field(raw, "event_time") not in (None, ""):
+        _time(get_field(raw, "event_time"), at / _key(raw, "event_time"), timestamp_ns, "a timestamp")
     return Message.from_dict(raw)
 
 
@@ -1258,10 +1199,10 @@ def _check_span(raw: Any, at: _At) -> Span:
     _fields(raw, at, _string, "name")
     _fields(raw, at, _obj, "attributes")
     for name in ("start_time", "end_time"):
-        if _get(raw, name) not in (None, ""):
-            _time(_get(raw, name), at / _key(raw, name), _timestamp_ns, "a timestamp")
-    if _get(raw, "duration") not in (None, ""):
-        _time(_get(raw, "duration"), at / _key(raw, "duration"), _duration_ns, "a duration")
+        if get_field(raw, name) not in (None, ""):
+            _time(get_field(raw, name), at / _key(raw, name), timestamp_ns, "a timestamp")
+    if get_field(raw, "duration") not in (None, ""):
+        _time(get_field(raw, "duration"), at / _key(raw, "duration"), _duration_ns, "a duration")
     return Span._one(raw)
 
 
@@ -1279,16 +1220,16 @@ def _check_audio(raw: Any, at: _At) -> tuple[str | None, int | None]:
 
     body = _obj(raw, at)
     encoding = rate = None
-    if _get(body, "encoding") is not None:
+    if get_field(body, "encoding") is not None:
         here = at / _key(body, "encoding")
-        encoding = _string(_get(body, "encoding"), here)
+        encoding = _string(get_field(body, "encoding"), here)
         try:
             encoding_name(encoding)
         except ValueError as exc:
             raise TranscriptError(str(here), str(exc)) from None
-    if _get(body, "sample_rate_hertz") is not None:
+    if get_field(body, "sample_rate_hertz") is not None:
         here = at / _key(body, "sample_rate_hertz")
-        rate = _whole(_get(body, "sample_rate_hertz"), here)
+        rate = _whole(get_field(body, "sample_rate_hertz"), here)
         if rate <= 0:
             raise TranscriptError(str(here), f"expected a sample rate such as {', '.join(map(str, SAMPLE_RATES))}, got {rate}")
     return encoding, rate
@@ -1325,7 +1266,7 @@ class _Reader:
         """d[name] as a list, each item through `check`; the items it refuses are left out."""
         key = _key(d, name)
         out = []
-        for i, raw in enumerate(self.guard(at / key, _items, _get(d, name), at / key) or []):
+        for i, raw in enumerate(self.guard(at / key, _items, get_field(d, name), at / key) or []):
             item = self.guard(at / f"{key}[{i}]", check, raw, at / f"{key}[{i}]")
             if item is not None:
                 out.append(item)
@@ -1338,7 +1279,7 @@ class _Reader:
         while stack:
             span, d, here = stack.pop()
             key = _key(d, "child_spans")
-            for i, child_raw in enumerate(self.guard(here / key, _items, _get(d, "child_spans"), here / key) or []):
+            for i, child_raw in enumerate(self.guard(here / key, _items, get_field(d, "child_spans"), here / key) or []):
                 where = here / f"{key}[{i}]"
                 child = self.guard(where, _check_span, child_raw, where)
                 if child is not None:
@@ -1348,9 +1289,9 @@ class _Reader:
 
     def diagnostics(self, turn: "Turn", info: Any, at: _At) -> None:
         info = self.guard(at, _obj, info, at) or {}
-        if _has(info, "messages"):
+        if has_field(info, "messages"):
             turn.messages = self.each(info, "messages", at, _check_message)
-        root = _get(info, "root_span")
+        root = get_field(info, "root_span")
         if isinstance(root, Span):
             turn.root_span = root
         elif root:
@@ -1359,8 +1300,8 @@ class _Reader:
     def output(self, turn: "Turn", raw: Any, at: _At) -> None:
         if not self.guard(at, _check_output, raw, at):
             return
-        if _has(raw, "diagnostic_info"):
-            self.diagnostics(turn, _get(raw, "diagnostic_info"), at / _key(raw, "diagnostic_info"))
+        if has_field(raw, "diagnostic_info"):
+            self.diagnostics(turn, get_field(raw, "diagnostic_info"), at / _key(raw, "diagnostic_info"))
             raw = {k: v for k, v in raw.items() if k not in ("diagnostic_info", "diagnosticInfo")}
         self.guard(at, turn.add_output, raw)
 
@@ -1371,25 +1312,25 @@ class _Reader:
                 self.output(turn, raw, at / f"[{i}]")
             return turn
         _need(d, dict, at, "a turn (an object)")
-        if not _has(d, "outputs") and _has(d, "messages"):
-            return self.conversation_turn(d, at, self.guard(at / "turn_index", _whole, _get(d, "turn_index"), at / "turn_index") or 0)
+        if not has_field(d, "outputs") and has_field(d, "messages"):
+            return self.conversation_turn(d, at, self.guard(at / "turn_index", _whole, get_field(d, "turn_index"), at / "turn_index") or 0)
         turn = Turn(inputs=self.each(d, "inputs", at, _check_input))
         key = _key(d, "outputs")
-        for i, raw in enumerate(self.guard(at / key, _items, _get(d, "outputs"), at / key) or []):
+        for i, raw in enumerate(self.guard(at / key, _items, get_field(d, "outputs"), at / key) or []):
             self.output(turn, raw, at / f"{key}[{i}]")
-        if _has(d, "turn_index"):
-            index = self.guard(at / _key(d, "turn_index"), _whole, _get(d, "turn_index"), at / _key(d, "turn_index"))
+        if has_field(d, "turn_index"):
+            index = self.guard(at / _key(d, "turn_index"), _whole, get_field(d, "turn_index"), at / _key(d, "turn_index"))
             turn.index = index if index is not None else turn.index
-        if _has(d, "messages") and not turn.messages:
+        if has_field(d, "messages") and not turn.messages:
             turn.messages = self.each(d, "messages", at, _check_message)
-        if _get(d, "root_span") and turn.root_span is None:
-            turn.root_span = self.span(_get(d, "root_span"), at / _key(d, "root_span"))
-        turn.completed = bool(_get(d, "completed", turn.completed))
-        turn.partial = bool(_get(d, "partial", False))
-        turn.error = self.guard(at / "error", _string, _get(d, "error"), at / "error") or None
+        if get_field(d, "root_span") and turn.root_span is None:
+            turn.root_span = self.span(get_field(d, "root_span"), at / _key(d, "root_span"))
+        turn.completed = bool(get_field(d, "completed", turn.completed))
+        turn.partial = bool(get_field(d, "partial", False))
+        turn.error = self.guard(at / "error", _string, get_field(d, "error"), at / "error") or None
         turn.events = self.each(d, "events", at, _check_event)
-        if _has(d, "audio"):
-            encoding, rate = self.guard(at / "audio", _check_audio, _get(d, "audio"), at / "audio") or (None, None)
+        if has_field(d, "audio"):
+            encoding, rate = self.guard(at / "audio", _check_audio, get_field(d, "audio"), at / "audio") or (None, None)
             turn.audio_encoding = encoding or turn.audio_encoding
             turn.audio_sample_rate = rate or turn.audio_sample_rate
         return turn
@@ -1399,9 +1340,9 @@ class _Reader:
         _need(d, dict, at, "a turn (an object)")
         turn = Turn(index=index, completed=True)
         turn.messages = self.each(d, "messages", at, _check_message)
-        if _get(d, "root_span"):
-            turn.root_span = self.span(_get(d, "root_span"), at / _key(d, "root_span"))
-        turn.inputs, turn.outputs = _io_from_messages(turn.messages, index)
+        if get_field(d, "root_span"):
+            turn.root_span = self.span(get_field(d, "root_span"), at / _key(d, "root_span"))
+        turn.inputs, turn.outputs = io_from_messages(turn.messages, index)
         if turn.outputs:
             turn.outputs[-1].turn_completed = True
         return turn

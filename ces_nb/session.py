@@ -1,4 +1,9 @@
-"""Session: one CES conversation; send / stream turns, keep the history, save it."""
+"""Session: one CES conversation; send / stream turns, keep the history, save it.
+
+A Session keeps plain Turn records (`session.turns`). What it returns from send, stream,
+respond and the live calls is a `LiveTurn`: the view that pairs a Turn with its Session,
+so a notebook shows the turn and, under it, the form that answers its pending tool calls.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,15 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
-from .client import session_path
-from .client_tools import ClientTools
+from IPython.display import display
+
+from .client_tools import ClientTools, same_tool
+from .convert.session_output import add_output, turn_from_outputs
+from .convert.tools import tool_result
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
-from .model import MAX_JSON_DEPTH, ToolCall, ToolResult, Transcript, Turn, _output_dict, json_depth, json_value, sorted_keys
+from .model import MAX_JSON_DEPTH, Message, ToolCall, ToolResult, Transcript, Turn, io_messages, json_depth, json_value, sorted_keys
+from .names import session_path
 
 MAX_AUTO_ANSWERS = 20  # handler -> agent -> handler ... stops here, whatever the handlers do
 
@@ -52,6 +61,7 @@ class Session:
         self.forked_from: tuple[str, int] | None = None
         self._how: dict[str, str] = {}
         self._views = weakref.WeakSet()  # open tool-call forms: told after every turn (see watch)
+        self._panels: dict[int, tuple[Turn, Any]] = {}  # id(turn) -> (turn, the form panel of its pending calls)
 
     # -- config --------------------------------------------------------------------
 
@@ -71,7 +81,7 @@ class Session:
 
     # -- turns ---------------------------------------------------------------------
 
-    def send(self, text: str | None = None, **inputs: Any) -> Turn:
+    def send(self, text: str | None = None, **inputs: Any) -> "LiveTurn":
         """One turn through RunSession. Inputs: text, dtmf=, event=, variables=, image=, blob=, tool_responses=."""
         request_inputs = self._inputs(text, inputs)
         self._mark_answered(request_inputs)
@@ -79,10 +89,10 @@ class Session:
             response = self.client.sessions.run_session(request={"config": self.session_config(), "inputs": request_inputs})
         except Exception as exc:
             raise explain(exc, target=self.client.target, app=self.app) from None
-        turn = Turn.from_outputs(response.outputs, request_inputs)
-        return self._after(self._keep(turn), stream=False)
+        turn = turn_from_outputs(response.outputs, request_inputs)
+        return self.view(self._after(self._keep(turn), stream=False))
 
-    def stream(self, text: str | None = None, *, on_output: Callable[[Turn], None] | None = None, **inputs: Any) -> Turn:
+    def stream(self, text: str | None = None, *, on_output: Callable[[Turn], None] | None = None, **inputs: Any) -> "LiveTurn":
         """One turn through StreamRunSession; `on_output(turn_so_far)` runs as each output arrives.
 
         If the stream breaks after some outputs arrived, the turn keeps them, is marked
@@ -91,7 +101,7 @@ class Session:
 
         request_inputs = self._inputs(text, inputs)
         self._mark_answered(request_inputs)
-        turn = Turn.from_outputs([], request_inputs)
+        turn = turn_from_outputs([], request_inputs)
         self._audio_format(turn)
         try:
             stream = self.client.sessions.stream_run_session(
@@ -99,7 +109,7 @@ class Session:
             )
             for response in stream:
                 for output in response.outputs:
-                    turn.add_output(_output_dict(output))
+                    add_output(turn, output)
                 if on_output is not None:
                     on_output(turn)
         except Exception as exc:
@@ -107,9 +117,9 @@ class Session:
             if not turn.outputs:
                 raise error from None
             turn.partial, turn.error = True, str(error)
-        return self._after(self._keep(turn), stream=True, on_output=on_output)
+        return self.view(self._after(self._keep(turn), stream=True, on_output=on_output))
 
-    def respond(self, responses: Any, *, how: str = "manual", stream: bool = False, **more: Any) -> Turn:
+    def respond(self, responses: Any, *, how: str = "manual", stream: bool = False, **more: Any) -> "LiveTurn":
         """Answer pending client tool calls: {call_id: response_dict}, or a list of ToolResponses.
         `how` is what the tool-call log records (form, handler, mock, manual)."""
         for r in tool_responses_list(responses, self.pending):
@@ -150,7 +160,7 @@ class Session:
             response = self.client.tools.execute_tool(request=request)
         except Exception as exc:
             raise explain(exc, target=self.client.target, app=self.app) from None
-        return ToolResult.from_response(response, args, mocked=mocked)
+        return tool_result(response, args, mocked=mocked)
 
     @property
     def tool_calls(self):
@@ -181,7 +191,6 @@ class Session:
 
     def _after(self, turn: Turn, stream: bool, on_output=None, depth: int = 0) -> Turn:
         """Log the turn's tool calls and answer those a mock or handler can, unless a breakpoint holds one."""
-        turn.session = self
         calls = turn.tool_calls
         for call in calls:
             self.tools.received(turn.index, call)
@@ -214,7 +223,7 @@ class Session:
             turn = self.stream(tool_responses=answers, on_output=on_output) if stream else self.send(tool_responses=answers)
         finally:
             self.auto_answer = saved
-        return self._after(turn, stream, on_output, depth + 1)
+        return self._after(turn.record, stream, on_output, depth + 1)
 
 
     @property
@@ -268,14 +277,49 @@ class Session:
         self._changed()
         return turn
 
+    # -- the interactive view ---------------------------------------------------------
+
+    def view(self, turn: Turn) -> "LiveTurn":
+        """The turn paired with this session: what send / stream / respond return."""
+        return LiveTurn(turn, self)
+
+    def tool_panel(self, calls: list[ToolCall]):
+        """A new form panel (ipywidgets) that answers these calls through this session: the
+        tool schemas and the proposals of handlers and mocks filled in, closed once the calls
+        are answered by any route or the session ends."""
+        from .render.tool_form import ToolCallPanel
+
+        schemas = {c.id: self.client.tool_schema(self.app, c.tool or c.name) for c in calls}
+        proposals = {c.id: p.response for c in calls if (p := self.tools.proposals.get(c.id)) is not None}
+        handlers = {c.id: next((fn for name, fn in self.tools.handlers.items() if same_tool(name, c)), None) for c in calls}
+        panel = ToolCallPanel(calls, lambda responses: self.respond(responses, how="form"), schemas, proposals, handlers)
+        self.watch(panel)
+        self._sync(panel)
+        return panel
+
+    def panel_for(self, turn: Turn):
+        """The one form panel for a turn's calls that are still pending, or None."""
+        pending = self.pending
+        calls = [c for c in turn.tool_calls if c.id in pending]
+        if not calls:
+            return None
+        cached = self._panels.get(id(turn))
+        if cached is None or cached[0] is not turn:  # (the turn is kept with it, so its id stays its own)
+            cached = self._panels[id(turn)] = (turn, self.tool_panel(calls))
+        return cached[1]
+
     def watch(self, view) -> None:
-        """`view.sync()` runs after every turn this session keeps (a tool-call form disables
-        itself once its calls are answered, by any route, or the session ends)."""
+        """`view.sync(pending_ids, ended, answered_how)` runs after every turn this session keeps
+        (a tool-call form disables itself once its calls are answered, by any route, or the session ends)."""
         self._views.add(view)
+
+    def _sync(self, view) -> None:
+        how = {call_id: record.how for call_id, record in self.tools.records.items()}
+        view.sync(set(self.pending), self.ended, how)
 
     def _changed(self) -> None:
         for view in list(self._views):
-            view.sync()
+            self._sync(view)
 
     def _audio_format(self, turn: Turn) -> None:
         audio = self.config.get("output_audio_config")
@@ -295,13 +339,13 @@ class Session:
 
         return LiveSession(self, input_audio, output_audio, chunk_ms)
 
-    def say(self, text: str, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> Turn:
+    def say(self, text: str, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> "LiveTurn":
         """Speak `text` (synthesized offline with the same TTS the emulator uses) as one audio turn."""
         with self.live(input_audio, output_audio) as live:
             live.say(text, realtime=realtime)
             return live.next_turn()
 
-    def send_audio(self, source: Any, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> Turn:
+    def send_audio(self, source: Any, input_audio: Any = None, output_audio: Any = None, realtime: bool = False) -> "LiveTurn":
         """One audio turn over BidiRunSession from a file, an array or bytes."""
         with self.live(input_audio, output_audio) as live:
             live.send_audio(source, realtime=realtime)
@@ -311,12 +355,10 @@ class Session:
 
     def history_messages(self, at_turn: int | None = None) -> list[dict]:
         """Turns 1..at_turn as CES Messages (JSON), for SessionConfig.historical_contexts."""
-        from .model import Message, _io_messages
-
         turns = [t for t in self.turns if at_turn is None or t.index <= at_turn]
         messages: list[dict] = []
         for turn in turns:
-            source = turn.messages or _io_messages(turn)
+            source = turn.messages or io_messages(turn)
             messages.extend(m.to_dict() if isinstance(m, Message) else m for m in source)
         return messages
 
@@ -344,8 +386,8 @@ class Session:
             inputs = _replayable(turn)
             if not inputs:
                 continue  # a turn of tool responses: answered below, as calls come
-            live = self.send(**inputs)
-            while live is not None and self.pending:
+            self.send(**inputs)
+            while self.pending:
                 answers = {}
                 for call_id, call in self.pending.items():
                     queue = recorded.get(call.name) or []
@@ -354,7 +396,7 @@ class Session:
                     answers[call_id] = queue.pop(0)
                 if len(answers) != len(self.pending):
                     break  # no recorded answer: leave the calls pending, as the original did
-                live = self.respond(answers, how="replay")
+                self.respond(answers, how="replay")
         return Transcript(self.turns[start:], session=self.name, app=self.app)
 
     # -- history -------------------------------------------------------------------
@@ -403,4 +445,50 @@ def _replayable(turn: Turn) -> dict[str, Any]:
     return inputs
 
 
-__all__ = ["Session", "CesError"]
+class LiveTurn:
+    """A Turn paired with its Session: reads as the Turn (every attribute, `to_dict`, equality,
+    its static HTML and text), and in a notebook also shows the form that answers the turn's
+    pending client tool calls through the session. `.record` is the plain Turn."""
+
+    __slots__ = ("record", "session")
+
+    def __init__(self, record: Turn, session: Session):
+        object.__setattr__(self, "record", record)
+        object.__setattr__(self, "session", session)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in LiveTurn.__slots__:  # not set yet (copy, pickle): never recurse looking for it
+            raise AttributeError(name)
+        return getattr(self.record, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in LiveTurn.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.record, name, value)
+
+    def __eq__(self, other: Any) -> bool:
+        return self.record == (other.record if isinstance(other, LiveTurn) else other)
+
+    __hash__ = None  # as the Turn's: a mutable record
+
+    def panel(self):
+        """The form panel for the pending calls of this turn's last answer (one per turn), or None."""
+        return self.session.panel_for(self.record.last)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return self.record._repr_mimebundle_(include, exclude)
+
+    def _ipython_display_(self) -> None:
+        """The static turn, then (unanswered client calls) the tool-call form as its own output,
+        so exports without widgets keep the static table."""
+        display(self._repr_mimebundle_(), raw=True)
+        panel = self.panel()
+        if panel is not None:
+            display(panel)
+
+    def __repr__(self) -> str:
+        return repr(self.record)
+
+
+__all__ = ["Session", "LiveTurn", "CesError"]

@@ -153,10 +153,47 @@ def test_captured_otel_spans_map_to_the_same_span_model():
         with tracer.start_as_current_span("execute_tool save_note", attributes={"gen_ai.tool.name": "save_note"}):
             pass
     (root,) = adk.spans_from_otel(exporter.get_finished_spans())
-    assert root.name == "invoke_agent notes" and [c.kind for c in root.children] == ["LLM", "Tool"]
+    # As the emulator maps its own: the agent layer gives way to its LLM and Tool spans.
+    assert root.name == "root" and [c.kind for c in root.children] == ["LLM", "Tool"]
     assert root.children[1].attributes["name"] == "save_note" and root.children[0].attributes["agent"] == "notes"
+    assert root.children[1].attributes["agent"] == "notes" and "tool call id" not in root.children[1].attributes
     frame = frames.spans_frame(root)
     assert list(frame.depth) == [0, 1, 1] and frame.duration_ms.notna().all()
+
+
+def test_the_explorer_and_the_emulator_share_one_otel_mapping():
+    """The same spans through the emulator's build_root_span (a proto) and the explorer's
+    spans_from_otel (a record) give the same tree."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ces_nb.convert.session_output import span_from_pb
+    from ces_nb.emulator.tracing import ToolRecord, build_root_span
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("ces.turn"):
+        with tracer.start_as_current_span("invoke_agent notes", attributes={"gen_ai.operation.name": "invoke_agent",
+                                                                             "gen_ai.agent.name": "notes"}):
+            with tracer.start_as_current_span("generate_content scripted", attributes={"gen_ai.operation.name": "generate_content",
+                                                                                        "gen_ai.request.model": "scripted"}):
+                pass
+            with tracer.start_as_current_span("execute_tool save_note", attributes={"gen_ai.operation.name": "execute_tool",
+                                                                                     "gen_ai.tool.name": "save_note",
+                                                                                     "gen_ai.tool.call.id": "c1"}):
+                pass
+    spans = exporter.get_finished_spans()
+    top = next(s for s in spans if s.name == "ces.turn")
+    emulated = span_from_pb(build_root_span(top, list(spans), {"notes": "Notes"}, {"c1": ToolRecord("save_note", "save_note", {"a": 1})}, None))
+    (explored,) = adk.spans_from_otel(spans)
+    assert [(c.name, c.attributes.get("model")) for c in emulated.children] == [("LLM", "scripted"), ("Tool", None)]
+    assert [c.name for c in explored.children] == [c.name for c in emulated.children]
+    assert (explored.start_ns, explored.end_ns) == (emulated.start_ns, emulated.end_ns)
+    assert emulated.children[1].attributes == {"agent": "Notes", "args": '{"a": 1}', "name": "save_note", "tool call id": "c1"}
+    assert explored.children[1].attributes == {"agent": "notes", "name": "save_note"}  # no display names, no events: no args
 
 
 def test_the_emulators_own_store_reads_as_adk_sessions(tmp_path):

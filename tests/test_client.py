@@ -212,7 +212,7 @@ def test_partial_turn_when_the_server_dies_mid_stream(tmp_path):
         assert turn.partial and not turn.completed
         assert turn.outputs and turn.text.startswith("Working")
         assert "ces-nb emulator" in turn.error
-        assert session.turns[-1] is turn
+        assert session.turns[-1] is turn.record
         assert "partial" in turn._repr_mimebundle_()["text/plain"]
         assert 'class="ces-error"' in turn._repr_mimebundle_()["text/html"]
         client.close()

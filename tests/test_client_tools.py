@@ -13,7 +13,7 @@ import pytest
 import ces_nb
 from ces_nb.errors import CesError
 from ces_nb.model import ToolCall
-from ces_nb.render.tool_form import Field, ToolCallForm, ToolCallPanel, form_panel, infer_schema
+from ces_nb.render.tool_form import Field, ToolCallForm, ToolCallPanel, infer_schema
 
 from conftest import APP, EmulatorProcess
 
@@ -132,8 +132,8 @@ def test_form_send_answers_and_the_continuation_uses_the_typed_value(client):
     session = client.session()
     turn = session.send(BOOK)
     assert "select_seat" in turn._repr_mimebundle_()["text/html"]  # the static table stays
-    panel = form_panel(turn)
-    assert isinstance(panel, ToolCallPanel) and form_panel(turn) is panel
+    panel = turn.panel()
+    assert isinstance(panel, ToolCallPanel) and turn.panel() is panel
     (form,) = panel.forms
     form.field.children["seat"].widget.value = "21B"
     form.field.children["confirmed"].widget.value = True
@@ -143,7 +143,7 @@ def test_form_send_answers_and_the_continuation_uses_the_typed_value(client):
     log = session.tool_calls
     row = log[log.tool == "select_seat"].iloc[0]
     assert row.how == "form" and row.response["seat"] == "21B" and row.latency_ms > 0 and row.turn == 1
-    assert form_panel(continuation) is None  # nothing left to answer
+    assert continuation.panel() is None  # nothing left to answer
 
 
 def _all_widgets(widget):
@@ -162,7 +162,7 @@ def _assert_closed(panel, why):
 def test_form_disables_itself_when_python_answers_its_call(client):
     session = client.session()
     turn = session.send(BOOK)
-    panel = form_panel(turn)
+    panel = turn.panel()
     assert not panel.closed and not panel.send_button.disabled
     (call_id,) = session.pending
     session.respond({call_id: {"seat": "2A", "confirmed": True, "price": 340.0}})
@@ -173,7 +173,7 @@ def test_form_disables_itself_when_python_answers_its_call(client):
 def test_form_disables_itself_when_another_form_answers(client):
     session = client.session()
     turn = session.send(BOOK)
-    first, second = ToolCallPanel(session, turn, turn.tool_calls), ToolCallPanel(session, turn, turn.tool_calls)
+    first, second = session.tool_panel(turn.tool_calls), session.tool_panel(turn.tool_calls)
     first.forms[0].field.children["seat"].widget.value = "9C"
     first.forms[0].field.children["confirmed"].widget.value = True
     assert "9C" in first.send().text
@@ -184,7 +184,7 @@ def test_form_disables_itself_when_another_form_answers(client):
 def test_form_disables_itself_when_its_session_ends(client):
     session = client.session()
     turn = session.send(BOOK)
-    panel = form_panel(turn)
+    panel = turn.panel()
     session.send("That's all, thanks. Goodbye!")
     assert session.ended
     _assert_closed(panel, "the session ended")
@@ -193,24 +193,24 @@ def test_form_disables_itself_when_its_session_ends(client):
 def test_form_shows_the_args_once_a_clean_header_and_no_inline_styles(client):
     session = client.session()
     turn = session.send(BOOK)
-    (form,) = form_panel(turn).forms
+    (form,) = turn.panel().forms
     head = form.children[0].value
     assert head.count("select_seat") == 1 and turn.tool_calls[0].id in head
     assert form.args_text.layout.display == "none"  # the turn's table above already shows the args
     form.edit_toggle.value = True
     assert form.args_text.layout.display == "" and not form.args_text.disabled
     form.edit_toggle.value = False
-    widgets = _all_widgets(form_panel(turn))
+    widgets = _all_widgets(turn.panel())
     for x in widgets:
         assert "style=" not in str(getattr(x, "value", "") if isinstance(x, w.HTML) else "")
         assert x.layout.border is None and x.layout.width is None
-    assert "ces-form" in form_panel(turn)._dom_classes and "ces-form-wide" in form.raw._dom_classes
+    assert "ces-form" in turn.panel()._dom_classes and "ces-form-wide" in form.raw._dom_classes
 
 
 def test_form_validation_blocks_send_and_cancel_leaves_the_call_waiting(client):
     session = client.session()
     turn = session.send(BOOK)
-    panel = form_panel(turn)
+    panel = turn.panel()
     assert panel.send() is None and "fix the fields" in panel.status.value and session.pending
     panel.cancel()
     assert panel.send_button.disabled and "%cescmd tools pending" in panel.status.value and len(session.pending) == 1
@@ -262,10 +262,10 @@ def test_breakpoint_holds_the_handlers_answer_for_editing(client):
     session.break_on("select_seat")
     turn = session.send(BOOK)
     assert turn.continuation is None and len(session.pending) == 1 and "breakpoint" in turn.notes[0]
-    form = form_panel(turn).forms[0]
+    form = turn.panel().forms[0]
     assert form.field.children["seat"].widget.value == "7F"  # the proposal, ready to edit
     form.field.children["seat"].widget.value = "8G"
-    continuation = form_panel(turn).send()
+    continuation = turn.panel().send()
     assert "8G" in continuation.text and "111" in continuation.text
     session.clear_break("select_seat")
     assert "7F" in session.send(BOOK).last.text  # the handler answers again
@@ -276,7 +276,7 @@ def test_edit_and_replay_runs_the_handler_on_edited_args(client):
     session.client_tool("select_seat")(lambda cabin, **a: {"seat": "1A" if cabin == "business" else "30F", "confirmed": True})
     session.break_on("select_seat")
     turn = session.send(BOOK)
-    form = form_panel(turn).forms[0]
+    form = turn.panel().forms[0]
     form.edit_toggle.value = True
     assert not form.args_text.disabled
     args = json.loads(form.args_text.value)
@@ -369,7 +369,7 @@ def test_several_pending_calls_are_answered_together(tmp_path):
         session = client.session()
         turn = session.send("check both things please")
         assert sorted(c.name for c in turn.tool_calls) == ["check_a", "check_b"] and len(session.pending) == 2
-        panel = form_panel(turn)
+        panel = turn.panel()
         assert len(panel.forms) == 2
         for form in panel.forms:
             form.tabs.selected_index = 1
@@ -394,7 +394,12 @@ def test_display_shows_the_static_table_then_the_form(client):
     static, form = captured.outputs
     assert "ces-section ces-tools" in static.data["text/html"] and "application/vnd.jupyter.widget-view+json" not in static.data
     assert "application/vnd.jupyter.widget-view+json" in form.data
+    # The record itself is plain: no session, no widgets, just its static bundle.
+    from IPython.display import display
+
+    record = turn.record
+    assert not hasattr(record, "session") and not hasattr(record, "_ipython_display_")
     with capture_output() as captured:
-        Turn_without_session = type(turn)(index=1)
-        Turn_without_session._ipython_display_()
-    assert len(captured.outputs) == 1
+        display(record)
+    (static,) = captured.outputs
+    assert "ces-section ces-tools" in static.data["text/html"] and "application/vnd.jupyter.widget-view+json" not in static.data

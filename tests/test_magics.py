@@ -10,6 +10,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from ces_nb.model import Transcript, Turn
+from ces_nb.session import LiveTurn
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -31,7 +32,7 @@ def test_loading_registers_line_and_cell_magic_and_unload_removes_it(shell):
 
 def test_text_turn_is_returned_and_auto_connects(ip):
     turn = ip.run_line_magic("ces", "Hello, it's me")  # an apostrophe needs no quoting
-    assert isinstance(turn, Turn) and turn.index == 1 and "traveler" in turn.text
+    assert isinstance(turn, LiveTurn) and isinstance(turn.record, Turn) and turn.index == 1 and "traveler" in turn.text
     m = magics(ip)
     assert m.client.target == m.emulator_address and m.session.app.endswith("/apps/skyway")
     assert turn.inputs[0].value == "Hello, it's me"
@@ -55,7 +56,7 @@ def test_every_send_flag(ip, tmp_path):
                                       "tools for packing?", "live chat please", "break my booking"])
 def test_sentences_that_start_like_a_command_are_sent(ip, sentence):
     turn = ip.run_line_magic("ces", sentence)
-    assert isinstance(turn, Turn) and turn.inputs[0].value == sentence and turn.text
+    assert isinstance(turn, LiveTurn) and isinstance(turn.record, Turn) and turn.inputs[0].value == sentence and turn.text
 
 
 def test_stream_flag_and_setting_use_one_display_handle(ip):
@@ -247,7 +248,7 @@ def test_a_question_is_a_message_not_a_help_request(ip):
     with capture_output() as captured:
         result = ip.run_cell("%ces How many bags can I check?")
     assert result.success and "not found" not in captured.stdout
-    assert isinstance(result.result, Turn) and result.result.citations
+    assert isinstance(result.result, LiveTurn) and result.result.citations
     result = ip.run_cell("answer = %ces What's the status of flight SW12?")
     assert result.success and "SW12" in ip.user_ns["answer"].text
     with capture_output() as captured:

@@ -8,6 +8,9 @@ from google.cloud import ces_v1
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ces_nb.convert.bidi import turn_from_bidi
+from ces_nb.convert.conversation import turn_from_conversation_turn
+from ces_nb.convert.session_output import turn_from_outputs
 from ces_nb.model import Span, Transcript, Turn
 
 from conftest import APP
@@ -57,7 +60,7 @@ def _span_pb():
 def test_every_output_kind_from_protos():
     inputs = [ces_v1.SessionInput(text="hi"), ces_v1.SessionInput(dtmf="12#"), ces_v1.SessionInput(event=ces_v1.Event(event="welcome")),
               ces_v1.SessionInput(variables={"customer_name": "Ada"}), ces_v1.SessionInput(image=ces_v1.Image(mime_type="image/png", data=b"\x89PNG"))]
-    turn = Turn.from_outputs(full_outputs(), inputs)
+    turn = turn_from_outputs(full_outputs(), inputs)
     assert turn.index == 3 and turn.completed and not turn.partial
     assert [i.kind for i in turn.inputs] == ["text", "dtmf", "event", "variables", "image"]
     assert turn.inputs[2].value == "welcome" and turn.inputs[3].value == {"customer_name": "Ada"}
@@ -86,7 +89,7 @@ def test_bidi_messages_fold_into_a_turn():
         ces_v1.BidiSessionServerMessage(interruption_signal=ces_v1.InterruptionSignal(barge_in=True)),
         ces_v1.BidiSessionServerMessage(session_output=ces_v1.SessionOutput(turn_index=1, turn_completed=True)),
     ]
-    turn = Turn.from_bidi(messages)
+    turn = turn_from_bidi(messages)
     assert turn.text == "Sure." and turn.completed and turn.index == 1
     assert turn.events == [{"recognition_result": {"transcript": "book a"}},
                            {"interruption_signal": {"barge_in": True}, "after_audio_ms": 0.0}]  # no agent audio yet
@@ -99,7 +102,7 @@ def test_conversation_turn_becomes_inputs_and_outputs():
                   ces_v1.Message(role="agent", chunks=[ces_v1.Chunk(text="Which row?"), ces_v1.Chunk(payload={"k": 1})])],
         root_span=ces_v1.Span.wrap(_span_pb()),
     )
-    turn = Turn.from_conversation_turn(conversation_turn, index=2)
+    turn = turn_from_conversation_turn(conversation_turn, index=2)
     assert turn.index == 2 and turn.user_text == "Seat please" and turn.text == "Which row?"
     assert turn.payloads == [{"k": 1}] and turn.root_span.name == "root"
 
@@ -135,9 +138,9 @@ def test_conversation_json_loads_as_transcript():
 
 
 def test_transcript_round_trip_is_lossless(tmp_path):
-    turn = Turn.from_outputs(full_outputs(), [ces_v1.SessionInput(text="hi"), ces_v1.SessionInput(blob=ces_v1.Blob(mime_type="application/pdf", data=bytes(range(256))))])
+    turn = turn_from_outputs(full_outputs(), [ces_v1.SessionInput(text="hi"), ces_v1.SessionInput(blob=ces_v1.Blob(mime_type="application/pdf", data=bytes(range(256))))])
     turn.events = [{"go_away": {}}]
-    partial = Turn.from_outputs([ces_v1.SessionOutput(text="Let me", turn_index=4)])
+    partial = turn_from_outputs([ces_v1.SessionOutput(text="Let me", turn_index=4)])
     partial.partial, partial.error = True, "CES is unreachable"
     transcript = Transcript([turn, partial], session=f"{APP}/sessions/s1", app=APP, metadata={"note": "x"})
     path = transcript.save(tmp_path / "t.json")
@@ -191,4 +194,4 @@ def test_proto_fast_path_matches_the_json_path():
 
     protos = full_outputs()
     dicts = [json_format.MessageToDict(ces_v1.SessionOutput.pb(o)) for o in protos]  # camelCase, as on the wire in JSON
-    assert Turn.from_outputs(protos) == Turn.from_outputs(dicts)
+    assert turn_from_outputs(protos) == turn_from_outputs(dicts)

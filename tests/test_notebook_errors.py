@@ -20,7 +20,7 @@ from IPython.utils.capture import capture_output
 
 import ces_nb
 from ces_nb import CesError
-from ces_nb.model import Output, Transcript, Turn, TranscriptError, UserInput
+from ces_nb.model import TextOutput, Transcript, Turn, TranscriptError, UserInput
 
 from conftest import APP
 from emulator_process import EmulatorProcess, free_port
@@ -218,7 +218,7 @@ def test_load_magic_renders_the_good_turns_of_a_bad_transcript(ip, client, tmp_p
 def test_a_turn_that_cannot_be_drawn_shows_an_error_card_and_the_others_draw(client):
     session = client.session()
     first = session.send("Hello")
-    broken = Turn(index=2, outputs=[Output("text", {HOSTILE: 1}, 2)], completed=True)
+    broken = Turn(index=2, outputs=[TextOutput({HOSTILE: 1}, 2)], completed=True)
     corrupt_wav = Turn(index=3, inputs=[UserInput("audio", b"RIFF\x00\x00\x00\x00WAVEgarbage")], completed=True)
     t = Transcript([first, broken, corrupt_wav])
     bundle = t._repr_mimebundle_()

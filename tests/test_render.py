@@ -12,6 +12,7 @@ import sys
 import soundfile
 from google.cloud import ces_v1
 
+from ces_nb.convert.session_output import turn_from_outputs
 from ces_nb.model import Transcript, Turn
 from ces_nb.render.html import span_tree_html, turn_html
 from test_model import full_outputs
@@ -24,7 +25,7 @@ def test_every_output_kind_appears_in_html():
     inputs = [ces_v1.SessionInput(text="Hi there"), ces_v1.SessionInput(dtmf="12#"), ces_v1.SessionInput(event=ces_v1.Event(event="welcome")),
               ces_v1.SessionInput(variables={"customer_name": "Ada"}),
               ces_v1.SessionInput(image=ces_v1.Image(mime_type="image/png", data=b"\x89PNG\r\n\x1a\nabc"))]
-    html = turn_html(Turn.from_outputs(full_outputs(), inputs))
+    html = turn_html(turn_from_outputs(full_outputs(), inputs))
     # user input, in order: text, dtmf, event, variables, image thumbnail
     assert "Hi there" in html and "12#" in html and "welcome" in html and "customer_name" in html
     assert '<img class="ces-thumb" alt="image input" src="data:image/png;base64,' in html
@@ -46,7 +47,7 @@ def test_every_output_kind_appears_in_html():
 
 def test_audio_player_holds_a_real_wav():
     pcm = (b"\x00\x10" * 800)
-    turn = Turn.from_outputs([ces_v1.SessionOutput(audio=pcm, turn_index=1)])
+    turn = turn_from_outputs([ces_v1.SessionOutput(audio=pcm, turn_index=1)])
     turn.audio_sample_rate = 8000
     b64 = re.search(r'src="data:audio/wav;base64,([^"]+)"', turn_html(turn)).group(1)
     data, rate = soundfile.read(io.BytesIO(base64.b64decode(b64)), dtype="int16")
@@ -69,7 +70,7 @@ def hostile_turn() -> Turn:
     ]
     inputs = [ces_v1.SessionInput(text=HOSTILE), ces_v1.SessionInput(variables={HOSTILE: HOSTILE}),
               ces_v1.SessionInput(image=ces_v1.Image(mime_type='image/svg+xml"><script>', data=b"<svg onload=alert(4)>"))]
-    return Turn.from_outputs(outputs, inputs)
+    return turn_from_outputs(outputs, inputs)
 
 
 class _Tags(HTMLParser):
@@ -105,7 +106,7 @@ def test_hostile_strings_come_out_inert():
 
 
 def test_plain_text_is_readable():
-    text = Turn.from_outputs(full_outputs(), [ces_v1.SessionInput(text="hi")])._repr_mimebundle_()["text/plain"]
+    text = turn_from_outputs(full_outputs(), [ces_v1.SessionInput(text="hi")])._repr_mimebundle_()["text/plain"]
     assert text.startswith("Turn 3 (completed)") and "user:  hi" in text and "tool call select_seat (id c1)" in text
     assert "payload:" in text and "session ended" in text and "perceived latency 120.5 ms" in text
 
@@ -115,8 +116,8 @@ import sys
 from ces_nb.model import Transcript
 sys.path.insert(0, "tests")
 from test_model import full_outputs
-from ces_nb.model import Turn
-t = Transcript([Turn.from_outputs(full_outputs()), Turn.from_outputs(full_outputs())], session="s")
+from ces_nb.convert.session_output import turn_from_outputs
+t = Transcript([turn_from_outputs(full_outputs()), turn_from_outputs(full_outputs())], session="s")
 bundle = t._repr_mimebundle_()
 sys.stdout.write(bundle["text/html"] + bundle["text/plain"] + t[0]._repr_mimebundle_()["text/html"])
 """
@@ -129,7 +130,7 @@ def test_output_is_deterministic_across_runs():
 
 
 def test_span_tree_rows_and_bars_scale_to_the_root():
-    turn = Turn.from_outputs(full_outputs())
+    turn = turn_from_outputs(full_outputs())
     html = span_tree_html(turn.root_span)
     assert html.count('<span class="ces-sn">') == 3
     assert '--o:0.0;--w:100.0' in html  # the root
@@ -138,7 +139,7 @@ def test_span_tree_rows_and_bars_scale_to_the_root():
 
 
 def test_transcript_renders_every_turn():
-    t = Transcript([Turn.from_outputs(full_outputs()), hostile_turn()], session="projects/p/locations/l/apps/a/sessions/s")
+    t = Transcript([turn_from_outputs(full_outputs()), hostile_turn()], session="projects/p/locations/l/apps/a/sessions/s")
     bundle = t._repr_mimebundle_()
     assert bundle["text/html"].count('class="ces-turn"') == 2 and "2 turn(s)" in bundle["text/plain"]
     assert bundle["text/html"].count("<style>") == 1
@@ -201,7 +202,7 @@ def test_the_plain_text_fallback_is_hidden_without_any_css():
     """JupyterLab drops <style> from untrusted outputs; the `hidden` attribute (which its
     sanitizer keeps, given a value: sanitize-html drops empty attributes other than alt)
     still hides the fallback, and the stylesheet hides it too."""
-    html = turn_html(Turn.from_outputs(full_outputs()))
+    html = turn_html(turn_from_outputs(full_outputs()))
     assert re.search(r'<pre class="ces-fallback" hidden="hidden">', html)
     assert ".ces-root .ces-fallback { display: none; }" in html
 

@@ -80,7 +80,7 @@ def test_payload_and_end_session(sessions, session_name):
     out = run(sessions, name, "Can you send me my boarding pass?")
     payload = next(o for o in out if kind(o) == "payload").payload
     assert json_format.MessageToDict(ces_v1.SessionOutput.pb(out[[kind(o) for o in out].index("payload")]).payload)["type"] == "boarding_pass"
-    assert payload["seat"] == "14C"
+    assert (payload["flight"], payload["seat"]) == ("SW77", "4A")  # nothing booked yet: the session's variables
     bye = run(sessions, name, "That's all, thanks. Goodbye!")
     end = next(o for o in bye if kind(o) == "end_session").end_session
     assert end.metadata["reason"] == "customer said goodbye"
@@ -121,6 +121,16 @@ def test_what_the_user_picks_flows_into_later_args_and_payloads(sessions, sessio
     payload = json_format.MessageToDict(ces_v1.SessionOutput.pb(next(o for o in done if kind(o) == "payload")).payload)
     assert "reference is PNR4A" in texts(done)
     assert payload == {"type": "boarding_pass", "flight": "SW77", "seat": "4A", "gate": "A4", "boarding": "18:41"}
+
+
+def test_a_boarding_pass_asked_for_later_says_what_was_picked(sessions, session_name):
+    name = session_name()
+    out = run(sessions, name, "I'd like to book a seat on flight SW55")
+    (seat_call,) = next(o for o in out if kind(o) == "tool_calls").tool_calls.tool_calls
+    _answer(sessions, name, seat_call, {"seat": "12B", "confirmed": True, "price": 99.0})
+    later = run(sessions, name, "Can you send me my boarding pass?")
+    payload = json_format.MessageToDict(ces_v1.SessionOutput.pb(next(o for o in later if kind(o) == "payload")).payload)
+    assert (payload["flight"], payload["seat"]) == ("SW55", "12B")
 
 
 def test_unknown_tool_response_id_names_the_pending_ids(sessions, session_name):

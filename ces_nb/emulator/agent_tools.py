@@ -27,6 +27,7 @@ from google.adk.tools.tool_context import ToolContext
 from google.cloud import ces_v1
 from google.genai import types
 
+from .code_context import code_filename, session_context
 from .documents import DocumentIndex
 from .export import LoadedApp
 from .playback import adk_name
@@ -142,8 +143,6 @@ class PythonFunctionTool(CesTool):
     async def execute(self, args, tool_context):
         """Runs the code with CES's globals: `context` (the session's state, written back
         as this call's state delta) and `tools` (the app's other tools, run here)."""
-        from .callbacks import code_filename, session_context
-
         fn = self.ces_tool.python_function
         context = session_context(tool_context, self.app) if tool_context is not None else {"state": {}}
         if tool_context is not None:
@@ -160,8 +159,6 @@ class PythonFunctionTool(CesTool):
     def peer_caller(self, depth: int):
         """Answers the code's `tools.<name>(args)`: the app's tool of that name, run with the
         caller's state; a python tool runs nested, within the caller's deadline."""
-        from .callbacks import code_filename
-
         async def call(name: str, args: dict, state: dict) -> dict:
             if depth >= MAX_TOOL_DEPTH:
                 return {"error": f"tools.{name}(): calls nest deeper than {MAX_TOOL_DEPTH}"}

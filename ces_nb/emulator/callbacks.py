@@ -29,6 +29,8 @@ from google.cloud import ces_v1
 from google.genai import types
 
 from . import ces_python
+from .agent_tools import PythonFunctionTool, apply_state_delta, build_tool, runner_call
+from .code_context import code_filename, dump, session_context
 from .playback import TRANSFER_TOOL, adk_name
 from .tracing import tracer
 
@@ -45,68 +47,6 @@ KINDS = (
     "before_tool_callback", "after_tool_callback",
 )
 CALLBACK_SPAN = "ces.callback"
-MAX_EVENTS = 10  # the session's latest events a call sees (context.events)
-
-
-# -- what code sees ---------------------------------------------------------------------
-
-def code_filename(app: "LoadedApp | None", code: str, fallback: str) -> str:
-    """The export's path of a piece of python code (so tracebacks name it): the .py file
-    whose text it is, else `fallback` (code written inline in a JSON or YAML file)."""
-    if app is None:
-        return fallback
-    files = app.__dict__.get("_ces_code_files")
-    if files is None:
-        files = app.__dict__["_ces_code_files"] = _python_files(app)
-    return files.get(code, fallback)
-
-
-def _python_files(app: "LoadedApp") -> dict[str, str]:
-    from .export import _ExportFiles
-
-    try:
-        export = _ExportFiles(app.source)
-    except (OSError, ValueError):
-        return {}
-    found: dict[str, str] = {}
-    for rel in export.names():
-        if rel.endswith(".py"):
-            try:
-                found.setdefault(export.read_text(rel), rel)
-            except (OSError, UnicodeDecodeError):
-                continue
-    return found
-
-
-def dump(content: types.Content | None) -> dict | None:
-    return content.model_dump(mode="json", exclude_none=True) if content is not None else None
-
-
-def session_context(ctx, app: "LoadedApp | None") -> dict:
-    """The session as CES code sees it, from an ADK CallbackContext or ToolContext."""
-    state = {k: v for k, v in (ctx.state.to_dict() if hasattr(ctx.state, "to_dict") else ctx.state).items()
-             if not k.startswith("_")}
-    invocation = ctx._invocation_context  # noqa: SLF001 - the session and its events live only here
-    events = []
-    for event in reversed(invocation.session.events):
-        if event.content is not None and event.content.parts:
-            events.append({"author": event.author, "invocation_id": event.invocation_id, "content": dump(event.content)})
-            if len(events) >= MAX_EVENTS:
-                break
-    return {
-        "state": state,
-        "agent_name": agent_display(app, ctx.agent_name),
-        "invocation_id": ctx.invocation_id,
-        "session_id": invocation.session.id,
-        "user_content": dump(ctx.user_content),
-        "events": events[::-1],
-    }
-
-
-def agent_display(app: "LoadedApp | None", name: str) -> str:
-    if app is None:
-        return name
-    return next((d for d in app.agents if d == name or adk_name(d) == name), name)
 
 
 # -- conversions ---------------------------------------------------------------------------
@@ -212,8 +152,6 @@ class CodeRunner:
 
     async def run(self, ctx, args: dict, span_name: str = CALLBACK_SPAN, attributes: dict | None = None) -> tuple[Any, dict]:
         """(the decoded return value, the worker's reply), the state delta applied to ctx.state."""
-        from .agent_tools import apply_state_delta, runner_call
-
         attrs = {"agent": self.agent, "stage": self.kind, "name": self.label, "file": self.filename, **(attributes or {})}
         with tracer().start_as_current_span(span_name, attributes=attrs) as span:
             context = session_context(ctx, self.host.app)
@@ -252,8 +190,6 @@ class CallbackHost:
 
     def tool_caller(self):
         """`tools.<name>()` from callback code: the app's python tools, as tools call them."""
-        from .agent_tools import PythonFunctionTool, build_tool
-
         async def call(name: str, args: dict, state: dict) -> dict:
             tool = next((t for d, t in self.tools.items() if name in (d, t.name)), None)
             if tool is None:

@@ -21,6 +21,7 @@ from typing import Any
 from google.cloud import ces_v1, ces_v1beta
 from google.protobuf import json_format
 
+from ..convert.session_output import turn_from_outputs
 from ..evals.cases import RUBRIC, Case
 from ..evals.native import read_evaluation
 from ..evals.results import CaseResult
@@ -58,7 +59,7 @@ class EmulatorConversation:
                     future.cancel()
                     raise TimeoutError("the emulator stopped during the turn" if self.stopping.is_set()
                                        else f"the turn took over {TURN_TIMEOUT_S:g} s") from None
-        turn = Turn.from_outputs(response.outputs, request_inputs)
+        turn = turn_from_outputs(response.outputs, request_inputs)
         self.turns.append(turn)
         return turn
 

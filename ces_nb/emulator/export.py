@@ -45,6 +45,9 @@ import yaml
 from google.cloud import ces_v1
 from google.protobuf import json_format
 
+from .export_layout import object_files
+from .load_report import LoadReport, build_report
+
 log = logging.getLogger("ces_nb.emulator")
 
 RESERVED_TOOLS = ("end_session", "transfer_to_agent", "customize_response")
@@ -192,21 +195,6 @@ def _to_message(cls, data: dict, rel: str):
     return cls.wrap(pb)
 
 
-def _object_files(files: _ExportFiles, folder: str) -> list[str]:
-    """`folder/<name>/<name>.json|yaml` entries, in name order; a folder whose one JSON/YAML
-    file has another name (`agents/<name>/agent.yaml`) counts too."""
-    by_folder: dict[str, list[str]] = {}
-    for rel in files.names():
-        parts = PurePosixPath(rel).parts
-        if len(parts) == 3 and parts[0] == folder and parts[2].rsplit(".", 1)[-1] in ("json", "yaml", "yml"):
-            by_folder.setdefault(parts[1], []).append(rel)
-    found = []
-    for name, rels in sorted(by_folder.items()):
-        named = [r for r in rels if PurePosixPath(r).stem == name]
-        found += named or (rels if len(rels) == 1 else [])
-    return sorted(found)
-
-
 def slugify(text: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return slug or "app"
@@ -253,8 +241,6 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
     _load_toolsets_and_guardrails(files, loaded)
     _check_references(loaded)
     _load_documents(files, loaded)
-    from .load_report import build_report
-
     loaded.report = build_report(files, loaded)
     level = logging.WARNING if loaded.report.counts()["ignored"] else logging.INFO
     log.log(level, "app %s load report (ces-nb emulator --check prints it):\n%s", loaded.app_id, loaded.report.text())
@@ -282,7 +268,7 @@ def _load_objects(files: _ExportFiles, folder: str, cls, skipped: list[str], env
     """`folder/<name>/<name>.*` as `cls` messages by displayName; a bad file is skipped and noted.
     `environment`: environment.json's values for these objects, by displayName."""
     found = {}
-    for rel in _object_files(files, folder):
+    for rel in object_files(files, folder):
         try:
             data = _inline_file_references(files, _parse_document(files, rel) or {})
             if environment and isinstance(data, dict):
@@ -431,3 +417,18 @@ def toolset_tool_names(loaded: LoadedApp, agent: ces_v1.Agent) -> list[str]:
             if op.toolset == ref.toolset and (not wanted or op.tool_id in wanted):
                 names.append(display)
     return names
+
+
+def check(path: str) -> tuple[LoadReport, int]:
+    """`ces-nb emulator --check`: the report, and the exit status (2 when the app cannot load,
+    as `ces-nb emulator` exits for it)."""
+    logger = logging.getLogger("ces_nb.emulator")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the report is printed; its start-up log lines would repeat it
+    try:
+        loaded = load_export(path)
+    except ExportError as exc:
+        return LoadReport(app="", source=str(path), fatal=str(exc)), 2
+    finally:
+        logger.setLevel(level)
+    return loaded.report, 0

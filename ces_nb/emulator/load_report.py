@@ -10,7 +10,6 @@ logs it at start-up, and GetApp's `validation_errors` carries its non-"runs" lin
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -19,6 +18,8 @@ from typing import Any
 import yaml
 from google.cloud import ces_v1
 from google.protobuf import descriptor
+
+from .export_layout import object_files
 
 RUNS, APPROX, IGNORED = "runs", "runs approximately", "ignored"
 _ORDER = {RUNS: 0, APPROX: 1, IGNORED: 2}
@@ -217,9 +218,7 @@ def _owners(files, parsed: dict) -> dict[tuple[str, str], str]:
 
 
 def _objects(files, folder: str) -> list[str]:
-    from .export import _object_files
-
-    return _object_files(files, folder)
+    return object_files(files, folder)
 
 
 def _referenced_paths(parsed: dict, files) -> set[str]:
@@ -411,20 +410,3 @@ def _report_environment(report: LoadReport, rel: str, loaded) -> None:
 def _camel(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(p.title() for p in rest)
-
-
-def check(path: str) -> tuple[LoadReport, int]:
-    """`ces-nb emulator --check`: the report, and the exit status (2 when the app cannot load,
-    as `ces-nb emulator` exits for it)."""
-    from .export import ExportError, load_export
-
-    logger = logging.getLogger("ces_nb.emulator")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the report is printed; its start-up log lines would repeat it
-    try:
-        loaded = load_export(path)
-    except ExportError as exc:
-        return LoadReport(app="", source=str(path), fatal=str(exc)), 2
-    finally:
-        logger.setLevel(level)
-    return loaded.report, 0

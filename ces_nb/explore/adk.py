@@ -1,104 +1,18 @@
-"""ADK sessions in the same views as CES turns: a Transcript per session, a DataFrame of
-sessions from any BaseSessionService, a state timeline, artifacts and memory search.
-
-Each invocation's events become one Turn: the user's text (and function responses)
-are its inputs; agent text and function calls are its outputs; transfers, state and
-artifact deltas, escalations, branches and authors are kept on the turn (shown as its
-event lines). Captured ADK OpenTelemetry spans map to the same Span model.
+"""ADK sessions in the same views as CES turns: a Transcript per session (ces_nb.convert.adk_events),
+a DataFrame of sessions from any BaseSessionService, a state timeline, artifacts and memory
+search. Captured ADK OpenTelemetry spans map to the same Span model, through the emulator's
+own mapping (ces_nb.convert.otel).
 """
 
 from __future__ import annotations
 
-import json
 from html import escape
 from typing import Any, Iterable
 
+from ..convert.adk_events import transcript  # noqa: F401 (ces_nb.adk.transcript)
+from ..convert.otel import root_spans
 from ..coroutines import run_sync
-from ..model import Chunk, Message, Output, Span, ToolCall, ToolResponse, Transcript, Turn, UserInput, sorted_keys
-
-TRANSFER = "transfer_to_agent"
-
-
-def transcript(session: Any) -> Transcript:
-    """An ADK Session as a Transcript, one Turn per invocation."""
-    turns: list[Turn] = []
-    by_invocation: dict[str, Turn] = {}
-    speakers: dict[str, str] = {}  # invocation -> the agent that spoke last in it
-    for event in session.events or []:
-        key = event.invocation_id or f"event-{event.id}"
-        turn = by_invocation.get(key)
-        if turn is None:
-            turn = Turn(index=len(turns) + 1, completed=True)
-            by_invocation[key] = turn
-            turns.append(turn)
-        _add_event(turn, event, speakers.get(key))
-        if event.author and event.author != "user":
-            speakers[key] = event.author
-    return Transcript(turns, session=f"adk:{session.app_name}/{session.user_id}/{session.id}", app=session.app_name,
-                      metadata={"state": sorted_keys(dict(session.state or {})), "last_update_time": session.last_update_time})
-
-
-def _add_event(turn: Turn, event: Any, last_speaker: str | None) -> None:
-    author = event.author or ""
-    is_user = author == "user"
-    message = Message("user" if is_user else author)
-    long_running = set(event.long_running_tool_ids or ())
-    parts = (event.content.parts if event.content and event.content.parts else [])
-    for part in parts:
-        if part.text and not getattr(part, "thought", False):
-            message.chunks.append(Chunk("text", part.text))
-            if is_user:
-                turn.inputs.append(UserInput("text", part.text))
-            elif not event.partial:
-                turn.outputs.append(Output("text", part.text, turn.index))
-        elif part.function_call:
-            call = part.function_call
-            args = sorted_keys(dict(call.args or {}))
-            if call.name == TRANSFER:
-                target = str(args.get("agent_name", ""))
-                message.chunks.append(Chunk("agent_transfer", {"target_agent": target, "display_name": target}))
-                continue
-            tool_call = ToolCall(id=call.id or "", tool=call.name or "", display_name=call.name or "", args=args)
-            message.chunks.append(Chunk("tool_call", tool_call))
-            turn.outputs.append(Output("tool_calls", [tool_call], turn.index))
-            if call.id in long_running:
-                turn.notes.append(f"{call.name} ({call.id}) is long-running: it waits for a function response")
-        elif part.function_response:
-            response = part.function_response
-            body = response.response if isinstance(response.response, dict) else {"result": response.response}
-            tool_response = ToolResponse(id=response.id or "", tool=response.name or "", display_name=response.name or "",
-                                         response=sorted_keys(body))
-            message.chunks.append(Chunk("tool_response", tool_response))
-            if is_user:
-                turn.inputs.append(UserInput("tool_responses", [tool_response]))
-        elif part.inline_data:
-            kind = "image" if (part.inline_data.mime_type or "").startswith("image/") else "blob"
-            value = (part.inline_data.mime_type or "", part.inline_data.data or b"")
-            message.chunks.append(Chunk(kind, value))
-            if is_user:
-                turn.inputs.append(UserInput(kind, value))
-    actions = event.actions
-    line: dict[str, Any] = {"author": author}
-    if event.branch:
-        line["branch"] = event.branch
-    if actions is not None:
-        if actions.state_delta:
-            line["state_delta"] = sorted_keys(dict(actions.state_delta))
-            message.chunks.append(Chunk("updated_variables", line["state_delta"]))
-        if actions.artifact_delta:
-            line["artifact_delta"] = sorted_keys(dict(actions.artifact_delta))
-        if actions.transfer_to_agent:
-            line["transfer_to_agent"] = actions.transfer_to_agent
-        if actions.escalate:
-            line["escalate"] = True
-            turn.notes.append(f"{author} escalated")
-    if long_running:
-        line["long_running_tool_ids"] = sorted(long_running)
-    if message.chunks:
-        turn.messages.append(message)
-    # A line when something happened beyond words, or when another agent starts speaking.
-    if len(line) > 1 or (not is_user and author != last_speaker):
-        turn.events.append(line)
+from ..model import Span, sorted_keys
 
 
 def sessions(service: Any, app_name: str, user_id: str | None = None):
@@ -238,37 +152,12 @@ def memory_search(service: Any, app_name: str, user_id: str, query: str) -> Memo
     return MemoryView(run_sync(service.search_memory(app_name=app_name, user_id=user_id, query=query)), query)
 
 
-_OTEL_KINDS = {"generate_content": "LLM", "call_llm": "LLM", "execute_tool": "Tool"}
-
-
 def spans_from_otel(spans: Iterable[Any]) -> list[Span]:
     """ADK's OpenTelemetry spans (ReadableSpan, e.g. from an InMemorySpanExporter) as Span
-    trees, one per root: LLM and Tool spans named as CES names them, attributes kept."""
-    spans = list(spans)
-    nodes: dict[int, Span] = {}
-    for s in spans:
-        name = s.name.split(" ", 1)[0]
-        attributes = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "{[" and _is_json(v) else v)
-                      for k, v in (s.attributes or {}).items()}
-        if name == "execute_tool":
-            attributes.setdefault("name", attributes.get("gen_ai.tool.name", s.name.split(" ", 1)[-1]))
-        if name in ("generate_content", "call_llm", "invoke_agent"):
-            agent = attributes.get("gen_ai.agent.name")
-            if agent:
-                attributes.setdefault("agent", agent)
-        nodes[s.context.span_id] = Span(_OTEL_KINDS.get(name, s.name), s.start_time, s.end_time,
-                                        (s.end_time - s.start_time) if s.end_time and s.start_time else None, attributes)
-    roots = []
-    for s in sorted(spans, key=lambda x: x.start_time or 0):
-        node = nodes[s.context.span_id]
-        parent = nodes.get(s.parent.span_id) if s.parent is not None else None
-        (parent.children if parent is not None else roots).append(node)
-    return roots
+    trees, one per trace, mapped as the emulator maps its own (LLM, Tool, Callback and
+    Guardrail spans, named and attributed as CES names them)."""
+    return root_spans(spans, _span)
 
 
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
+def _span(name: str, start_ns: int, end_ns: int, attributes: dict, children: list) -> Span:
+    return Span(name, start_ns, end_ns, end_ns - start_ns, sorted_keys(attributes), children)

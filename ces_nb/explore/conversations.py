@@ -7,6 +7,10 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ..convert.conversation import transcript_from_conversation
+from ..errors import explain
+from ..model import timestamp_ns
+
 COLUMNS = ["name", "start", "end", "turns", "input_types", "entry_agent", "source", "channel"]
 PROGRESS_AFTER = 3  # pages, or 3 * page size GetConversation calls: below that, no bar
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -46,8 +50,6 @@ def list_conversations(client, app: str, since: Any = None, source: str | None =
     import pandas as pd
     from google.cloud import ces_v1
 
-    from ..errors import explain
-
     bound = parse_since(since)
     request = ces_v1.ListConversationsRequest(parent=app, page_size=page_size)
     if bound is not None:
@@ -82,10 +84,8 @@ def list_conversations(client, app: str, since: Any = None, source: str | None =
 
 
 def _row(conversation) -> dict:
-    from ..model import _timestamp_ns
-
     def when(value):
-        ns = _timestamp_ns(value) if value else None
+        ns = timestamp_ns(value) if value else None
         return None if not ns else datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
 
     return {
@@ -121,11 +121,8 @@ def fetch_all(client, names: list[str], max_workers: int = 8, progress: bool | N
 
 def get_conversation(client, name: str):
     """A stored conversation as a Transcript; its turns render like live ones."""
-    from ..errors import explain
-    from ..model import Transcript
-
     try:
         conversation = client.agents.get_conversation(name=name)
     except Exception as exc:
         raise explain(exc, target=client.target) from None
-    return Transcript.from_conversation(conversation)
+    return transcript_from_conversation(conversation)

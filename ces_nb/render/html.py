@@ -14,11 +14,14 @@ import json
 from functools import lru_cache
 from html import escape
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..model import SPAN_KINDS, Span, ToolResult, Transcript, Turn, UserInput
+from ..convert.otel import SPAN_KINDS
 from .markdown import markdown_html
 from .text import broken_message, integral, transcript_text, turn_text, unreadable
+
+if TYPE_CHECKING:  # for the annotations only: renderers read records, and import none (model.py calls them)
+    from ..model import Span, ToolResult, Transcript, Turn, UserInput
 
 _ids = itertools.count(1)
 _SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -137,7 +140,7 @@ def citations_html(citations: list) -> str:
 
 def suggestions_html(turn: Turn) -> str:
     parts = []
-    for s in turn.of_kind("google_search_suggestions"):
+    for s in turn.search_suggestions:
         for h in s.htmls:
             # Never inline: the search entry point's HTML lives, escaped, in a script-less sandbox.
             parts.append(f'<iframe class="ces-suggest" sandbox="" title="Google search suggestions" srcdoc="{_e(h)}"></iframe>')
@@ -251,47 +254,81 @@ def turn_body_html(turn: Turn) -> str:
 
 
 def _turn_body_html(turn: Turn) -> str:
+    return "".join([_head_html(turn), *(section(turn) for section in _SECTIONS), "</div>"])
+
+
+def _head_html(turn: Turn) -> str:
     if unreadable(turn):
         status = "unreadable"
     else:
         status = "partial" if turn.partial else ("completed" if turn.completed else "waiting for tool responses" if turn.tool_calls else "open")
     badge_class = "ces-badge ces-partial" if turn.partial or turn.load_errors else "ces-badge"
-    parts = [f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b> <span class="{badge_class}">{_e(status)}</span></div>']
-    for problem in turn.load_errors:
-        parts.append(f'<div class="ces-error">could not read {_e(problem)}; left out</div>')
-    if turn.inputs or turn.heard:
-        heard = f'<div><span class="ces-chip">heard</span>{_e(turn.heard)}</div>' if turn.heard else ""
-        parts.append('<div class="ces-user"><span class="ces-label">user</span> ' + " ".join(input_html(i) for i in turn.inputs) + heard + "</div>")
+    return f'<div class="ces-turn"><div class="ces-head"><b>Turn {turn.index}</b> <span class="{badge_class}">{_e(status)}</span></div>'
+
+
+def _problems_html(turn: Turn) -> str:
+    return "".join(f'<div class="ces-error">could not read {_e(problem)}; left out</div>' for problem in turn.load_errors)
+
+
+def _user_html(turn: Turn) -> str:
+    if not (turn.inputs or turn.heard):
+        return ""
+    heard = f'<div><span class="ces-chip">heard</span>{_e(turn.heard)}</div>' if turn.heard else ""
+    return '<div class="ces-user"><span class="ces-label">user</span> ' + " ".join(input_html(i) for i in turn.inputs) + heard + "</div>"
+
+
+def _agent_html(turn: Turn) -> str:
     text = turn.text
-    if text:
-        parts.append(f'<div class="ces-agent"><span class="ces-label">agent</span><div class="ces-md">{markdown_html(text)}</div></div>')
-    for transfer in turn.transfers:
-        parts.append(f'<div class="ces-transfer">→ transferred to {_e(transfer.get("display_name") or transfer.get("target_agent"))}</div>')
-    parts.append(audio_html(turn))
-    if turn.interrupted:
-        at = turn.interrupted_at_ms
-        where = f" {at / 1000:.1f} s into its reply" if at is not None else ""
-        parts.append(f'<div class="ces-transfer">⏹ barge-in: the user spoke over the agent, which stopped{where}</div>')
-    parts.append(voice_timeline_html(turn))
-    parts.append(tool_calls_html(turn))
-    parts.append(citations_html(turn.citations))
-    parts.append(suggestions_html(turn))
-    for payload in turn.payloads:
-        parts.append(f'<div class="ces-section ces-json"><span class="ces-label">payload</span>{json_tree_html(payload)}</div>')
-    if turn.end_session is not None:
-        meta = f" {_pre_json(turn.end_session)}" if turn.end_session else ""
-        parts.append(f'<div class="ces-end">■ session ended{meta}</div>')
+    agent = f'<div class="ces-agent"><span class="ces-label">agent</span><div class="ces-md">{markdown_html(text)}</div></div>' if text else ""
+    return agent + "".join(f'<div class="ces-transfer">→ transferred to {_e(t.get("display_name") or t.get("target_agent"))}</div>'
+                           for t in turn.transfers)
+
+
+def _barge_in_html(turn: Turn) -> str:
+    if not turn.interrupted:
+        return ""
+    at = turn.interrupted_at_ms
+    where = f" {at / 1000:.1f} s into its reply" if at is not None else ""
+    return f'<div class="ces-transfer">⏹ barge-in: the user spoke over the agent, which stopped{where}</div>'
+
+
+def _citations_of_html(turn: Turn) -> str:
+    return citations_html(turn.citations)
+
+
+def _payloads_html(turn: Turn) -> str:
+    return "".join(f'<div class="ces-section ces-json"><span class="ces-label">payload</span>{json_tree_html(p)}</div>' for p in turn.payloads)
+
+
+def _end_html(turn: Turn) -> str:
+    if turn.end_session is None:
+        return ""
+    meta = f" {_pre_json(turn.end_session)}" if turn.end_session else ""
+    return f'<div class="ces-end">■ session ended{meta}</div>'
+
+
+def _events_html(turn: Turn) -> str:
+    """Bidi events other than recognition and barge-in (shown above), e.g. go_away."""
     events = [e for e in turn.events if "recognition_result" not in e and "interruption_signal" not in e]
-    if events:
-        parts.append('<div class="ces-events">' + "<br>".join(_e(json.dumps(e, ensure_ascii=False, sort_keys=True)) for e in events) + "</div>")
-    if turn.error:
-        parts.append(f'<div class="ces-error">{_e(turn.error)}</div>')
-    for note in turn.notes:
-        parts.append(f'<div class="ces-transfer">{_e(note)}</div>')
-    if turn.root_span is not None:
-        parts.append(f'<details class="ces-section"><summary>spans</summary>{span_tree_html(turn.root_span)}</details>')
-    parts.append("</div>")
-    return "".join(parts)
+    if not events:
+        return ""
+    return '<div class="ces-events">' + "<br>".join(_e(json.dumps(e, ensure_ascii=False, sort_keys=True)) for e in events) + "</div>"
+
+
+def _notes_html(turn: Turn) -> str:
+    error = f'<div class="ces-error">{_e(turn.error)}</div>' if turn.error else ""
+    return error + "".join(f'<div class="ces-transfer">{_e(note)}</div>' for note in turn.notes)
+
+
+def _spans_html(turn: Turn) -> str:
+    if turn.root_span is None:
+        return ""
+    return f'<details class="ces-section"><summary>spans</summary>{span_tree_html(turn.root_span)}</details>'
+
+
+# The turn's card, section by section, in this order (text.py's _SECTIONS is the same turn as text).
+_SECTIONS = (_problems_html, _user_html, _agent_html, audio_html, _barge_in_html, voice_timeline_html, tool_calls_html,
+             _citations_of_html, suggestions_html, _payloads_html, _end_html, _events_html, _notes_html, _spans_html)
 
 
 def turn_html(turn: Turn, text: str | None = None) -> str:

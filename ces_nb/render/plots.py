@@ -48,9 +48,9 @@ def _figure(ax=None, size=(9, 4)):
 def plot_spans(obj: Any, ax=None):
     """A waterfall of one turn's spans: a bar per span on a time axis (ms from the root's
     start), labels indented by depth, coloured by kind, perceived latency marked."""
-    from ..model import Span, Turn
+    from ..model import Span
 
-    root = obj.root_span if isinstance(obj, Turn) else obj
+    root = getattr(obj, "root_span", obj)  # a Turn, a session's LiveTurn, or a Span
     if not isinstance(root, Span):
         raise TypeError("plot_spans takes a Turn with a root span, or a Span")
     spans = list(root.walk())

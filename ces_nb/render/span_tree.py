@@ -19,7 +19,7 @@ from .text import integral
 
 class SpanTree(w.VBox):
     def __init__(self, obj: Turn | Span, threshold_ms: float = 0.0, open_depth: int = 1, **kwargs):
-        root = obj.root_span if isinstance(obj, Turn) else obj
+        root = getattr(obj, "root_span", obj)  # a Turn, a session's LiveTurn, or a Span
         if not isinstance(root, Span):
             raise TypeError("SpanTree takes a Turn with a root span, or a Span")
         self.root = root

@@ -1,10 +1,16 @@
-"""Deterministic text/plain for turns and transcripts."""
+"""Deterministic text/plain for turns and transcripts.
+
+Like xarray's formatting functions, these take a record and return a string. They import
+no record class (ces_nb.model calls them for its reprs), only read the records' fields.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from ..model import ToolResult, Transcript, Turn, UserInput
+if TYPE_CHECKING:  # for the annotations only
+    from ..model import ToolResult, Transcript, Turn, UserInput
 
 
 def integral(value, _depth: int = 0):
@@ -77,51 +83,82 @@ def turn_text(turn: Turn) -> str:
 def _turn_text(turn: Turn) -> str:
     status = "unreadable" if unreadable(turn) else "partial" if turn.partial else ("completed" if turn.completed else "waiting")
     lines = [f"Turn {turn.index} ({status})"]
-    for problem in turn.load_errors:
-        lines.append(f"  unreadable: {problem} (left out)")
-    if turn.inputs:
-        lines.append("user:  " + " ".join(input_text(i) for i in turn.inputs))
+    for section in _SECTIONS:
+        lines.extend(section(turn))
+    return "\n".join(lines)
+
+
+def _problems(turn: Turn) -> list[str]:
+    return [f"  unreadable: {problem} (left out)" for problem in turn.load_errors]
+
+
+def _user(turn: Turn) -> list[str]:
+    lines = ["user:  " + " ".join(input_text(i) for i in turn.inputs)] if turn.inputs else []
     if turn.heard:
         lines.append(f"heard: {turn.heard}")
-    if turn.text:
-        lines.append("agent: " + turn.text.replace("\n", "\n       "))
-    for transfer in turn.transfers:
-        lines.append(f"  -> transferred to {transfer.get('display_name') or transfer.get('target_agent')}")
+    return lines
+
+
+def _agent(turn: Turn) -> list[str]:
+    lines = ["agent: " + turn.text.replace("\n", "\n       ")] if turn.text else []
+    lines += [f"  -> transferred to {t.get('display_name') or t.get('target_agent')}" for t in turn.transfers]
     if turn.audio:
         lines.append(f"  audio: {len(turn.audio)} bytes {turn.audio_encoding} {turn.audio_sample_rate} Hz")
-    for call in turn.tool_calls:
-        lines.append(f"  tool call {call.name} (id {call.id}): {_json(call.args)}")
-    for i, c in enumerate(turn.citations, 1):
-        lines.append(f"  [{i}] {c.title} <{c.uri}>" + (" (attribution required)" if c.requires_attribution else ""))
-    for s in turn.of_kind("google_search_suggestions"):
-        lines.append("  search suggestions: " + ", ".join(q["query"] for q in s.queries))
-    for payload in turn.payloads:
-        lines.append(f"  payload: {_json(payload)}")
-    if turn.end_session is not None:
-        lines.append(f"  session ended: {_json(turn.end_session)}")
+    return lines
+
+
+def _tool_calls(turn: Turn) -> list[str]:
+    return [f"  tool call {call.name} (id {call.id}): {_json(call.args)}" for call in turn.tool_calls]
+
+
+def _citations(turn: Turn) -> list[str]:
+    return [f"  [{i}] {c.title} <{c.uri}>" + (" (attribution required)" if c.requires_attribution else "")
+            for i, c in enumerate(turn.citations, 1)]
+
+
+def _suggestions(turn: Turn) -> list[str]:
+    return ["  search suggestions: " + ", ".join(q["query"] for q in s.queries) for s in turn.search_suggestions]
+
+
+def _payloads(turn: Turn) -> list[str]:
+    return [f"  payload: {_json(payload)}" for payload in turn.payloads]
+
+
+def _ending(turn: Turn) -> list[str]:
+    """The session's end, and a barge-in that cut the agent short."""
+    lines = [f"  session ended: {_json(turn.end_session)}"] if turn.end_session is not None else []
     if turn.interrupted:
         at = turn.interrupted_at_ms
         lines.append("  barge-in: the user spoke over the agent, which stopped" + (f" {at / 1000:.1f} s into its reply" if at is not None else ""))
-    for event in turn.events:
-        if "recognition_result" not in event and "interruption_signal" not in event:
-            lines.append(f"  event: {_json(event)}")
-    if turn.error:
-        lines.append(f"  error: {turn.error}")
-    for note in turn.notes:
-        lines.append(f"  note: {note}")
-    if turn.root_span is not None:
-        kinds: dict[str, int] = {}
-        for _, span in turn.root_span.walk():
-            if span is not turn.root_span:
-                kinds[span.kind] = kinds.get(span.kind, 0) + 1
-        summary = ", ".join(f"{n} {k}" for k, n in kinds.items())
-        latency = turn.perceived_latency_ms
-        lines.append(
-            f"  spans: {turn.root_span.name} {_ms(turn.root_span.duration_ms)}"
+    return lines
+
+
+def _events(turn: Turn) -> list[str]:
+    """Bidi events other than recognition and barge-in (shown above), e.g. go_away."""
+    return [f"  event: {_json(e)}" for e in turn.events if "recognition_result" not in e and "interruption_signal" not in e]
+
+
+def _notes(turn: Turn) -> list[str]:
+    return ([f"  error: {turn.error}"] if turn.error else []) + [f"  note: {note}" for note in turn.notes]
+
+
+def _spans(turn: Turn) -> list[str]:
+    root = turn.root_span
+    if root is None:
+        return []
+    kinds: dict[str, int] = {}
+    for _, span in root.walk():
+        if span is not root:
+            kinds[span.kind] = kinds.get(span.kind, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in kinds.items())
+    latency = turn.perceived_latency_ms
+    return [f"  spans: {root.name} {_ms(root.duration_ms)}"
             + (f", perceived latency {_ms(latency)}" if latency is not None else "")
-            + (f"; {summary}" if summary else "")
-        )
-    return "\n".join(lines)
+            + (f"; {summary}" if summary else "")]
+
+
+# The turn's text, section by section, in this order.
+_SECTIONS = (_problems, _user, _agent, _tool_calls, _citations, _suggestions, _payloads, _ending, _events, _notes, _spans)
 
 
 def _ms(value: float | None) -> str:

@@ -1,9 +1,10 @@
 """ToolCallForm: an ipywidgets form, generated from a client tool's schema, to answer its call.
 
-The static tool-call table of the turn stays what nbconvert and nbval see; in a
-widget frontend the turn's bundle also carries this panel, which the frontend
-prefers. Send answers every pending call of the turn at once, and the agent's
-continuation renders under the form.
+The static tool-call table of the turn stays what nbconvert and nbval see; a live
+session's view (ces_nb.session.LiveTurn) shows this panel under it. The panel holds
+records and callables only (no session, no client): Send answers every pending call
+of the turn at once through the callable it was given, and the agent's continuation
+renders under the form.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import json
 import re
 from html import escape
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import ipywidgets as w
+from IPython.display import display
 
-from ..model import ToolCall, Turn
+from ..client_tools import run_handler
+from ..errors import CesError
+from ..model import ToolCall
 
 TYPE_NAMES = ("STRING", "INTEGER", "NUMBER", "BOOLEAN", "OBJECT", "ARRAY")
 
@@ -212,8 +216,6 @@ class ToolCallForm(w.VBox):
 
     def replay(self) -> dict | None:
         """Run the tool's handler on the (edited) args and put its answer in the editor."""
-        from ..client_tools import run_handler
-
         if self.handler is None:
             self.error.value = (f'<span class="ces-form-error">no handler for {escape(self.call.name)}: '
                                 f"register one with @session.client_tool({escape(repr(self.call.name))})</span>")
@@ -253,18 +255,16 @@ class ToolCallForm(w.VBox):
 
 
 class ToolCallPanel(w.VBox):
-    """Every pending call of one turn, answered together."""
+    """Every pending call of one turn, answered together. It holds no session: `send(responses)`
+    sends {call_id: response} and returns the turn that followed, and the owner calls `sync`
+    after every turn, so the panel closes once its calls are answered elsewhere."""
 
-    def __init__(self, session, turn: Turn, calls: list[ToolCall], **kwargs):
-        from ..client_tools import _same_tool
-
-        self.session, self.turn = session, turn
-        self.forms = []
-        for call in calls:
-            proposal = session.tools.proposals.get(call.id)
-            handler = next((fn for name, fn in session.tools.handlers.items() if _same_tool(name, call)), None)
-            self.forms.append(ToolCallForm(call, session.client.tool_schema(session.app, call.tool or call.name),
-                                           proposal.response if proposal else None, handler))
+    def __init__(self, calls: list[ToolCall], send: Callable[[dict], Any], schemas: dict[str, dict] | None = None,
+                 proposals: dict[str, dict | None] | None = None, handlers: dict[str, Callable[..., Any] | None] | None = None,
+                 **kwargs):
+        schemas, proposals, handlers = schemas or {}, proposals or {}, handlers or {}
+        self._answer = send  # (Widget._send is taken: the comm)
+        self.forms = [ToolCallForm(call, schemas.get(call.id), proposals.get(call.id), handlers.get(call.id)) for call in calls]
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.cancel_button = w.Button(description="Cancel")
         self.status = w.HTML("")
@@ -274,14 +274,13 @@ class ToolCallPanel(w.VBox):
         self.closed = False
         super().__init__([*self.forms, w.HBox([self.send_button, self.cancel_button]), self.status, self.output], **kwargs)
         self.add_class("ces-form")
-        session.watch(self)
-        self.sync()
 
     def __repr__(self) -> str:
         names = ", ".join(f"{f.call.name} ({f.call.id})" for f in self.forms)
         return f"ToolCallPanel({len(self.forms)} pending call(s): {names}; fill the form and press Send)"
 
-    def send(self) -> Turn | None:
+    def send(self):
+        """Send every form's response; the turn that followed, or None (a field to fix, an error, closed)."""
         if self.closed:
             return None
         responses: dict[str, dict] = {}
@@ -294,11 +293,9 @@ class ToolCallPanel(w.VBox):
         if failed:
             self.status.value = "fix the fields marked above, then Send again"
             return None
-        from ..errors import CesError
-
         self._busy(True)
         try:
-            continuation = self.session.respond(responses, how="form")
+            continuation = self._answer(responses)
         except CesError as exc:
             self.status.value = f'<span class="ces-form-error">{escape(str(exc))}</span>'
             self._busy(False)
@@ -306,8 +303,6 @@ class ToolCallPanel(w.VBox):
         self.status.value = f"sent {len(responses)} response(s)"
         self.close_for_good()
         with self.output:
-            from IPython.display import display
-
             display(continuation)
         return continuation
 
@@ -321,24 +316,22 @@ class ToolCallPanel(w.VBox):
         self.send_button.disabled = done
         self.cancel_button.disabled = done
 
-    def sync(self) -> None:
-        """Called by the session after every turn: once none of this panel's calls is pending
-        (answered from Python, by a handler, a mock or another form) or the session ended,
-        the form is disabled and says why, so it can't send a stale answer."""
+    def sync(self, pending: Iterable[str], ended: bool, answered_how: dict[str, str | None]) -> None:
+        """After every turn of the session: once none of this panel's calls is `pending` (answered
+        from Python, by a handler, a mock or another form) or the session `ended`, the form is
+        disabled and says why, so it can't send a stale answer. `answered_how`: call id -> how."""
         if self.closed:
             return
-        session = self.session
-        if session.ended:
+        if ended:
             self.status.value = ("the session ended, so these calls can't be answered any more; "
                                  "start another with <code>%cescmd new</code> or <code>client.session()</code>")
         else:
-            pending = session.pending
+            pending = set(pending)
             if any(f.call.id in pending for f in self.forms):
                 return
             hows = []
             for f in self.forms:
-                record = session.tools.records.get(f.call.id)
-                how = record.how if record is not None and record.how else "another route"
+                how = answered_how.get(f.call.id) or "another route"
                 if how not in hows:
                     hows.append(how)
             self.status.value = f"already answered (by {escape(', '.join(hows))}); nothing left to send here"
@@ -357,19 +350,3 @@ def _descendants(widget: w.Widget):
         item = stack.pop()
         yield item
         stack.extend(getattr(item, "children", ()) or ())
-
-
-def form_panel(turn: Turn) -> ToolCallPanel | None:
-    """The form panel for a live turn's unanswered client calls (one per turn), or None."""
-    session = turn.session
-    if session is None:
-        return None
-    pending = session.pending
-    calls = [c for c in turn.tool_calls if c.id in pending]
-    if not calls:
-        return None
-    panel = turn.__dict__.get("_panel")
-    if panel is None:
-        panel = ToolCallPanel(session, turn, calls)
-        turn.__dict__["_panel"] = panel
-    return panel

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.cloud import ces_v1
@@ -21,6 +23,38 @@ SERVICE = "google.cloud.ces.v1.SessionService"
 def _response(outputs: list[ces_v1.SessionOutput]) -> ces_v1.RunSessionResponse:
     """Built on the raw protobuf: proto-plus would marshal each output again."""
     return ces_v1.RunSessionResponse.wrap(ces_v1.RunSessionResponse.pb()(outputs=[ces_v1.SessionOutput.pb(o) for o in outputs]))
+
+
+@dataclass
+class _BidiStream:
+    """One BidiRunSession's state between its messages."""
+
+    runtime: Any
+    name: Any
+    config: ces_v1.SessionConfig
+    voice: Voice | None
+    out_fmt: Any
+    endpointer: Any
+    inbox: asyncio.Queue
+    backlog: list = field(default_factory=list)  # messages read while agent audio was playing
+    warnings: list[tuple[int, str]] = field(default_factory=list)  # (time, message) of chunks skipped since the last turn
+
+
+async def _read_into(inbox: asyncio.Queue, request_iterator) -> None:
+    """The client's messages into the stream's inbox, then None (or why it stopped, then None)."""
+    try:
+        async for message in request_iterator:
+            await inbox.put(message)
+    except Exception as exc:  # the client went away mid-stream
+        await inbox.put(exc)
+    await inbox.put(None)
+
+
+def _realtime_input(message) -> ces_v1.SessionInput:
+    check_decoded(message)
+    if ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") != "realtime_input":
+        raise EmulatorError.invalid_argument("config may only be sent once, in the first message; send realtime_input")
+    return message.realtime_input
 
 
 class SessionService:
@@ -55,86 +89,91 @@ class SessionService:
     async def bidi_run_session(self, request_iterator, context):
         """The first message carries config; then realtime_input, one turn each."""
         inbox: asyncio.Queue = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for message in request_iterator:
-                    await inbox.put(message)
-            except Exception as exc:  # the client went away mid-stream
-                await inbox.put(exc)
-            await inbox.put(None)
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(_read_into(inbox, request_iterator))
         self._bidi_streams.add(inbox)
         try:
             first = await inbox.get()
             if first is None or isinstance(first, Exception):
                 return
-            check_decoded(first)
-            if ces_v1.BidiSessionClientMessage.pb(first).WhichOneof("message_type") != "config":
-                raise EmulatorError.invalid_argument(
-                    "the first BidiRunSession message must carry config (SessionConfig with session="
-                    "'projects/p/locations/l/apps/APP/sessions/ID'); send realtime_input after it"
-                )
-            config = first.config
-            runtime, name = self._target(config)
-            in_fmt, out_fmt = audio_formats(config)  # a bad audio config is INVALID_ARGUMENT naming the field
-            voice = self._voice(runtime) if (in_fmt or out_fmt) else None
-            endpointer = voice.endpointer(in_fmt) if (voice and in_fmt) else None
-            backlog: list = []  # messages read while agent audio was playing
-            warnings: list[tuple[int, str]] = []  # (time, message) of chunks skipped since the last turn
+            stream = self._bidi_open(first, inbox)
             while True:
-                message = backlog.pop(0) if backlog else await inbox.get()
+                message = stream.backlog.pop(0) if stream.backlog else await inbox.get()
                 if message is None or isinstance(message, Exception):
-                    utterance = endpointer.flush() if endpointer else None
+                    utterance = stream.endpointer.flush() if stream.endpointer else None
                     if utterance and utterance.transcript:
-                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer, warnings):
+                        async for out in self._bidi_voice_turn(stream, utterance.transcript, utterance):
                             yield out
                     return  # half-close: the client is done
                 if message == "go_away":
                     yield ces_v1.BidiSessionServerMessage(go_away=ces_v1.GoAway())
                     return
-                check_decoded(message)
-                if ces_v1.BidiSessionClientMessage.pb(message).WhichOneof("message_type") != "realtime_input":
-                    raise EmulatorError.invalid_argument("config may only be sent once, in the first message; send realtime_input")
-                item = message.realtime_input
-                if ces_v1.SessionInput.pb(item).WhichOneof("input_type") == "audio":
-                    if endpointer is None:
-                        raise EmulatorError.invalid_argument(
-                            "audio input needs config.input_audio_config (audio_encoding LINEAR16, MULAW or ALAW and "
-                            "sample_rate_hertz) in the first BidiRunSession message"
-                        )
-                    try:
-                        samples = endpointer.decode(item.audio)
-                    except EmulatorError as exc:  # one bad chunk: skip it, keep the stream, tell the client
-                        log.warning("BidiRunSession %s: %s", name.id, exc.message)
-                        warnings.append((time.time_ns(), exc.message))
-                        continue
-                    # Recognition blocks: off the event loop, so other sessions keep flowing.
-                    partials, utterance, _started = await asyncio.to_thread(endpointer.feed, samples)
-                    for text in partials:
-                        yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=text))
-                    if utterance is not None and utterance.transcript:
-                        yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=utterance.transcript))
-                        async for out in self._voice_turn(runtime, name, config, utterance.transcript, utterance, voice, out_fmt, inbox, backlog, endpointer, warnings):
-                            yield out
-                    continue
-                if out_fmt is not None:  # text, DTMF or events in a voice session: answered aloud
-                    async for out in self._voice_turn(runtime, name, config, item, None, voice, out_fmt, inbox, backlog, endpointer, warnings):
-                        yield out
-                    continue
-                started = time.time_ns()
-                async for output in runtime.run_turn(name.id, config, [item], turn_started_ns=started):
-                    if output.turn_completed:
-                        _report_warnings(output.diagnostic_info.root_span, warnings)
-                    yield ces_v1.BidiSessionServerMessage(session_output=output)
-                    if "end_session" in output:
-                        yield ces_v1.BidiSessionServerMessage(end_session=output.end_session)
+                async for out in self._bidi_input(stream, _realtime_input(message)):
+                    yield out
         except Exception as exc:
             await abort_for(exc, context, "BidiRunSession")
         finally:
             self._bidi_streams.discard(inbox)
             reader.cancel()
+
+    def _bidi_open(self, first, inbox: asyncio.Queue) -> "_BidiStream":
+        """The stream's session and audio formats, from its first message (which must be config)."""
+        check_decoded(first)
+        if ces_v1.BidiSessionClientMessage.pb(first).WhichOneof("message_type") != "config":
+            raise EmulatorError.invalid_argument(
+                "the first BidiRunSession message must carry config (SessionConfig with session="
+                "'projects/p/locations/l/apps/APP/sessions/ID'); send realtime_input after it"
+            )
+        config = first.config
+        runtime, name = self._target(config)
+        in_fmt, out_fmt = audio_formats(config)  # a bad audio config is INVALID_ARGUMENT naming the field
+        voice = self._voice(runtime) if (in_fmt or out_fmt) else None
+        endpointer = voice.endpointer(in_fmt) if (voice and in_fmt) else None
+        return _BidiStream(runtime, name, config, voice, out_fmt, endpointer, inbox)
+
+    async def _bidi_input(self, stream: "_BidiStream", item: ces_v1.SessionInput):
+        """One realtime_input: audio goes to the endpointer; anything else is a turn, answered
+        aloud in a voice session."""
+        if ces_v1.SessionInput.pb(item).WhichOneof("input_type") == "audio":
+            async for out in self._bidi_audio(stream, item.audio):
+                yield out
+        elif stream.out_fmt is not None:  # text, DTMF or events in a voice session: answered aloud
+            async for out in self._bidi_voice_turn(stream, item, None):
+                yield out
+        else:
+            started = time.time_ns()
+            async for output in stream.runtime.run_turn(stream.name.id, stream.config, [item], turn_started_ns=started):
+                if output.turn_completed:
+                    _report_warnings(output.diagnostic_info.root_span, stream.warnings)
+                yield ces_v1.BidiSessionServerMessage(session_output=output)
+                if "end_session" in output:
+                    yield ces_v1.BidiSessionServerMessage(end_session=output.end_session)
+
+    async def _bidi_audio(self, stream: "_BidiStream", chunk: bytes):
+        """A chunk of the user's audio: recognition results as they come, and a voice turn once
+        the endpointer hears the end of an utterance."""
+        if stream.endpointer is None:
+            raise EmulatorError.invalid_argument(
+                "audio input needs config.input_audio_config (audio_encoding LINEAR16, MULAW or ALAW and "
+                "sample_rate_hertz) in the first BidiRunSession message"
+            )
+        try:
+            samples = stream.endpointer.decode(chunk)
+        except EmulatorError as exc:  # one bad chunk: skip it, keep the stream, tell the client
+            log.warning("BidiRunSession %s: %s", stream.name.id, exc.message)
+            stream.warnings.append((time.time_ns(), exc.message))
+            return
+        # Recognition blocks: off the event loop, so other sessions keep flowing.
+        partials, utterance, _started = await asyncio.to_thread(stream.endpointer.feed, samples)
+        for text in partials:
+            yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=text))
+        if utterance is not None and utterance.transcript:
+            yield ces_v1.BidiSessionServerMessage(recognition_result=ces_v1.RecognitionResult(transcript=utterance.transcript))
+            async for out in self._bidi_voice_turn(stream, utterance.transcript, utterance):
+                yield out
+
+    def _bidi_voice_turn(self, stream: "_BidiStream", said, utterance):
+        return self._voice_turn(stream.runtime, stream.name, stream.config, said, utterance, stream.voice, stream.out_fmt,
+                                stream.inbox, stream.backlog, stream.endpointer, stream.warnings)
 
     def _voice(self, runtime) -> Voice:
         voice = self._voices.get(runtime.app.app_id)

@@ -1,0 +1,115 @@
+"""Turn, Output, Span, Transcript are plain records: typed outputs with the transcript JSON of
+old, no session, no widgets and no network; a session's LiveTurn is the interactive view."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+import ces_nb
+from ces_nb.convert.session_output import turn_from_outputs
+from ces_nb.model import (
+    OUTPUT_TYPES,
+    AudioOutput,
+    CitationsOutput,
+    EndSessionOutput,
+    Output,
+    PayloadOutput,
+    SearchSuggestionsOutput,
+    TextOutput,
+    ToolCallsOutput,
+    Transcript,
+    Turn,
+)
+
+from conftest import APP
+from test_model import full_outputs
+
+# A turn of every output kind as the transcript file holds it (format version 1).
+SAVED_OUTPUTS = [
+    {"text": "Hello **there**.", "turn_index": 3},
+    {"audio": "AQACAA==", "turn_index": 3},
+    {"tool_calls": {"tool_calls": [{"id": "c1", "tool": "projects/test-project/locations/us/apps/skyway/tools/select_seat",
+                                    "display_name": "select_seat", "args": {"prefs": ["aisle"], "row": 12.0}}]}, "turn_index": 3},
+    {"citations": {"cited_chunks": [{"title": "Baggage", "uri": "https://x.example/b", "text": "One bag.",
+                                     "requires_attribution": True}]}, "turn_index": 3},
+    {"google_search_suggestions": {"htmls": ["<div>chip</div>"],
+                                   "web_search_queries": [{"query": "denver snow", "uri": "https://g.example/?q=denver"}]},
+     "turn_index": 3},
+    {"payload": {"boarding_pass": {"gate": "A4", "seat": "12C"}}, "turn_index": 3},
+    {"end_session": {"metadata": {"reason": "done"}}, "turn_index": 3, "turn_completed": True},
+]
+
+
+def test_each_output_kind_is_its_own_class_and_saves_as_before():
+    turn = turn_from_outputs(full_outputs())
+    assert [type(o) for o in turn.outputs] == [TextOutput, AudioOutput, ToolCallsOutput, CitationsOutput,
+                                               SearchSuggestionsOutput, PayloadOutput, EndSessionOutput]
+    assert [o.kind for o in turn.outputs] == ["text", "audio", "tool_calls", "citations", "google_search_suggestions", "payload",
+                                             "end_session"]  # named as the proto's fields
+    assert set(OUTPUT_TYPES) == {o.kind for o in turn.outputs}
+    assert turn.to_dict()["outputs"] == SAVED_OUTPUTS
+    again = Turn.from_dict(turn.to_dict())
+    assert again == turn and [type(o) for o in again.outputs] == [type(o) for o in turn.outputs]
+    assert turn.of_kind("payload") == turn.payloads == [{"boarding_pass": {"gate": "A4", "seat": "12C"}}]
+    assert turn.search_suggestions[0].queries[0]["query"] == "denver snow"
+
+
+def test_the_output_base_refuses_the_old_kind_first_call():
+    with pytest.raises(TypeError, match="TextOutput"):
+        Output("text", "Hello")
+    assert Output.of("text", "Hello", 2) == TextOutput("Hello", 2)
+
+
+def test_a_saved_transcript_file_still_loads():
+    transcript = Transcript.load("tests/apps/acme_recordings/cancel_then_return.transcript.json", strict=True)
+    assert transcript.turns and all(isinstance(o, Output) and type(o) is not Output for t in transcript for o in t.outputs)
+    assert any(t.text for t in transcript) and any(t.tool_calls for t in transcript)
+
+
+def test_a_turn_holds_no_session_and_renders_without_widgets_or_the_network():
+    assert "session" not in Turn.__dataclass_fields__ and not hasattr(Turn, "_ipython_display_")
+    code = """
+import sys
+sys.path.insert(0, "tests")
+from conftest import APP
+from test_model import full_outputs
+from ces_nb.convert.session_output import turn_from_outputs
+before = set(sys.modules)
+from ces_nb.model import Transcript
+turn = turn_from_outputs(full_outputs())
+bundle = Transcript([turn])._repr_mimebundle_()
+assert "select_seat" in bundle["text/html"] and "Turn 3" in bundle["text/plain"]
+loaded = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("ipywidgets", "IPython", "grpc", "google") or m.startswith("ces_nb.session") or m.startswith("ces_nb.client"))
+print(loaded)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out  # records and renderers load no widgets, no gRPC, no client
+
+
+@pytest.fixture
+def client(emulator):
+    c = ces_nb.connect(APP, endpoint=emulator.address)
+    yield c
+    c.close()
+
+
+def test_a_live_turn_reads_as_its_record(client):
+    from ces_nb import frames
+    from ces_nb.session import LiveTurn
+
+    session = client.session()
+    live = session.send("Hello")
+    assert isinstance(live, LiveTurn) and live.record is session.turns[-1] and live.session is session
+    assert live == live.record and live.to_dict() == live.record.to_dict() and live.text == live.record.text
+    assert repr(live) == repr(live.record) == live._repr_mimebundle_()["text/plain"]
+    live.notes.append("checked")
+    live.partial = True  # attributes set on the view land on the record
+    assert live.record.partial and live.record.notes[-1] == "checked"
+    assert list(frames.turns_frame(live).turn) == [live.index] == list(frames.turns_frame([live]).turn)
+    assert live.panel() is None  # no pending calls, no form
+    copied = copy.copy(live)
+    assert copied.record is live.record and copied.session is session
