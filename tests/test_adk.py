@@ -192,7 +192,7 @@ def test_the_explorer_and_the_emulator_share_one_otel_mapping():
     assert [(c.name, c.attributes.get("model")) for c in emulated.children] == [("LLM", "scripted"), ("Tool", None)]
     assert [c.name for c in explored.children] == [c.name for c in emulated.children]
     assert (explored.start_ns, explored.end_ns) == (emulated.start_ns, emulated.end_ns)
-    assert emulated.children[1].attributes == {"agent": "Notes", "args": '{"a": 1}', "name": "save_note", "tool call id": "c1"}
+    assert emulated.children[1].attributes == {"agent": "Notes", "args": {"a": 1}, "name": "save_note", "tool call id": "c1"}
     assert explored.children[1].attributes == {"agent": "notes", "name": "save_note"}  # no display names, no events: no args
 
 
