@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
+from .render.text import integral
 
 SPAN_COLUMNS = ["conversation", "turn", "index", "parent", "depth", "span", "kind", "start_ms", "duration_ms"]
 PERCENTILES = (50, 90, 99)
@@ -113,7 +114,9 @@ def tool_calls_frame(obj: Any):
                 call_id = span.attributes.get("tool call id")
                 if span.kind == "Tool" and call_id not in client_ids:
                     rows.append({"conversation": t.session, "turn": turn.index, "id": call_id, "tool": span.attributes.get("name", ""),
-                                 "args": json_value(span.attributes.get("args")), "response": json_value(span.attributes.get("response")),
+                                 # Struct numbers are doubles: 2.0 in a span is the 2 the tool got.
+                                 "args": integral(json_value(span.attributes.get("args"))),
+                                 "response": integral(json_value(span.attributes.get("response"))),
                                  "side": "server", "duration_ms": span.duration_ms})
     return pd.DataFrame(rows, columns=["conversation", "turn", "id", "tool", "args", "response", "side", "duration_ms"])
 

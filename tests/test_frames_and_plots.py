@@ -80,6 +80,17 @@ def test_turns_outputs_and_tool_calls_frames():
     assert list(calls.tool) == ["t1", "t1"] and list(calls.side) == ["server", "server"] and calls.args[0] == {"x": 1}
 
 
+def test_server_tool_rows_read_struct_numbers_as_the_tool_got_them():
+    """Tool spans carry args/response as Struct values (doubles) or as JSON text: both read the same."""
+    d = span_json()
+    d["child_spans"][1]["attributes"] = {"name": "t1", "agent": "A", "args": {"seat": "4A", "count": 2.0},
+                                         "response": {"total": 210.0, "fee": 12.5}}
+    calls = frames.tool_calls_frame({"format": "ces_nb.transcript", "turns": [{"turn_index": 1, "root_span": d, "outputs": []}]})
+    args, response = calls.args[0], calls.response[0]
+    assert args == {"seat": "4A", "count": 2} and type(args["count"]) is int
+    assert type(response["total"]) is int and response["fee"] == 12.5
+
+
 def test_latency_summary_percentiles():
     turns = []
     for i, ms in enumerate([10, 20, 30, 40, 100], start=1):
