@@ -19,9 +19,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import grpc
 from google.adk.agents import LlmAgent, RunConfig
 from google.adk.agents.callback_context import CallbackContext
 from google.adk.agents.run_config import StreamingMode
+from google.adk.errors import StaleSessionError
 from google.adk.events import Event, EventActions
 from google.adk.models.llm_response import LlmResponse
 from google.adk.plugins.base_plugin import BasePlugin
@@ -132,6 +134,9 @@ class AppRuntime:
         self.model_name = model  # --model: an id ADK resolves (Gemini), or a LiteLlm (registry.build_model)
         # Turns run on a window of the session (history_window.py); a real model reads it all.
         self.windowed = not model
+        # Other processes (`--workers`) write the same sessions: a cached live session is used only
+        # while the store's revision of it is still its own.
+        self.shared_store = False
         self.indexes: dict[str, DocumentIndex] = {}
         self.agent_names = {display: adk_name(display) for display in app.agents}
         self.display_of_agent = {v: k for k, v in self.agent_names.items()}
@@ -256,7 +261,9 @@ class AppRuntime:
     async def get_or_create_session(self, session_id: str, config: ces_v1.SessionConfig) -> Session:
         cached = self._sessions.get(session_id)
         if cached is not None and cached.session is not None:
-            return cached.session
+            if not self.shared_store or await self._still_current(cached.session):
+                return cached.session
+            self._drop_live(session_id)  # another worker moved it on: read it again
         session = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session_id)
         if session is not None:
             return session
@@ -288,6 +295,10 @@ class AppRuntime:
         if config.historical_contexts:
             await self._replay_history(session, config.historical_contexts, entry or self.app.app.root_agent)
         return session
+
+    async def _still_current(self, session: Session) -> bool:
+        revision = getattr(self.turns.store, "revision", None)  # batching_store.TurnBatchingStore
+        return revision is None or await revision(session) == session._storage_update_marker
 
     async def _replay_history(self, session: Session, messages, agent: str) -> None:
         """historical_contexts become the session's opening events, so the agents (and the
@@ -371,6 +382,13 @@ class AppRuntime:
                 return []
             sink = _ListSink()
             await self._produce(session, config, inputs, False, turn_started_ns or time.time_ns(), sink)
+            if _is_stale(sink.error):
+                # Another worker stored a turn of this session meanwhile. Nothing of this one was
+                # stored or sent: run it once more on the session as stored now (ADK's optimistic
+                # concurrency, retried).
+                session = await self.get_or_create_session(session_id, config)
+                sink = _ListSink()
+                await self._produce(session, config, inputs, False, turn_started_ns or time.time_ns(), sink)
             if sink.error is not None:
                 raise sink.error
             return sink.outputs
@@ -421,6 +439,10 @@ class AppRuntime:
             self._drop_live(session.id)
             span.end()
             router.close(span.get_span_context().trace_id)
+            if isinstance(exc, StaleSessionError):
+                exc = EmulatorError.aborted(
+                    "this session changed in another emulator worker (or another client of the store) during "
+                    "the turn; nothing of the turn was stored: send it again")
             await queue.put(exc if isinstance(exc, Exception) else EmulatorError.internal("turn cancelled"))
             return
         finally:
@@ -609,6 +631,10 @@ class AppRuntime:
 
     def _tool_by_adk_name(self, name: str) -> CesTool | None:
         return next((t for t in self.tools.values() if t.name == name), None)
+
+
+def _is_stale(error: BaseException | None) -> bool:
+    return isinstance(error, EmulatorError) and error.code == grpc.StatusCode.ABORTED
 
 
 def _fill_instruction(text: str, ctx) -> str:

@@ -1,22 +1,26 @@
-"""The SQLite store's one writer: completed turns, written by one thread, many turns per commit.
+"""The SQLite store's writer: a completed turn, written in one transaction before the client hears
+of it.
 
 ADK's DatabaseSessionService writes each event as its own transaction through the async
 driver: about five statements, each a hop to the driver's thread, per event, four or five
-events per turn, on the event loop. With a hundred sessions at once, those transactions also
-raced for SQLite's write lock.
+events per turn. With a hundred sessions at once, those transactions also raced for SQLite's
+write lock, and failed with "database is locked".
 
-Here the event loop hands a completed turn (a session's new events) to a single writer
-thread, which owns one connection. The thread takes every turn waiting, writes them in one
-transaction (BEGIN IMMEDIATE: it holds the write lock from its start, so another process
-queues on busy_timeout instead of failing), one savepoint per turn, and commits. A turn's
-future resolves only after that commit: the client hears the turn completed once it is in
-the file (WAL, synchronous=NORMAL: it survives the emulator's kill -9). Readers, on their own
-connections, never wait for it (WAL).
+Here a completed turn (a session's new events) is written at once, on the event loop, in one
+short transaction: WAL with synchronous=NORMAL makes a commit an append to the log, well under
+a millisecond, and the loop is the one writer of this process, so it never waits for another.
+Should the write lock be held elsewhere (a sibling `--workers` process, or ADK's own engine
+creating a session), the loop does not wait: the turn goes to a writer thread that waits on
+busy_timeout (BEGIN IMMEDIATE), takes every turn queued behind it into one transaction (one
+savepoint per turn) and commits. (A thread for every write would cost more than the write:
+under load it waits for the GIL on every statement.) Either way the client hears the turn
+completed once it is in the file, so it survives the emulator's kill -9. Readers, on their own
+connections, never wait for a writer (WAL).
 
 The rows are ADK's own: the same tables, columns and type processing (SQLAlchemy Core on
 ADK's schema classes), the same optimistic-concurrency check as ADK's append_event (the
 stored revision marker must equal the session's, else StaleSessionError), the same state
-merge. Turns that touch app: or user: state take ADK's own path (store.TurnBatchingStore).
+merge. Turns that touch app: or user: state take ADK's own path (batching_store.TurnBatchingStore).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from google.adk.errors._stale_session_error import StaleSessionError
+from google.adk.errors import StaleSessionError
 from google.adk.events import Event
 from google.adk.sessions import Session
 from google.adk.sessions import _session_util
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.exc import OperationalError
 
 # Turns per transaction at most: a commit does not wait on an unbounded backlog.
 MAX_TURNS_PER_COMMIT = 64
@@ -51,6 +56,14 @@ class _Turn:
     done: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
+class _LockTaken(Exception):
+    """SQLite's write lock is held elsewhere: the writer thread waits for it instead of the loop."""
+
+
+def _no_wait(connection, _record) -> None:
+    connection.execute("PRAGMA busy_timeout=0")
+
+
 def marker_of(update_time: datetime) -> str:
     """ADK's revision marker for a stored update_time (StorageSession.get_update_marker)."""
     if update_time.tzinfo is not None:
@@ -62,8 +75,12 @@ class SqliteWriter:
     def __init__(self, path: str, schema, naive_datetimes: bool, configure_engine):
         """`schema`: ADK's schema classes for this database; `configure_engine(sync_engine)`
         installs the store's pragmas and BEGIN IMMEDIATE (store.py)."""
-        self.engine = create_engine(f"sqlite:///{path}")
+        self.engine = create_engine(f"sqlite:///{path}")  # the writer thread's
         configure_engine(self.engine)
+        # The event loop's: one connection, which never waits for the write lock.
+        self.inline_engine = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0)
+        configure_engine(self.inline_engine)
+        event.listen(self.inline_engine, "connect", _no_wait)
         self.sessions = schema.StorageSession.__table__
         self.events_table = schema.StorageEvent.__table__
         self.event_class = schema.StorageEvent
@@ -86,15 +103,29 @@ class SqliteWriter:
                 delta.update(_session_util.extract_json_safe_state_delta(event.actions.state_delta)["session"])
         turn = _Turn(session.app_name, session.user_id, session.id, session._storage_update_marker,
                      events, delta, update_time)
-        self._queue.put(turn)
-        marker = await asyncio.wrap_future(turn.done)
+        try:
+            marker = self._write_inline(turn)
+        except _LockTaken:
+            self._queue.put(turn)
+            marker = await asyncio.wrap_future(turn.done)
         session._storage_update_marker = marker
         session.last_update_time = events[-1].timestamp
+
+    def _write_inline(self, turn: _Turn) -> str:
+        try:
+            with self.inline_engine.connect() as connection:
+                with connection.begin():
+                    return self._write_turn(connection, turn)
+        except OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _LockTaken from None
+            raise
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
         self.engine.dispose()
+        self.inline_engine.dispose()
 
     # -- the writer thread ------------------------------------------------------------
 

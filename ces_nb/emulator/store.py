@@ -10,18 +10,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import fcntl
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from google.adk.events import Event
-from google.adk.sessions import BaseSessionService, DatabaseSessionService, InMemorySessionService, Session
-from sqlalchemy import event
+if TYPE_CHECKING:  # ADK and SQLAlchemy load when a store opens: `--workers`' supervisor never needs them
+    from google.adk.sessions import BaseSessionService
 
 
 class StoreError(Exception):
@@ -41,8 +38,19 @@ def sqlite_file(db: str) -> str | None:
     return None if path in ("", ":memory:") else path.split("?", 1)[0]
 
 
-def session_service_for(db: str) -> BaseSessionService:
+def default_db_path() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "ces_nb", "emulator.db")  # open_sqlite_file creates it, privately
+
+
+def session_service_for(db: str) -> "BaseSessionService":
+    from sqlalchemy import event
+
+    from .batching_store import TurnBatchingStore
+
     if db == ":memory:":
+        from google.adk.sessions import InMemorySessionService
+
         return InMemorySessionService()
     if "://" not in db:
         db = f"sqlite:///{db}"
@@ -80,125 +88,26 @@ def _sqlite_begin(connection) -> None:
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def _configure_sqlite_engine(sync_engine) -> None:
+def configure_sqlite_engine(sync_engine) -> None:
     """ADK's foreign keys, and this store's pragmas and BEGIN IMMEDIATE, on a synchronous engine."""
     from google.adk.sessions.database_session_service import _set_sqlite_pragma
+    from sqlalchemy import event
 
     event.listen(sync_engine, "connect", _set_sqlite_pragma)
     event.listen(sync_engine, "connect", _sqlite_pragmas)
     event.listen(sync_engine, "begin", _sqlite_begin)
 
 
-def _touches_shared_state(events: list[Event]) -> bool:
-    """Whether any event changes app: or user: state (other rows than the session's)."""
-    return any(k.startswith(("app:", "user:")) for e in events if e.actions and e.actions.state_delta for k in e.actions.state_delta)
-
-
-class _UncommittedSession:
-    """An SQLAlchemy session whose commit() only flushes: ADK's append_event commits each event;
-    inside a batch the batch commits once, at its end."""
-
-    def __init__(self, session):
-        self._session = session
-
-    async def commit(self) -> None:
-        await self._session.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-
-class TurnBatchingStore(DatabaseSessionService):
-    """ADK's DatabaseSessionService, writing a turn's events in one transaction, one writer at a
-    time in this process.
-
-    TurnStore.commit hands over a completed turn whole (`append_events`): ADK writes each event
-    as its own transaction, each a round of reads, writes and a commit; here they share one.
-    Each event still goes through ADK's own append_event (its stale-session check, state
-    deltas, schema), which commits into the batch. One writer at a time keeps this process's
-    writers from queueing inside SQLite; other processes (`--workers`) queue on busy_timeout.
-    Reads never wait for either."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._write_lock = asyncio.Lock()
-        self._turn_writer = None  # sqlite_writer.SqliteWriter, for a SQLite file, once the tables exist
-        self._batch: contextvars.ContextVar[_UncommittedSession | None] = contextvars.ContextVar("ces_store_batch", default=None)
-
-    @contextlib.asynccontextmanager
-    async def _rollback_on_exception_session(self, *, read_only: bool = False):
-        batch = self._batch.get()
-        if batch is not None and not read_only:
-            yield batch  # the batch rolls back, and commits, as a whole
-            return
-        if read_only:
-            async with super()._rollback_on_exception_session(read_only=True) as sql_session:
-                yield sql_session
-            return
-        async with self._write_lock:
-            async with super()._rollback_on_exception_session() as sql_session:
-                yield sql_session
-
-    async def append_events(self, session: Session, events: list[Event]) -> None:
-        """Append `events` to `session` in one transaction: all of them are stored, or none."""
-        events = [e for e in events if not e.partial]
-        if not events:
-            return
-        await self.prepare_tables()
-        writer = self._sqlite_writer()
-        if writer is not None and session._storage_update_marker is not None and not _touches_shared_state(events):
-            trimmed = []
-            for event in events:
-                self._apply_temp_state(session, event)
-                trimmed.append(self._trim_temp_delta_state(event))
-            await writer.append_turn(session, trimmed)  # stored, committed
-            for event in trimmed:
-                self._commit_event_to_session(session, event)
-            return
-        async with self._write_lock:
-            async with self.database_session_factory() as sql_session:
-                token = self._batch.set(_UncommittedSession(sql_session))
-                try:
-                    for event in events:
-                        await self.append_event(session, event)
-                    await sql_session.commit()
-                except BaseException:
-                    await sql_session.rollback()
-                    raise
-                finally:
-                    self._batch.reset(token)
-
-    def _sqlite_writer(self):
-        if self._turn_writer is None and self.db_engine.dialect.name == "sqlite":
-            path = self.db_engine.url.database
-            if path and path != ":memory:":
-                from .sqlite_writer import SqliteWriter
-
-                self._turn_writer = SqliteWriter(path, self._get_schema_classes(), self._uses_naive_datetime(),
-                                                 _configure_sqlite_engine)
-        return self._turn_writer
-
-    async def close(self) -> None:
-        if self._turn_writer is not None:
-            await asyncio.to_thread(self._turn_writer.close)
-            self._turn_writer = None
-        await super().close()
-
-    async def revision(self, session: Session) -> Any:
-        """The stored session's revision marker (None when it is gone): a cached session is
-        current when this equals its own `_storage_update_marker`."""
-        schema = self._get_schema_classes()
-        async with self._rollback_on_exception_session(read_only=True) as sql_session:
-            row = await sql_session.get(schema.StorageSession, (session.app_name, session.user_id, session.id))
-            return None if row is None else row.get_update_marker()
-
-
-async def open_store(db: str) -> BaseSessionService:
+async def open_store(db: str) -> "BaseSessionService":
     """The session service for `db`, after one read: a store that can't serve (a missing driver,
     an unreachable server, a foreign schema) stops start-up here, not at the first turn."""
     try:
         store = session_service_for(db)
-        await store.list_sessions(app_name="ces-nb-store-check", user_id="ces")
+        path = sqlite_file(db)
+        # `--workers` open the same new file at once: ADK creates the tables on this first
+        # read, and two processes creating them together would race. One at a time.
+        with _exclusive(f"{path}.schema.lock") if path else contextlib.nullcontext():
+            await store.list_sessions(app_name="ces-nb-store-check", user_id="ces")
     except Exception as exc:
         detail = str(exc).replace(db, display_url(db))[:300]
         raise StoreError(
@@ -206,6 +115,16 @@ async def open_store(db: str) -> BaseSessionService:
             f"reachable and that its driver is installed, or start with an empty one (--db NEW.db, or --db :memory:)"
         ) from None
     return store
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def display_url(db: str) -> str:

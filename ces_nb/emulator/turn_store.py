@@ -52,7 +52,7 @@ class TurnStore(BaseSessionService):
         pending = session.events[stored:]
         # The store appends each event to the session object itself: take them off first.
         del session.events[stored:]
-        append_events = getattr(self.store, "append_events", None)  # store.TurnBatchingStore: one transaction
+        append_events = getattr(self.store, "append_events", None)  # batching_store.TurnBatchingStore: one transaction
         if append_events is not None:
             await append_events(session, pending)
             return
