@@ -70,7 +70,10 @@ class TurnBatchingStore(DatabaseSessionService):
             for event in events:
                 self._apply_temp_state(session, event)
                 trimmed.append(self._trim_temp_delta_state(event))
-            await writer.append_turn(session, trimmed)  # stored, committed
+            # One writer in this process: ADK's own writes (a session created) hold SQLite's write
+            # lock across awaits, so a turn waits for them here, in turn, not on busy_timeout.
+            async with self._write_lock:
+                await writer.append_turn(session, trimmed)  # stored, committed
             for event in trimmed:
                 self._commit_event_to_session(session, event)
             return
@@ -106,6 +109,9 @@ class TurnBatchingStore(DatabaseSessionService):
     async def revision(self, session: Session) -> Any:
         """The stored session's revision marker (None when it is gone): a cached session is
         current when this equals its own `_storage_update_marker`."""
+        writer = self._sqlite_writer()
+        if writer is not None:  # one indexed read on the loop's own connection: WAL never makes it wait
+            return writer.revision(session)
         schema = self._get_schema_classes()
         async with self._rollback_on_exception_session(read_only=True) as sql_session:
             row = await sql_session.get(schema.StorageSession, (session.app_name, session.user_id, session.id))

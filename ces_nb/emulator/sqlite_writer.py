@@ -121,6 +121,17 @@ class SqliteWriter:
                 raise _LockTaken from None
             raise
 
+    def revision(self, session: Session) -> str | None:
+        """The stored revision marker of `session` (None when it is gone), read on the loop."""
+        table = self.sessions
+        with self.inline_engine.connect() as connection:
+            connection.execution_options(read_only=True)  # a deferred BEGIN, no write lock (store._sqlite_begin)
+            with connection.begin():
+                stored = connection.execute(select(table.c.update_time).where(
+                    table.c.app_name == session.app_name, table.c.user_id == session.user_id,
+                    table.c.id == session.id)).scalar_one_or_none()
+        return None if stored is None else marker_of(stored)
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
