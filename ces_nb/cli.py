@@ -98,9 +98,6 @@ def _emulator(args: argparse.Namespace) -> int:
         # collection lands on some turn every few rounds. Ten times the room keeps the same
         # total work but makes full collections ten times rarer.
         gc.set_threshold(10_000, 10, 10)
-        # The store's driver threads (aiosqlite, the SQLite writer) need the GIL for a moment per
-        # statement; with the event loop busy they would wait up to the default 5 ms each time.
-        sys.setswitchinterval(float(os.environ.get("CES_NB_SWITCH_INTERVAL", "0.001")))
         app_ids = ", ".join(a.app_id for a in apps)
         # Readiness is gRPC health (`ces-nb health ADDRESS`); this line is for people.
         if args.worker_ready_fd is not None:
