@@ -13,26 +13,9 @@ import sys
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    workers = args.workers if args.workers is not None else (1 if args.db == ":memory:" else os.cpu_count() or 1)
-    if workers < 1:
-        print("ces-nb emulator: --workers takes 1 or more", file=sys.stderr)
-        return 2
-    if workers > 1 and args.db == ":memory:" and not args.check:
-        print("ces-nb emulator: --workers N needs a store the worker processes share: a SQLite file (--db PATH) or a "
-              "database URL; :memory: lives in one process, so use --workers 1 with it", file=sys.stderr)
-        return 2
-    if workers > 1 and not args.check:  # a supervisor of `workers` emulators on one port and one store (workers.py);
-        # each worker loads the apps and checks the options itself, and says what is wrong
-        from .emulator.store import default_db_path, display_url
-        from .emulator.workers import run_supervisor
-
-        return run_supervisor(_emulator_argv(args.raw_argv), workers, args.host, args.port, args.rest_port, args.db or default_db_path(),
-                              display_url)
-
-    from .emulator.export import ExportError, load_export
+    from .emulator.export import ExportError, demo_app_path, load_export
     from .emulator.sandbox import SandboxLimits
     from .emulator.scripts import ScriptSourceError, check_script_sources
-    from .emulator.server import EmulatorServer, demo_app_path
     from .emulator.store import StoreError, display_url
 
     if args.check:  # the load report of each --app, file by file; nothing is served
@@ -73,7 +56,25 @@ def _emulator(args: argparse.Namespace) -> int:
             print(f"ces-nb emulator: {exc}", file=sys.stderr)
             return 2
 
+    workers = args.workers if args.workers is not None else (1 if args.db == ":memory:" else os.cpu_count() or 1)
+    if workers < 1:
+        print("ces-nb emulator: --workers takes 1 or more", file=sys.stderr)
+        return 2
+    if workers > 1 and args.db == ":memory:":
+        print("ces-nb emulator: --workers N needs a store the worker processes share: a SQLite file (--db PATH) or a "
+              "database URL; :memory: lives in one process, so use --workers 1 with it", file=sys.stderr)
+        return 2
+    if workers > 1:  # a supervisor of `workers` emulators on one port and one store (workers.py); the
+        # apps and options were checked above, so a mistake exits 2 here, before any worker starts
+        from .emulator.store import default_db_path, display_url
+        from .emulator.workers import run_supervisor
+
+        return run_supervisor(_emulator_argv(args.raw_argv), workers, args.host, args.port, args.rest_port, args.db or default_db_path(),
+                              display_url)
+
     async def serve() -> int:
+        from .emulator.server import EmulatorServer
+
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
                                 examples=examples, rest_port=args.rest_port, tool_limits=tool_limits,
                                 model_base_url=args.model_base_url, model_api_key_env=args.model_api_key_env,

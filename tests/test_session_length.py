@@ -100,3 +100,13 @@ def test_a_long_session_keeps_every_turn_in_the_store(sessions, agents, session_
     conversation = agents.get_conversation(name=name.replace("/sessions/", "/conversations/"))
     assert len(conversation.turns) == 41
     assert [t.messages[0].chunks[0].text for t in conversation.turns][:3] == TALK[:3]
+
+
+def test_adks_optional_a2a_import_is_tried_once_not_on_every_turn():
+    """ADK imports remote_a2a_agent on every workflow node it builds; without the optional a2a
+    package that failed, and searched the path, every time. Now the answer is in sys.modules."""
+    import sys
+
+    import ces_nb.emulator.runtime  # noqa: F401
+
+    assert "google.adk.agents.remote_a2a_agent" in sys.modules

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
 
 import grpc
 from google.adk.sessions import InMemorySessionService
@@ -14,7 +13,7 @@ from google.cloud import ces_v1
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .export import LoadedApp, load_export
+from .export import LoadedApp, demo_app_path, load_export  # noqa: F401 (demo_app_path: re-exported)
 from .reflection import register_service_descriptors, service_names
 from .registry import AppRegistry
 from .runtime import AppRuntime
@@ -43,10 +42,6 @@ class _NoToolCode:
 
     async def run(self, code: str, function: str, args: dict, *_, **__) -> dict:
         return {"warm_up": f"{function} does not run during the emulator's warm-up"}
-
-
-def demo_app_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "demo_app" / "skyway"
 
 
 class EmulatorServer:
