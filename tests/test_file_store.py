@@ -111,3 +111,27 @@ def test_a_stale_session_is_refused_and_the_other_writer_keeps_its_turn(tmp_path
     assert [e.content.parts[0].text for e in stored.events] == ["first", "again", "more"]
     assert stored.state["n"] == 4
     assert [e.id for e in stored.events][:1] and created.id == "s"
+
+
+def test_a_turn_that_changes_user_state_is_stored_whole_through_adks_own_path(tmp_path):
+    """app: and user: state live in other rows than the session's: such a turn goes through ADK's
+    append_event, its events in one transaction, and reads back as ADK wrote it."""
+    db = str(tmp_path / "u.db")
+
+    async def go():
+        store = session_service_for(db)
+        await store.create_session(app_name="a", user_id="u", session_id="s")
+        session = await store.get_session(app_name="a", user_id="u", session_id="s")
+        first = _event("hi", 1)
+        shared = Event(author="user", invocation_id="inv-u", actions=EventActions(state_delta={"user:tier": "Gold"}))
+        await store.append_events(session, [first, shared])
+        await store.close()
+        adk = DatabaseSessionService(db_url=f"sqlite+aiosqlite:///{db}")
+        stored = await adk.get_session(app_name="a", user_id="u", session_id="s")
+        other = await adk.create_session(app_name="a", user_id="u", session_id="t")
+        await adk.close()
+        return stored, other
+
+    stored, other = asyncio.run(go())
+    assert [e.invocation_id for e in stored.events] == ["inv-1", "inv-u"]
+    assert stored.state["user:tier"] == "Gold" and other.state["user:tier"] == "Gold"
