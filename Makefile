@@ -49,8 +49,11 @@ emulator: $(DEMO_STAMP)
 notebooks: install
 	$(BIN)/python notebooks/execute.py
 
+# All of them, in under 10 minutes on 2 cores; each prints its store and its goal lines.
 bench: install
 	$(BIN)/python benchmarks/emulator_turns.py
+	$(BIN)/python benchmarks/session_length.py
+	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/client_overhead.py
 	$(BIN)/python benchmarks/render_speed.py
 	$(BIN)/python benchmarks/import_time.py

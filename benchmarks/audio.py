@@ -48,9 +48,13 @@ def voice_sessions(concurrent: int = 20) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from emulator_process import EmulatorProcess
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_store import default_store, describe
     from test_voice import Stream, client_for, speech
 
-    server = EmulatorProcess("--db", ":memory:", "--audio-pace", "0")
+    db = default_store()
+    print(describe(db))
+    server = EmulatorProcess("--db", db, "--audio-pace", "0")
     data = speech("What is my loyalty tier?", "LINEAR16", 16000)
     speech_s = len(data) / 2 / 16000
 

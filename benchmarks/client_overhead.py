@@ -1,5 +1,7 @@
 """ces_nb's client overhead: Session.send vs the raw official SessionServiceClient.run_session,
-same emulator, same 10-turn script, turns interleaved so both see the same machine state.
+same emulator, same 10-turn script, turns interleaved so both see the same machine state, and
+the order alternating turn by turn (raw first, then ces_nb first), so neither always runs on a
+session the other just warmed. The store is the default kind, a SQLite file.
 
     python benchmarks/client_overhead.py [--rounds 30]      goal: <= 1.05x per turn
 """
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emulator_process import EmulatorProcess  # noqa: E402
 from emulator_turns import SCRIPT, percentile  # noqa: E402
+from bench_store import default_store, describe  # noqa: E402
 
 import ces_nb  # noqa: E402
 
@@ -31,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    server = EmulatorProcess("--db", ":memory:")
+    db = default_store()
+    server = EmulatorProcess("--db", db)
     try:
         raw = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=grpc.insecure_channel(server.address)))
         client = ces_nb.connect(APP, endpoint=server.address)
@@ -39,18 +43,19 @@ def main() -> None:
         for r in range(args.rounds + 1):
             name = f"{APP}/sessions/raw-{uuid.uuid4().hex[:8]}"
             session = client.session()
-            for text in SCRIPT:
-                t0 = time.perf_counter()
-                raw.run_session(request={"config": {"session": name}, "inputs": [{"text": text}]})
-                t1 = time.perf_counter()
-                session.send(text)
-                t2 = time.perf_counter()
-                if r:  # round 0 warms up
-                    raw_times.append(t1 - t0)
-                    nb_times.append(t2 - t1)
+            for n, text in enumerate(SCRIPT):
+                sides = [("raw", lambda: raw.run_session(request={"config": {"session": name}, "inputs": [{"text": text}]})),
+                         ("nb", lambda: session.send(text))]
+                for side, call in sides if (r + n) % 2 == 0 else reversed(sides):
+                    t0 = time.perf_counter()
+                    call()
+                    elapsed = time.perf_counter() - t0
+                    if r:  # round 0 warms up
+                        (raw_times if side == "raw" else nb_times).append(elapsed)
     finally:
         server.stop()
-    print(f"{len(SCRIPT)}-turn script x {args.rounds} rounds, {len(raw_times)} turns each, interleaved")
+    print(describe(db))
+    print(f"{len(SCRIPT)}-turn script x {args.rounds} rounds, {len(raw_times)} turns each, interleaved, order alternating")
     print(f"{'':38}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for label, values in (("raw SessionServiceClient.run_session", raw_times), ("ces_nb Session.send", nb_times)):
         print(f"{label:38}" + "".join(f"{percentile(values, q) * 1e3:10.2f}" for q in (50, 90, 99, 100)))

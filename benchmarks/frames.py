@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from emulator_process import EmulatorProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import default_store, describe  # noqa: E402
 
 import ces_nb  # noqa: E402
 from ces_nb import frames  # noqa: E402
@@ -69,7 +71,9 @@ def main() -> None:
     print(f"spans_frame: {args.turns} turns x 10 spans = {len(frame)} rows in {ours:.2f} s "
           f"= {ours / 5:.2f} of the 5 s budget; {ours / base:.2f}x the naive dict-per-row build ({base:.2f} s, {len(naive)} rows)")
 
-    server = EmulatorProcess("--db", ":memory:")
+    db = default_store()
+    print(describe(db))
+    server = EmulatorProcess("--db", db)
     try:
         client = ces_nb.connect(APP, endpoint=server.address)
         for _ in range(args.conversations):

@@ -5,7 +5,9 @@ The worst inputs are each as large as the emulator accepts, or as slow to match 
 make them: a pathological mock pattern (`(a|a)+b` against a long run of "a"), a maximal text, and
 maximal variables and tool arguments, plus the same past the limits (refused). For a like-for-like
 reading it also measures the neighbour while the other client sends ordinary turns as fast as
-it can: what the worst inputs cost beyond any busy client. Windows of the three kinds take turns,
+it can: what the worst inputs cost beyond any busy client. The other client runs in its own
+process, so building its big requests never holds the neighbour's GIL (in one process it did:
+part of what this used to measure was the client, not the emulator). Windows of the three kinds take turns,
 so all see the same machine. The store is the default kind: a SQLite file.
 
     python benchmarks/isolation.py [--rounds 6] [--window 2.5]      goal: worst p50 <= 1.5x quiet p50
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -64,37 +66,57 @@ def worst_inputs(sessions, tools):
     }
 
 
+MODES = ("quiet", "ordinary", "worst")
+
+
+def other_client(address: str, mode, stop, reports) -> None:
+    """The other client, in its own process: idle, ordinary turns, or its worst inputs, as `mode` says."""
+    channel = grpc.insecure_channel(address, options=BIG)
+    sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
+    tools = ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel))
+    attacks = worst_inputs(sessions, tools)
+    plain = (f"{APP}/sessions/ordinary-{n}" for n in itertools.count())
+    ordinary = lambda: sessions.run_session(request={"config": {"session": next(plain)}, "inputs": [{"text": "Hello"}]})  # noqa: E731
+    outcomes: dict[str, str] = {}
+    for attack in attacks.values():  # warm the paths
+        try:
+            attack()
+        except exceptions.GoogleAPICallError:
+            pass
+    reports.put("ready")
+    worst = itertools.cycle(attacks.items())
+    while not stop.is_set():
+        now = MODES[mode.value]
+        if now == "quiet":
+            time.sleep(0.02)
+            continue
+        name, attack = next(worst) if now == "worst" else ("ordinary", ordinary)
+        try:
+            attack()
+            outcomes.setdefault(name, "answered")
+        except exceptions.GoogleAPICallError as exc:
+            outcomes[name] = f"refused: {exc.grpc_status_code.name}"
+    for item in outcomes.items():
+        reports.put(item)
+    reports.put("done")
+    channel.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=6, help="quiet/noisy window pairs")
     parser.add_argument("--window", type=float, default=2.5, help="seconds per window")
+    parser.add_argument("--workers", type=int, default=None, help="emulator processes (default: the emulator's, the cores)")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="ces-nb-isolation-")
-    server = EmulatorProcess("--db", f"{folder}/emulator.db")
+    server = EmulatorProcess("--db", f"{folder}/emulator.db", *(["--workers", str(args.workers)] if args.workers else []))
+    print(f"store: SQLite file (the default kind), {folder}/emulator.db; workers: {args.workers or 'the default (the cores)'}")
     try:
-        channel = grpc.insecure_channel(server.address, options=BIG)
-        sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
-        tools = ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel))
-        attacks = worst_inputs(sessions, tools)
-        plain = (f"{APP}/sessions/ordinary-{n}" for n in itertools.count())
-        ordinary = lambda: sessions.run_session(request={"config": {"session": next(plain)}, "inputs": [{"text": "Hello"}]})  # noqa: E731
+        ctx = multiprocessing.get_context("spawn")  # its own process: its work must not hold this one's GIL
+        mode = ctx.Value("i", MODES.index("quiet"))
+        stop = ctx.Event()
+        reports = ctx.Queue()
         outcomes: dict[str, str] = {}
-        mode = {"now": "quiet"}  # quiet | ordinary | worst
-        stop = threading.Event()
-
-        def other_client() -> None:
-            worst = itertools.cycle(attacks.items())
-            while not stop.is_set():
-                if mode["now"] == "quiet":
-                    time.sleep(0.02)
-                    continue
-                name, attack = next(worst) if mode["now"] == "worst" else ("ordinary", ordinary)
-                try:
-                    attack()
-                    outcomes.setdefault(name, "answered")
-                except exceptions.GoogleAPICallError as exc:
-                    outcomes[name] = f"refused: {exc.grpc_status_code.name}"
-
         neighbour = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=grpc.insecure_channel(server.address)))
         counter = itertools.count()
 
@@ -108,22 +130,24 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             return times
 
-        neighbour_turns(1.0)  # warm both paths
-        for attack in attacks.values():
-            try:
-                attack()
-            except exceptions.GoogleAPICallError:
-                pass
-        thread = threading.Thread(target=other_client, daemon=True)
-        thread.start()
+        neighbour_turns(1.0)  # warm its path
+        other = ctx.Process(target=other_client, args=(server.address, mode, stop, reports), daemon=True)
+        other.start()
+        if reports.get(timeout=120) != "ready":
+            raise RuntimeError("the other client did not start")
         times: dict[str, list[float]] = {"quiet": [], "ordinary": [], "worst": []}
         for _ in range(args.rounds):
             for kind in times:
-                mode["now"] = kind
+                mode.value = MODES.index(kind)
                 time.sleep(0.3)  # let the other client's request in flight finish
                 times[kind] += neighbour_turns(args.window)
         stop.set()
-        thread.join(120)
+        while True:
+            item = reports.get(timeout=120)
+            if item == "done":
+                break
+            outcomes[item[0]] = item[1]
+        other.join(30)
 
         p50 = {k: statistics.median(v) for k, v in times.items()}
         p90 = {k: statistics.quantiles(v, n=10)[-1] for k, v in times.items()}

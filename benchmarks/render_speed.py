@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from emulator_process import EmulatorProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import default_store, describe  # noqa: E402
 
 import ces_nb  # noqa: E402
 from ces_nb.convert.session_output import turn_from_outputs  # noqa: E402
@@ -26,7 +28,9 @@ from ces_nb.render.html import turn_html  # noqa: E402
 
 
 def typical_turn_share(rounds: int = 60) -> tuple[float, float, float]:
-    server = EmulatorProcess("--db", ":memory:")
+    db = default_store()
+    print(describe(db))
+    server = EmulatorProcess("--db", db)
     try:
         client = ces_nb.connect("projects/bench/locations/us/apps/skyway", endpoint=server.address)
         run_times, render_times = [], []

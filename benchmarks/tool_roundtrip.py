@@ -15,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from emulator_process import EmulatorProcess  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import default_store, describe  # noqa: E402
 
 import ces_nb  # noqa: E402
 
@@ -25,7 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args()
-    server = EmulatorProcess("--db", ":memory:")
+    db = default_store()
+    print(describe(db))
+    server = EmulatorProcess("--db", db)
     try:
         client = ces_nb.connect("projects/bench/locations/us/apps/skyway", endpoint=server.address)
         round_trips, text_turns = [], []

@@ -8,15 +8,15 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from .emulator.export import ExportError, load_export
+    from .emulator.export import ExportError, demo_app_path, load_export
     from .emulator.sandbox import SandboxLimits
     from .emulator.scripts import ScriptSourceError, check_script_sources
-    from .emulator.server import EmulatorServer, demo_app_path
     from .emulator.store import StoreError, display_url
 
     if args.check:  # the load report of each --app, file by file; nothing is served
@@ -66,12 +66,36 @@ def _emulator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"ces-nb emulator: {exc}", file=sys.stderr)
             return 2
+    # --tls serves from one process (its front pipes to that process's ports), so it defaults to one worker
+    workers = args.workers if args.workers is not None else (1 if args.db == ":memory:" or tls_port is not None
+                                                             else os.cpu_count() or 1)
+    if workers < 1:
+        print("ces-nb emulator: --workers takes 1 or more", file=sys.stderr)
+        return 2
+    if workers > 1 and args.db == ":memory:":
+        print("ces-nb emulator: --workers N needs a store the worker processes share: a SQLite file (--db PATH) or a "
+              "database URL; :memory: lives in one process, so use --workers 1 with it", file=sys.stderr)
+        return 2
+    if workers > 1 and tls_port is not None:
+        print("ces-nb emulator: --tls serves from one process; use --workers 1 with --tls (or leave --workers out)",
+              file=sys.stderr)
+        return 2
+    if workers > 1:  # a supervisor of `workers` emulators on one port and one store (workers.py); the
+        # apps and options were checked above, so a mistake exits 2 here, before any worker starts
+        from .emulator.store import default_db_path, display_url
+        from .emulator.workers import run_supervisor
+
+        return run_supervisor(_emulator_argv(args.raw_argv), workers, args.host, args.port, args.rest_port, args.db or default_db_path(),
+                              display_url)
 
     async def serve() -> int:
+        from .emulator.server import EmulatorServer
+
         server = EmulatorServer(apps, host=args.host, port=args.port, db=args.db, model=args.model, audio_pace=args.audio_pace,
                                 examples=examples, rest_port=args.rest_port, tool_limits=tool_limits,
                                 model_base_url=args.model_base_url, model_api_key_env=args.model_api_key_env,
-                                require_token=args.require_token, tls_port=tls_port, tls_dir=args.tls_dir)
+                                require_token=args.require_token, tls_port=tls_port, tls_dir=args.tls_dir,
+                                worker=args.worker_ready_fd is not None)
         try:
             address = await server.start()
         except (OSError, StoreError) as exc:
@@ -94,19 +118,27 @@ def _emulator(args: argparse.Namespace) -> int:
         gc.set_threshold(10_000, 10, 10)
         app_ids = ", ".join(a.app_id for a in apps)
         # Readiness is gRPC health (`ces-nb health ADDRESS`); this line is for people.
+        if args.worker_ready_fd is not None:
+            # One of `--workers N`: health says SERVING once every worker can serve, when the
+            # supervisor says go (and it prints for all of them).
+            os.write(args.worker_ready_fd, b"ready")
+            os.close(args.worker_ready_fd)
+            await asyncio.get_running_loop().run_in_executor(None, os.read, args.worker_go_fd, 1)
+            os.close(args.worker_go_fd)
         await server.serving()
-        print(f"CES emulator listening on {address} (apps: {app_ids}; db: {display_url(server.db)})", flush=True)
-        if server.rest_url:
-            print(f"CES emulator REST on {server.rest_url} (the HTTP/JSON binding)", flush=True)
-        if server.tls_endpoint:
-            from .emulator.tls import export_lines
+        if args.worker_ready_fd is None:  # a worker leaves these lines to its supervisor
+            print(f"CES emulator listening on {address} (apps: {app_ids}; db: {display_url(server.db)})", flush=True)
+            if server.rest_url:
+                print(f"CES emulator REST on {server.rest_url} (the HTTP/JSON binding)", flush=True)
+            if server.tls_endpoint:
+                from .emulator.tls import export_lines
 
-            print(f"CES emulator TLS on {server.tls_endpoint} (gRPC and HTTPS REST); for clients, or eval \"$(ces-nb env)\":",
-                  flush=True)
-            environment = server.client_environment()
-            if args.require_token is not None:  # never echo the secret into a log
-                environment["CXAS_OAUTH_TOKEN"] = "<the --require-token value>"
-            print(export_lines(environment), flush=True)
+                print(f"CES emulator TLS on {server.tls_endpoint} (gRPC and HTTPS REST); for clients, or eval \"$(ces-nb env)\":",
+                      flush=True)
+                environment = server.client_environment()
+                if args.require_token is not None:  # never echo the secret into a log
+                    environment["CXAS_OAUTH_TOKEN"] = "<the --require-token value>"
+                print(export_lines(environment), flush=True)
         await stop.wait()
         print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
         await server.stop()
@@ -140,6 +172,11 @@ def _env(args: argparse.Namespace) -> int:
     endpoint = f"localhost:{args.tls_port}" if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::") else f"{host}:{args.tls_port}"
     print(export_lines(client_environment(files, endpoint, args.token)))
     return 0
+
+
+def _emulator_argv(argv: list[str]) -> list[str]:
+    """This command's own `ces-nb emulator` options, for its worker processes."""
+    return argv[argv.index("emulator") + 1:] if "emulator" in argv else argv
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -262,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     emu.add_argument("--audio-pace", type=float, default=1.0,
                      help="agent audio goes out at this fraction of its playing time: 1 = as spoken, so users can "
                           "barge in (default); 0 = as fast as possible")
+    emu.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="serve from N processes on the same port and store, so turns use N cores (default: the "
+                          "number of cores; 1 with --db :memory:, which lives in one process)")
+    emu.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    emu.add_argument("--worker-go-fd", type=int, default=None, help=argparse.SUPPRESS)
     _sandbox_flags(emu)
     emu.add_argument("--log-level", default="WARNING", help="server log level (default WARNING)")
     emu.set_defaults(func=_emulator)
@@ -287,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_eval_parser(sub)
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "health" and not args.address:
         from .local_emulator import default_address
 

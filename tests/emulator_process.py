@@ -7,6 +7,7 @@ file, never to a pipe nobody reads, so a chatty emulator can never block on it.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,9 +69,33 @@ class EmulatorProcess:
             return f.read()
 
     def kill(self) -> None:
-        """kill -9, as a crash would."""
+        """kill -9, as a crash would: with `--workers`, the worker processes first, then their
+        supervisor (killed alone, it takes them down too, but a moment later: a turn could
+        still complete in between)."""
+        for worker in self.workers():
+            try:
+                os.kill(worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.kill()
         self.proc.wait()
+
+    def workers(self) -> list[int]:
+        """The pids of the emulator's worker processes (`--workers N`); [] for one process."""
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+        workers = []
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"--worker-ready-fd" in f.read():
+                        workers.append(child)
+            except OSError:
+                pass
+        return workers
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -42,5 +42,9 @@ class EmulatorError(Exception):
         return cls(grpc.StatusCode.UNIMPLEMENTED, message)
 
     @classmethod
+    def aborted(cls, message: str) -> "EmulatorError":
+        return cls(grpc.StatusCode.ABORTED, message)
+
+    @classmethod
     def internal(cls, message: str) -> "EmulatorError":
         return cls(grpc.StatusCode.INTERNAL, message)

@@ -38,7 +38,7 @@ import logging
 import re
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -62,6 +62,11 @@ RUNNABLE_TOOL_KINDS = {
     "system_tool",
     "widget_tool",
 }
+
+
+def demo_app_path() -> Path:
+    """The SkyWay demo app that ships in the package (the emulator's default --app)."""
+    return Path(__file__).resolve().parent.parent / "demo_app" / "skyway"
 
 
 class ExportError(ValueError):

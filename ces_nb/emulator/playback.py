@@ -32,6 +32,8 @@ from google.genai import types
 from google.protobuf import json_format
 from opentelemetry import trace
 
+from .history_window import PRIOR_HISTORY, HistoryDigest
+
 log = logging.getLogger("ces_nb.emulator")
 
 PLAYBACK_MODEL = "ces-nb-playback"
@@ -313,7 +315,8 @@ class PlaybackLlm(BaseLlm):
         self, llm_request: LlmRequest, stream: bool = False
     ) -> AsyncGenerator[LlmResponse, None]:
         steps = read_conversation(llm_request.contents or [])
-        parts, payloads = self._next_parts(steps)
+        prior = PRIOR_HISTORY.get()  # the conversation before the runner's window (history_window.py)
+        parts, payloads = self._next_parts(steps, prior)
         # Marks "time to first chunk" on ADK's generate_content span.
         trace.get_current_span().add_event("first_chunk")
         if stream:
@@ -323,13 +326,16 @@ class PlaybackLlm(BaseLlm):
             content=types.Content(role="model", parts=parts or [types.Part(text="")]),
             custom_metadata={"ces_payloads": payloads} if payloads else None,
             usage_metadata=types.GenerateContentResponseUsageMetadata(
-                prompt_token_count=sum(_count_words(c) for c in llm_request.contents or []),
+                prompt_token_count=sum(_count_words(c) for c in llm_request.contents or []) + (prior.words if prior else 0),
                 candidates_token_count=sum(len((p.text or "").split()) + (3 if p.function_call else 0) for p in parts),
             ),
         )
 
-    def choose(self, steps: list[Step]) -> Choice | None:
+    def choose(self, steps: list[Step], prior: HistoryDigest | None = None) -> Choice | None:
         users = [s.text for s in steps if s.kind == "user"]
+        user_count = len(users) + (prior.user_count if prior else 0)
+        if prior is not None:
+            users = prior.users_tail + users  # the last ones are all that is read
         last_user = max((i for i, s in enumerate(steps) if s.kind == "user"), default=-1)
         done = [(s.name, s.data) for s in steps[last_user + 1:] if s.kind == "call"]
         latest = users[-1] if users else ""
@@ -346,15 +352,15 @@ class PlaybackLlm(BaseLlm):
                 in_step = 1.0 if explained else 0.0
                 speaker = turn.groups[groups_done][0].agent if groups_done < len(turn.groups) and turn.groups[groups_done] else ""
                 agent_ok = 1.0 if speaker == self.agent_display_name else 0.0
-                score = match + 0.25 * context + 0.5 * in_step + 0.2 * agent_ok - 0.01 * abs(i - (len(users) - 1))
+                score = match + 0.25 * context + 0.5 * in_step + 0.2 * agent_ok - 0.01 * abs(i - (user_count - 1))
                 if best is None or score > best.score:
                     best = Choice(script, i, score, match)
         if best is None or (best.match < MATCH_THRESHOLD and not done):
             return None
         return best
 
-    def _next_parts(self, steps: list[Step]) -> tuple[list[types.Part], list[dict]]:
-        choice = self.choose(steps)
+    def _next_parts(self, steps: list[Step], prior: HistoryDigest | None = None) -> tuple[list[types.Part], list[dict]]:
+        choice = self.choose(steps, prior)
         if choice is None:
             return [types.Part(text=self.fallback_text)], []
         if log.isEnabledFor(logging.DEBUG):
@@ -366,7 +372,7 @@ class PlaybackLlm(BaseLlm):
         groups = choice.script.turns[choice.turn].groups
         if done >= len(groups):
             return [], []
-        call_count = sum(1 for s in steps if s.kind == "call")
+        call_count = sum(1 for s in steps if s.kind == "call") + (prior.call_count if prior else 0)
         speaker = groups[done][0].agent if groups[done] else ""
         if done == 0 and speaker and speaker != self.agent_display_name and speaker in self.agent_names:
             # The example's next step belongs to another agent (say, a concierge tool asked of the
@@ -376,7 +382,7 @@ class PlaybackLlm(BaseLlm):
         latest_user = next((s.text for s in reversed(steps) if s.kind == "user"), "")
         # Every tool call's args and response so far, the latest winning: what the user picked
         # (a flight, a seat, its price) reaches later args and payloads, not only the next step.
-        latest_response: dict = {}
+        latest_response: dict = dict(prior.values) if prior else {}
         for s in steps:
             if s.kind in ("call", "response") and isinstance(s.data, dict):
                 latest_response.update(s.data)

@@ -57,6 +57,9 @@ class AppRegistry:
 
     async def close(self) -> None:
         await self.python_runner.close()
+        close_store = getattr(self.session_service, "close", None)  # the SQLite writer's thread, the engine
+        if close_store is not None:
+            await close_store()
 
 
 # -- the real model (--model) ----------------------------------------------------------

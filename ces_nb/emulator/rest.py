@@ -568,10 +568,12 @@ def url_host(host: str) -> str:
 class RestServer:
     """uvicorn serving RestApp on the running event loop (the grpc.aio server's)."""
 
-    def __init__(self, services: dict[str, object], host: str, port: int, token: TokenCheck | None = None):
+    def __init__(self, services: dict[str, object], host: str, port: int, token: TokenCheck | None = None,
+                 reuse_port: bool = False):
         self.app = RestApp(services, token)
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # one of `--workers N` processes, all listening on this port (workers.py)
         self._socket: socket.socket | None = None
         self._server = None
         self._task: asyncio.Task | None = None
@@ -590,6 +592,8 @@ class RestServer:
             raise OSError(f"cannot serve REST on {self.host}: {exc}") from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, never a live listener
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(2048)
         except OSError:

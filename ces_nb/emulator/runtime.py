@@ -13,14 +13,17 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import grpc
 from google.adk.agents import LlmAgent, RunConfig
 from google.adk.agents.callback_context import CallbackContext
 from google.adk.agents.run_config import StreamingMode
+from google.adk.errors import StaleSessionError
 from google.adk.events import Event, EventActions
 from google.adk.models.llm_response import LlmResponse
 from google.adk.plugins.base_plugin import BasePlugin
@@ -35,6 +38,7 @@ from opentelemetry import trace
 from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, search_suggestions_html
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
+from .history_window import PRIOR_HISTORY, HistoryDigest, window_start
 from .export import LoadedApp, slugify, toolset_tool_names
 from .toolsets import transfer_rules_plugin
 from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, fill_placeholders
@@ -44,6 +48,20 @@ from .tracing import TURN_SPAN, ToolRecord, build_root_span, tracer, turn_router
 from .turn_store import TurnStore
 
 log = logging.getLogger("ces_nb.emulator")
+
+
+def _skip_failing_a2a_import() -> None:
+    """ADK tries `google.adk.agents.remote_a2a_agent` on every workflow node it builds (several a
+    turn), and without the optional a2a package that import fails each time, after searching
+    the path anew: 7.6% of a turn's samples. A None in sys.modules makes it fail at once."""
+    name = "google.adk.agents.remote_a2a_agent"
+    try:
+        __import__(name)
+    except ImportError:
+        sys.modules[name] = None  # type: ignore[assignment]
+
+
+_skip_failing_a2a_import()
 # ADK advises a Gemini context cache on every multi-agent app; meaningless for playback.
 logging.getLogger("google_adk.google.adk.runners").setLevel(logging.ERROR)
 
@@ -91,6 +109,9 @@ class TurnState:
     # The live session object as the runner left it: reading it back from the
     # store (a deep copy, or a database read) costs more than the turn itself.
     session: Session | None = None
+    # What the playback model reads of the events before the runner's window (history_window.py).
+    digest: HistoryDigest | None = None
+    pending: "PendingCalls" = field(default_factory=lambda: PendingCalls())
 
 
 class _SessionCapture(BasePlugin):
@@ -101,7 +122,7 @@ class _SessionCapture(BasePlugin):
         self.runtime = runtime
 
     async def after_run_callback(self, *, invocation_context) -> None:
-        self.runtime.keep_live(invocation_context.session)
+        self.runtime.keep_live(self.runtime.turns.live(invocation_context.session))
 
 
 class AppRuntime:
@@ -111,6 +132,11 @@ class AppRuntime:
         self.session_service = self.turns = TurnStore(session_service)
         self.python_runner = runner
         self.model_name = model  # --model: an id ADK resolves (Gemini), or a LiteLlm (registry.build_model)
+        # Turns run on a window of the session (history_window.py); a real model reads it all.
+        self.windowed = not model
+        # Other processes (`--workers`) write the same sessions: a cached live session is used only
+        # while the store's revision of it is still its own.
+        self.shared_store = False
         self.indexes: dict[str, DocumentIndex] = {}
         self.agent_names = {display: adk_name(display) for display in app.agents}
         self.display_of_agent = {v: k for k, v in self.agent_names.items()}
@@ -235,7 +261,9 @@ class AppRuntime:
     async def get_or_create_session(self, session_id: str, config: ces_v1.SessionConfig) -> Session:
         cached = self._sessions.get(session_id)
         if cached is not None and cached.session is not None:
-            return cached.session
+            if not self.shared_store or await self._still_current(cached.session):
+                return cached.session
+            self._drop_live(session_id)  # another worker moved it on: read it again
         session = await self.session_service.get_session(app_name=self.app.app_id, user_id=USER_ID, session_id=session_id)
         if session is not None:
             return session
@@ -267,6 +295,10 @@ class AppRuntime:
         if config.historical_contexts:
             await self._replay_history(session, config.historical_contexts, entry or self.app.app.root_agent)
         return session
+
+    async def _still_current(self, session: Session) -> bool:
+        revision = getattr(self.turns.store, "revision", None)  # batching_store.TurnBatchingStore
+        return revision is None or await revision(session) == session._storage_update_marker
 
     async def _replay_history(self, session: Session, messages, agent: str) -> None:
         """historical_contexts become the session's opening events, so the agents (and the
@@ -350,6 +382,13 @@ class AppRuntime:
                 return []
             sink = _ListSink()
             await self._produce(session, config, inputs, False, turn_started_ns or time.time_ns(), sink)
+            if _is_stale(sink.error):
+                # Another worker stored a turn of this session meanwhile. Nothing of this one was
+                # stored or sent: run it once more on the session as stored now (ADK's optimistic
+                # concurrency, retried).
+                session = await self.get_or_create_session(session_id, config)
+                sink = _ListSink()
+                await self._produce(session, config, inputs, False, turn_started_ns or time.time_ns(), sink)
             if sink.error is not None:
                 raise sink.error
             return sink.outputs
@@ -385,10 +424,14 @@ class AppRuntime:
         router = turn_router()
         span = tracer().start_span(TURN_SPAN, start_time=started_ns)
         router.open(span.get_span_context().trace_id)
-        self.turns.begin(session)
+        # Read before the turn begins: every event up to here is stored (see PendingCalls).
+        pending = self._sessions.setdefault(session.id, TurnState()).pending.update(session.events)
+        window, digest = self._window(session, pending)
+        self.turns.begin(session, window)
+        history_token = PRIOR_HISTORY.set(digest)
         try:
             with trace.use_span(span, end_on_exit=False):
-                await self._turn(session, config, inputs, stream_text, started_ns, span, queue)
+                await self._turn(session, config, inputs, stream_text, started_ns, span, queue, pending)
         except BaseException as exc:  # handed to the consumer, never lost in the task
             # Nothing of this turn was stored; the live object holds it, so the next turn
             # reads the session back from the store instead.
@@ -396,14 +439,33 @@ class AppRuntime:
             self._drop_live(session.id)
             span.end()
             router.close(span.get_span_context().trace_id)
+            if isinstance(exc, StaleSessionError):
+                exc = EmulatorError.aborted(
+                    "this session changed in another emulator worker (or another client of the store) during "
+                    "the turn; nothing of the turn was stored: send it again")
             await queue.put(exc if isinstance(exc, Exception) else EmulatorError.internal("turn cancelled"))
             return
+        finally:
+            PRIOR_HISTORY.reset(history_token)
         await queue.put(None)
 
-    async def _turn(self, session: Session, config, inputs, stream_text, started_ns, span, queue) -> None:
+    def _window(self, session: Session, pending: dict[str, str]) -> tuple[int, HistoryDigest | None]:
+        """Where the runner's view of `session` starts, and the digest of what comes before it
+        (history_window.py). A real model sees the whole session."""
+        if not self.windowed:
+            return 0, None
+        start = window_start(session.events, set(pending))
+        if not start:
+            return 0, None
+        state = self._sessions.setdefault(session.id, TurnState())
+        if state.digest is None or state.digest.upto > start:
+            state.digest = HistoryDigest()
+        state.digest.extend(session.events, start)
+        return start, state.digest
+
+    async def _turn(self, session: Session, config, inputs, stream_text, started_ns, span, queue, pending: dict[str, str]) -> None:
         meta = dict(session.state.get(META_KEY, {}))
         turn_index = int(meta.get("turn_count", 0)) + 1
-        pending = pending_tool_calls(session)
         message, variables, input_types = self._new_message(inputs, pending)
 
         state_delta: dict[str, Any] = dict(variables)
@@ -571,6 +633,10 @@ class AppRuntime:
         return next((t for t in self.tools.values() if t.name == name), None)
 
 
+def _is_stale(error: BaseException | None) -> bool:
+    return isinstance(error, EmulatorError) and error.code == grpc.StatusCode.ABORTED
+
+
 def _fill_instruction(text: str, ctx) -> str:
     """An instruction's `{variable}`s, from the session state (what tools and callbacks wrote)."""
     return fill_placeholders(text, {k: v for k, v in ctx.state.items() if not k.startswith("_")})
@@ -613,6 +679,28 @@ class _OutputStream:
         last.diagnostic_info.CopyFrom(diagnostic)
         self.held = None
         await self.queue.put(ces_v1.SessionOutput.wrap(last))
+
+
+@dataclass
+class PendingCalls:
+    """Client tool calls still waiting for a response, read incrementally: each turn reads only
+    the events since the last. It is read when a turn begins, when every event is stored, so
+    a session read back from the store after an aborted turn has the same events up to `upto`."""
+
+    upto: int = 0
+    calls: dict[str, str] = field(default_factory=dict)  # id -> ADK tool name
+
+    def update(self, events: list[Event]) -> dict[str, str]:
+        if self.upto > len(events):  # not the events this was read from
+            self.upto, self.calls = 0, {}
+        for event in events[self.upto:]:
+            for call in event.get_function_calls():
+                if call.id and call.id in (event.long_running_tool_ids or ()):
+                    self.calls[call.id] = call.name or ""
+            for response in event.get_function_responses():
+                self.calls.pop(response.id, None)
+        self.upto = len(events)
+        return dict(self.calls)
 
 
 def pending_tool_calls(session: Session) -> dict[str, str]:

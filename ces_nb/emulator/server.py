@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from pathlib import Path
 
 import grpc
 from google.adk.sessions import InMemorySessionService
@@ -16,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .auth import RequireToken, TokenCheck
-from .export import LoadedApp, load_export
+from .export import LoadedApp, demo_app_path, load_export  # noqa: F401 (demo_app_path: re-exported)
 from .evaluation_store import EvaluationStore
 from .reflection import OPERATIONS_SERVICE, register_service_descriptors, service_names
 from .registry import AppRegistry
@@ -26,7 +25,7 @@ from .services.evaluation import EvaluationService
 from .services.session import SessionService
 from .sandbox import SandboxLimits
 from .services.tool import ToolService
-from .store import StoreLock, open_sqlite_file, open_store, sqlite_file
+from .store import StoreLock, default_db_path, open_sqlite_file, open_store, sqlite_file  # noqa: F401 (default_db_path: re-exported)
 from .versions import AlsoServedAs, Unserved
 
 log = logging.getLogger("ces_nb.emulator")
@@ -50,21 +49,16 @@ class _NoToolCode:
         return {"warm_up": f"{function} does not run during the emulator's warm-up"}
 
 
-def demo_app_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "demo_app" / "skyway"
-
-
-def default_db_path() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "ces_nb", "emulator.db")  # store.open_sqlite_file creates it, privately
-
-
 class EmulatorServer:
     def __init__(self, apps: list[LoadedApp] | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  db: str | None = None, model: str | None = None, audio_pace: float = 1.0, examples: list[str] | None = None,
                  rest_port: int | None = None, tool_limits: SandboxLimits | None = None,
                  model_base_url: str | None = None, model_api_key_env: str | None = None,
-                 require_token: str | None = None, tls_port: int | None = None, tls_dir: str | None = None):
+                 require_token: str | None = None, tls_port: int | None = None, tls_dir: str | None = None,
+                 worker: bool = False):
+        # One of `--workers N` processes (workers.py): the supervisor holds the store and the
+        # port; this process shares the port (SO_REUSEPORT) and the store with its siblings.
+        self.worker = worker
         self.audio_pace = audio_pace
         # --require-token: only `authorization: Bearer <it>` (auth.py); None accepts any token or none
         self.token = TokenCheck(require_token) if require_token is not None else None
@@ -106,7 +100,7 @@ class EmulatorServer:
         """Checks and holds the store, binds and starts serving; returns host:port (the real port
         when port=0). Raises StoreError or OSError with a message that says what to do."""
         path = sqlite_file(self.db)
-        self._store_lock = open_sqlite_file(path) if path else None
+        self._store_lock = open_sqlite_file(path) if path and not self.worker else None
         try:
             store = await open_store(self.db)
         except BaseException:
@@ -118,13 +112,16 @@ class EmulatorServer:
         except BaseException:
             self._release_store()
             raise
+        for runtime in self.registry.runtimes.values():
+            runtime.shared_store = self.worker  # siblings write the same sessions
         self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # gRPC sets SO_REUSEPORT by default: a second emulator on the same port would then
-            # bind too and take half of the traffic. One port, one emulator.
-            ("grpc.so_reuseport", 0),
+            # bind too and take half of the traffic. One port, one emulator; its `--workers` share
+            # it, and the supervisor keeps other emulators out (workers.py).
+            ("grpc.so_reuseport", 1 if self.worker else 0),
         ]
         self.server = grpc.aio.server(options=options, interceptors=[RequireToken(self.token)] if self.token else None)
         agents, tools = AgentService(self.registry), ToolService(self.registry)
@@ -158,7 +155,7 @@ class EmulatorServer:
         if self.rest_port is not None:
             from .rest import RestServer
 
-            self.rest = RestServer(rest_services, self.host, self.rest_port, self.token)
+            self.rest = RestServer(rest_services, self.host, self.rest_port, self.token, reuse_port=self.worker)
             try:
                 self.rest.bind()
             except OSError:

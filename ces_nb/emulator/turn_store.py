@@ -11,6 +11,12 @@ session's new events live only on the live session object; `commit` writes them 
 store in order, the turn record last, before the client hears that the turn completed.
 `abort` drops them: the caller forgets the live object, and the next turn reads the
 session back from the store as it was after the last completed turn.
+
+A turn may also run on a *window* of the live session (`begin(..., window_start=N)`): the
+runner then sees a session whose events start at N, sharing the live session's state, and
+every event it appends goes to both. ADK walks, filters and copies every event of the session
+it is given several times per model call; a window keeps that cost flat however long the
+conversation grows, while the live session (and the store) keep every event.
 """
 
 from __future__ import annotations
@@ -24,18 +30,32 @@ from google.adk.sessions import BaseSessionService, Session
 class TurnStore(BaseSessionService):
     def __init__(self, store: BaseSessionService):
         self.store = store
-        # session id -> (the live session, how many of its events were stored when the turn began)
-        self._open: dict[str, tuple[Session, int]] = {}
+        # session id -> (the live session, how many of its events were stored when the turn began,
+        # the session the runner sees: the live one, or a window on it)
+        self._open: dict[str, tuple[Session, int, Session]] = {}
 
-    def begin(self, session: Session) -> None:
-        self._open[session.id] = (session, len(session.events))
+    def begin(self, session: Session, window_start: int = 0) -> None:
+        view = session
+        if window_start > 0:
+            # A shallow copy: the same state dict, its own (short) events list.
+            view = session.model_copy(update={"events": session.events[window_start:]})
+        self._open[session.id] = (session, len(session.events), view)
+
+    def live(self, session: Session) -> Session:
+        """The live session behind `session` (a window of an open turn, or itself)."""
+        open_turn = self._open.get(session.id)
+        return open_turn[0] if open_turn is not None else session
 
     async def commit(self, session_id: str) -> None:
         """Write the open turn's events to the store, in order."""
-        session, stored = self._open.pop(session_id)
+        session, stored, _view = self._open.pop(session_id)
         pending = session.events[stored:]
         # The store appends each event to the session object itself: take them off first.
         del session.events[stored:]
+        append_events = getattr(self.store, "append_events", None)  # batching_store.TurnBatchingStore: one transaction
+        if append_events is not None:
+            await append_events(session, pending)
+            return
         for event in pending:
             await self.store.append_event(session, event)
 
@@ -44,14 +64,19 @@ class TurnStore(BaseSessionService):
         self._open.pop(session_id, None)
 
     async def append_event(self, session: Session, event: Event) -> Event:
-        if session.id in self._open:
-            return await super().append_event(session, event)  # the live session only
-        return await self.store.append_event(session, event)
+        open_turn = self._open.get(session.id)
+        if open_turn is None:
+            return await self.store.append_event(session, event)
+        live, _stored, view = open_turn
+        appended = await super().append_event(view, event)  # in memory only, until commit
+        if view is not live and not event.partial:
+            live.events.append(appended)  # the state is shared; the events list is not
+        return appended
 
     async def get_session(self, *, app_name: str, user_id: str, session_id: str, config: Optional[Any] = None) -> Optional[Session]:
         open_turn = self._open.get(session_id)
         if open_turn is not None:
-            return open_turn[0]  # the runner continues the live session, open events included
+            return open_turn[2]  # the runner continues the live session (or its window), open events included
         return await self.store.get_session(app_name=app_name, user_id=user_id, session_id=session_id, config=config)
 
     async def create_session(self, *, app_name: str, user_id: str, state: Optional[dict[str, Any]] = None,

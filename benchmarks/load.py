@@ -1,0 +1,178 @@
+"""The emulator under load: 1, 10 and 100 concurrent sessions x 20 turns, on `:memory:` and on
+the default SQLite file store, with 1 worker and with N (`--workers`, default: the cores).
+
+Each session is one client channel (one connection: the kernel spreads connections over the
+workers). The client sends RunSession requests serialized once up front and checks each answer's
+status and size, over grpc.aio: the official client costs about one core on its own at 100
+sessions, which on 2 cores would cap what this can measure. `--client official` uses the
+official async client instead. All emulators start first; then each load
+level runs on each of them in turn, so they share the machine's state. Reports errors,
+p50/p90/p99 turn latency, turns/s and the emulator's RSS per session (all its processes, grown
+over the run, divided by the sessions). `:memory:` runs with 1 worker only: it lives in one
+process, so workers could not share it.
+
+    python benchmarks/load.py [--levels 1,10,100] [--turns 20] [--workers N]
+      goals: 0 errors; file p99 <= 10x p50 at 100 sessions; file/memory 1-session p50 <= 2x;
+             N workers / 1 worker turns/s at 100 sessions >= 1.8x (with N = 2). The last needs N free
+             cores: the report adds the emulator's CPU per turn, and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from google.cloud import ces_v1
+from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcAsyncIOTransport
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emulator_process import EmulatorProcess  # noqa: E402
+from emulator_turns import SCRIPT as FULL_SCRIPT, percentile  # noqa: E402
+
+APP = "projects/bench/locations/us/apps/skyway"
+SCRIPT = FULL_SCRIPT[:-1]  # its last line says goodbye, which ends the session
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of `pid` and its descendants (emulator workers, tool workers)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pending += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+RUN_SESSION = "/google.cloud.ces.v1.SessionService/RunSession"
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
+    total = 0.0
+    pending = [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while pending:
+        p = pending.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                pending += [int(c) for c in f.read().split()]
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+async def one_level(address: str, sessions: int, turns: int, official: bool = False) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    channels = [grpc.aio.insecure_channel(address) for _ in range(sessions)]
+
+    async def converse(channel) -> None:
+        name = f"{APP}/sessions/load-{uuid.uuid4().hex[:12]}"
+        requests = [ces_v1.RunSessionRequest.serialize(ces_v1.RunSessionRequest(
+            config={"session": name}, inputs=[{"text": SCRIPT[n % len(SCRIPT)]}])) for n in range(turns)]
+        if official:
+            client = ces_v1.SessionServiceAsyncClient(transport=SessionServiceGrpcAsyncIOTransport(channel=channel))
+            call = lambda body: client.run_session(request=ces_v1.RunSessionRequest.deserialize(body), timeout=120)  # noqa: E731
+        else:
+            stub = channel.unary_unary(RUN_SESSION, request_serializer=None, response_deserializer=None)
+            call = lambda body: stub(body, timeout=120)  # noqa: E731
+        for body in requests:
+            t0 = time.perf_counter()
+            try:
+                reply = await call(body)
+                if not official and len(reply) < 16:
+                    raise ValueError(f"a {len(reply)}-byte answer")
+                latencies.append(time.perf_counter() - t0)
+            except Exception as exc:  # counted and shown, never hidden
+                errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+
+    for channel in channels:
+        await channel.channel_ready()
+    started = time.perf_counter()
+    await asyncio.gather(*(converse(c) for c in channels))
+    elapsed = time.perf_counter() - started
+    for channel in channels:
+        await channel.close()
+    return {"latencies": latencies, "errors": errors, "turns_per_s": len(latencies) / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,10,100", help="concurrent sessions, comma-separated")
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: the cores)")
+    parser.add_argument("--client", choices=("raw", "official"), default="raw")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        setups = {"memory, 1 worker": ("--db", ":memory:", "--workers", "1"),
+                  "file, 1 worker": ("--db", f"{tmp}/one.db", "--workers", "1")}
+        if args.workers > 1:
+            setups[f"file, {args.workers} workers"] = ("--db", f"{tmp}/many.db", "--workers", str(args.workers))
+        servers = {label: EmulatorProcess(*flags) for label, flags in setups.items()}
+        results: dict[tuple[str, int], dict] = {}
+        try:
+            for label, server in servers.items():  # a warm-up round: first turns import and JIT caches
+                asyncio.run(one_level(server.address, 2, 5))
+            for sessions in levels:
+                for label, server in servers.items():
+                    before, cpu_before = rss_kib(server.pid), cpu_s(server.pid)
+                    result = asyncio.run(one_level(server.address, sessions, args.turns, args.client == "official"))
+                    result["rss_per_session_kib"] = (rss_kib(server.pid) - before) / sessions
+                    result["cpu_ms_per_turn"] = (cpu_s(server.pid) - cpu_before) * 1e3 / max(1, len(result["latencies"]))
+                    results[(label, sessions)] = result
+        finally:
+            for server in servers.values():
+                server.stop()
+    print(f"stores: :memory: and SQLite files (the default kind) in {tmp}; {args.turns} turns per session; "
+          f"each session on its own channel; {args.client} client; {os.cpu_count()} cores")
+    print(f"{'setup':22}{'sessions':>9}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99/p50':>9}"
+          f"{'turns/s':>9}{'CPU ms/turn':>12}{'RSS/session':>13}")
+    for (label, sessions), r in results.items():
+        lat = r["latencies"] or [float("nan")]
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        print(f"{label:22}{sessions:9d}{len(r['errors']):8d}{p50 * 1e3:9.1f}{percentile(lat, 90) * 1e3:9.1f}{p99 * 1e3:9.1f}"
+              f"{p99 / p50:9.1f}{r['turns_per_s']:9.1f}{r['cpu_ms_per_turn']:12.2f}{r['rss_per_session_kib']:10.0f} KiB")
+    for r in results.values():
+        for error in sorted(set(r["errors"]))[:5]:
+            print(f"  error: {error}")
+    top = max(levels)
+    lines = []
+    if ("file, 1 worker", 1) in results and ("memory, 1 worker", 1) in results:
+        ratio = percentile(results[("file, 1 worker", 1)]["latencies"], 50) / percentile(results[("memory, 1 worker", 1)]["latencies"], 50)
+        lines.append(f"file / memory, 1 session, p50: {ratio:.2f}x  (goal <= 2x)")
+    for label in [k for k in setups if k.startswith("file")]:
+        r = results[(label, top)]
+        lines.append(f"{label}, {top} sessions: {len(r['errors'])} errors, p99/p50 "
+                     f"{percentile(r['latencies'], 99) / percentile(r['latencies'], 50):.1f}x  (goal: 0 errors, <= 10x)")
+    if args.workers > 1:
+        many = results[(f"file, {args.workers} workers", top)]["turns_per_s"]
+        one = results[("file, 1 worker", top)]["turns_per_s"]
+        lines.append(f"turns/s, {args.workers} workers / 1 worker, {top} sessions on file: {many / one:.2f}x  (goal >= 1.8x with 2)")
+        cpu_many = results[(f"file, {args.workers} workers", top)]["cpu_ms_per_turn"]
+        cpu_one = results[("file, 1 worker", top)]["cpu_ms_per_turn"]
+        lines.append(f"  the emulator's CPU per turn, {args.workers} workers / 1: {cpu_many / cpu_one:.2f}x, so with a free core per "
+                     f"worker turns/s could reach {args.workers * cpu_one / cpu_many:.2f}x; the machine's load average now: "
+                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the client's own share included)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

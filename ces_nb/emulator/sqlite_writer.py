@@ -1,0 +1,205 @@
+"""The SQLite store's writer: a completed turn, written in one transaction before the client hears
+of it.
+
+ADK's DatabaseSessionService writes each event as its own transaction through the async
+driver: about five statements, each a hop to the driver's thread, per event, four or five
+events per turn. With a hundred sessions at once, those transactions also raced for SQLite's
+write lock, and failed with "database is locked".
+
+Here a completed turn (a session's new events) is written at once, on the event loop, in one
+short transaction: WAL with synchronous=NORMAL makes a commit an append to the log, well under
+a millisecond, and the loop is the one writer of this process, so it never waits for another.
+Should the write lock be held elsewhere (a sibling `--workers` process, or ADK's own engine
+creating a session), the loop does not wait: the turn goes to a writer thread that waits on
+busy_timeout (BEGIN IMMEDIATE), takes every turn queued behind it into one transaction (one
+savepoint per turn) and commits. (A thread for every write would cost more than the write:
+under load it waits for the GIL on every statement.) Either way the client hears the turn
+completed once it is in the file, so it survives the emulator's kill -9. Readers, on their own
+connections, never wait for a writer (WAL).
+
+The rows are ADK's own: the same tables, columns and type processing (SQLAlchemy Core on
+ADK's schema classes), the same optimistic-concurrency check as ADK's append_event (the
+stored revision marker must equal the session's, else StaleSessionError), the same state
+merge. Turns that touch app: or user: state take ADK's own path (batching_store.TurnBatchingStore).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from google.adk.errors import StaleSessionError
+from google.adk.events import Event
+from google.adk.sessions import Session
+from google.adk.sessions import _session_util
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.exc import OperationalError
+
+# Turns per transaction at most: a commit does not wait on an unbounded backlog.
+MAX_TURNS_PER_COMMIT = 64
+
+
+@dataclass
+class _Turn:
+    app_name: str
+    user_id: str
+    session_id: str
+    marker: str
+    events: list[Event]
+    session_delta: dict[str, Any]
+    update_time: datetime
+    done: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class _LockTaken(Exception):
+    """SQLite's write lock is held elsewhere: the writer thread waits for it instead of the loop."""
+
+
+def _no_wait(connection, _record) -> None:
+    connection.execute("PRAGMA busy_timeout=0")
+
+
+def marker_of(update_time: datetime) -> str:
+    """ADK's revision marker for a stored update_time (StorageSession.get_update_marker)."""
+    if update_time.tzinfo is not None:
+        update_time = update_time.astimezone(timezone.utc)
+    return update_time.isoformat(timespec="microseconds")
+
+
+class SqliteWriter:
+    def __init__(self, path: str, schema, naive_datetimes: bool, configure_engine):
+        """`schema`: ADK's schema classes for this database; `configure_engine(sync_engine)`
+        installs the store's pragmas and BEGIN IMMEDIATE (store.py)."""
+        self.engine = create_engine(f"sqlite:///{path}")  # the writer thread's
+        configure_engine(self.engine)
+        # The event loop's: one connection, which never waits for the write lock.
+        self.inline_engine = create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0)
+        configure_engine(self.inline_engine)
+        event.listen(self.inline_engine, "connect", _no_wait)
+        self.sessions = schema.StorageSession.__table__
+        self.events_table = schema.StorageEvent.__table__
+        self.event_class = schema.StorageEvent
+        # (ORM attribute, column name) of each event column
+        self.event_columns = [(a.key, a.columns[0].name) for a in inspect(schema.StorageEvent).column_attrs]
+        self.naive = naive_datetimes
+        self._queue: queue.SimpleQueue[_Turn | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ces-nb store writer", daemon=True)
+        self._thread.start()
+
+    async def append_turn(self, session: Session, events: list[Event]) -> None:
+        """Store `events` (already trimmed of temp: state) for `session`, after its last stored
+        revision; then the session's revision is the new one. All of them, or none."""
+        update_time = datetime.fromtimestamp(events[-1].timestamp, timezone.utc)
+        if self.naive:
+            update_time = update_time.replace(tzinfo=None)
+        delta: dict[str, Any] = {}
+        for event in events:
+            if event.actions and event.actions.state_delta:
+                delta.update(_session_util.extract_json_safe_state_delta(event.actions.state_delta)["session"])
+        turn = _Turn(session.app_name, session.user_id, session.id, session._storage_update_marker,
+                     events, delta, update_time)
+        try:
+            marker = self._write_inline(turn)
+        except _LockTaken:
+            self._queue.put(turn)
+            marker = await asyncio.wrap_future(turn.done)
+        session._storage_update_marker = marker
+        session.last_update_time = events[-1].timestamp
+
+    def _write_inline(self, turn: _Turn) -> str:
+        try:
+            with self.inline_engine.connect() as connection:
+                with connection.begin():
+                    return self._write_turn(connection, turn)
+        except OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _LockTaken from None
+            raise
+
+    def revision(self, session: Session) -> str | None:
+        """The stored revision marker of `session` (None when it is gone), read on the loop."""
+        table = self.sessions
+        with self.inline_engine.connect() as connection:
+            connection.execution_options(read_only=True)  # a deferred BEGIN, no write lock (store._sqlite_begin)
+            with connection.begin():
+                stored = connection.execute(select(table.c.update_time).where(
+                    table.c.app_name == session.app_name, table.c.user_id == session.user_id,
+                    table.c.id == session.id)).scalar_one_or_none()
+        return None if stored is None else marker_of(stored)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self.engine.dispose()
+        self.inline_engine.dispose()
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            turn = self._queue.get()
+            if turn is None:
+                return
+            batch = [turn]
+            while len(batch) < MAX_TURNS_PER_COMMIT:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._write(batch)
+
+    def _write(self, batch: list[_Turn]) -> None:
+        results: list[tuple[_Turn, Any]] = []
+        try:
+            with self.engine.connect() as connection:
+                with connection.begin():
+                    for turn in batch:
+                        savepoint = connection.begin_nested()
+                        try:
+                            marker = self._write_turn(connection, turn)
+                            savepoint.commit()
+                            results.append((turn, marker))
+                        except Exception as exc:  # this turn only: the others still commit
+                            savepoint.rollback()
+                            results.append((turn, exc))
+        except Exception as exc:  # the commit itself failed: none of them is stored
+            results = [(turn, exc) for turn in batch]
+        for turn, outcome in results:
+            if isinstance(outcome, BaseException):
+                turn.done.set_exception(outcome)
+            else:
+                turn.done.set_result(outcome)
+
+    def _write_turn(self, connection, turn: _Turn) -> str:
+        table = self.sessions
+        key = (table.c.app_name == turn.app_name, table.c.user_id == turn.user_id, table.c.id == turn.session_id)
+        row = connection.execute(select(table.c.state, table.c.update_time).where(*key)).one_or_none()
+        if row is None:
+            from google.adk.errors.session_not_found_error import SessionNotFoundError
+
+            raise SessionNotFoundError(f"Session {turn.session_id} not found.")
+        if marker_of(row.update_time) != turn.marker:
+            raise StaleSessionError(
+                "The session was changed in the store since it was read (another emulator worker, or "
+                "a client of the same store, wrote to it); read it again and retry"
+            )
+        session_ref = Session(app_name=turn.app_name, user_id=turn.user_id, id=turn.session_id)
+        rows = []
+        for event in turn.events:
+            stored = self.event_class.from_event(session_ref, event)
+            rows.append({column: getattr(stored, attr) for attr, column in self.event_columns})
+        connection.execute(self.events_table.insert(), rows)
+        state = dict(row.state or {})
+        state.update(turn.session_delta)
+        connection.execute(table.update().where(*key).values(state=state, update_time=turn.update_time))
+        stored_time = connection.execute(select(table.c.update_time).where(*key)).scalar_one()
+        return marker_of(stored_time)

@@ -1,0 +1,137 @@
+"""The default store, a SQLite file, under load: one writer, turns batched into commits, reads
+that never wait for a writer, ADK's optimistic concurrency kept."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from google.adk.errors import StaleSessionError
+from google.adk.events import Event, EventActions
+from google.adk.sessions import DatabaseSessionService
+from google.cloud import ces_v1
+from google.cloud.ces_v1.services.agent_service.transports import AgentServiceGrpcTransport
+from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
+from google.genai import types
+
+from conftest import APP, run, texts
+from emulator_process import EmulatorProcess
+from ces_nb.emulator.store import session_service_for
+
+TALK = ["Hello", "What's the status of flight SW12?", "How many bags can I check?", "What is my loyalty tier?"]
+
+
+@pytest.fixture(scope="module")
+def file_emulator(tmp_path_factory):
+    db = tmp_path_factory.mktemp("file-store") / "sessions.db"
+    process = EmulatorProcess("--db", str(db))
+    yield process, db
+    process.stop()
+
+
+def _clients(address):
+    channel = grpc.insecure_channel(address)
+    return (channel, ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel)),
+            ces_v1.AgentServiceClient(transport=AgentServiceGrpcTransport(channel=channel)))
+
+
+def test_many_concurrent_sessions_all_complete_on_the_file_store(file_emulator):
+    emulator, _db = file_emulator
+    channel, sessions, agents = _clients(emulator.address)
+    names = [f"{APP}/sessions/load-{n}" for n in range(40)]
+
+    def converse(name):
+        for n, text in enumerate(TALK):
+            out = run(sessions, name, text)
+            assert out[-1].turn_index == n + 1 and out[-1].turn_completed
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        for future in [pool.submit(converse, name) for name in names]:
+            future.result()  # any INTERNAL ("database is locked") fails here
+    for name in names[:5]:
+        conversation = agents.get_conversation(name=name.replace("/sessions/", "/conversations/"))
+        assert len(conversation.turns) == len(TALK)
+    channel.close()
+
+
+def test_reads_go_on_while_another_writer_holds_the_file(file_emulator):
+    emulator, db = file_emulator
+    channel, sessions, agents = _clients(emulator.address)
+    name = f"{APP}/sessions/held"
+    run(sessions, name, "Hello")
+    holder = sqlite3.connect(db, timeout=1, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by someone else
+    try:
+        conversation = agents.get_conversation(name=name.replace("/sessions/", "/conversations/"), timeout=5)
+        assert len(conversation.turns) == 1
+        done: list = []
+        turn = threading.Thread(target=lambda: done.append(run(sessions, name, "What is my loyalty tier?")))
+        turn.start()
+        turn.join(0.5)
+        assert not done  # the turn waits for the write lock (busy_timeout): not acknowledged, not lost
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    turn.join(30)
+    assert done and done[0][-1].turn_index == 2
+    assert len(agents.get_conversation(name=name.replace("/sessions/", "/conversations/")).turns) == 2
+    channel.close()
+
+
+def _event(text: str, n: int) -> Event:
+    return Event(author="user", invocation_id=f"inv-{n}", content=types.Content(role="user", parts=[types.Part(text=text)]),
+                 actions=EventActions(state_delta={"n": n}))
+
+
+def test_a_stale_session_is_refused_and_the_other_writer_keeps_its_turn(tmp_path):
+    """Two copies of one session (two workers, say): the first turn stored wins, the other gets
+    ADK's StaleSessionError and stores nothing; ADK's own service reads back what was stored."""
+    db = str(tmp_path / "s.db")
+
+    async def go():
+        store = session_service_for(db)
+        created = await store.create_session(app_name="a", user_id="u", session_id="s")
+        one = await store.get_session(app_name="a", user_id="u", session_id="s")
+        two = await store.get_session(app_name="a", user_id="u", session_id="s")
+        await store.append_events(one, [_event("first", 1), _event("again", 2)])
+        with pytest.raises(StaleSessionError):
+            await store.append_events(two, [_event("late", 3)])
+        await store.append_events(one, [_event("more", 4)])  # the winner's revision moved on with it
+        await store.close()
+        adk = DatabaseSessionService(db_url=f"sqlite+aiosqlite:///{db}")
+        stored = await adk.get_session(app_name="a", user_id="u", session_id="s")
+        await adk.close()
+        return created, stored
+
+    created, stored = asyncio.run(go())
+    assert [e.content.parts[0].text for e in stored.events] == ["first", "again", "more"]
+    assert stored.state["n"] == 4
+    assert [e.id for e in stored.events][:1] and created.id == "s"
+
+
+def test_a_turn_that_changes_user_state_is_stored_whole_through_adks_own_path(tmp_path):
+    """app: and user: state live in other rows than the session's: such a turn goes through ADK's
+    append_event, its events in one transaction, and reads back as ADK wrote it."""
+    db = str(tmp_path / "u.db")
+
+    async def go():
+        store = session_service_for(db)
+        await store.create_session(app_name="a", user_id="u", session_id="s")
+        session = await store.get_session(app_name="a", user_id="u", session_id="s")
+        first = _event("hi", 1)
+        shared = Event(author="user", invocation_id="inv-u", actions=EventActions(state_delta={"user:tier": "Gold"}))
+        await store.append_events(session, [first, shared])
+        await store.close()
+        adk = DatabaseSessionService(db_url=f"sqlite+aiosqlite:///{db}")
+        stored = await adk.get_session(app_name="a", user_id="u", session_id="s")
+        other = await adk.create_session(app_name="a", user_id="u", session_id="t")
+        await adk.close()
+        return stored, other
+
+    stored, other = asyncio.run(go())
+    assert [e.invocation_id for e in stored.events] == ["inv-1", "inv-u"]
+    assert stored.state["user:tier"] == "Gold" and other.state["user:tier"] == "Gold"

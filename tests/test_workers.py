@@ -1,0 +1,143 @@
+"""`ces-nb emulator --workers N`: one emulator, N processes on one port and one store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import pytest
+from google.cloud import ces_v1
+from google.cloud.ces_v1.services.agent_service.transports import AgentServiceGrpcTransport
+from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
+
+from ces_nb import local_emulator
+from conftest import APP, run, texts
+from emulator_process import EmulatorProcess
+from test_async_and_bidi import Bidi
+
+TALK = ["Hello", "What's the status of flight SW12?", "How many bags can I check?", "What is my loyalty tier?"]
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    db = tmp_path_factory.mktemp("workers") / "sessions.db"
+    process = EmulatorProcess("--db", str(db), "--workers", "2", rest_port=0)
+    yield process, db
+    process.stop()
+
+
+def _client(address):
+    channel = grpc.insecure_channel(address)
+    return channel, ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
+
+
+def test_two_workers_serve_one_port_and_health_says_so(two_workers):
+    emulator, _ = two_workers
+    assert len(children(emulator.pid)) == 2
+    assert local_emulator.health(emulator.address) == local_emulator.SERVING
+    assert "(2 workers;" in emulator.output()
+
+
+def test_a_session_moves_between_connections_and_workers_without_losing_a_turn(two_workers):
+    """Each channel is one connection, which the kernel hands to either worker: a session
+    talked to over many channels in turn sees every earlier turn, whichever worker answers."""
+    emulator, _ = two_workers
+    clients = [_client(emulator.address) for _ in range(8)]
+    name = f"{APP}/sessions/roaming"
+    try:
+        for n in range(16):
+            _channel, sessions = clients[n % len(clients)]
+            out = run(sessions, name, TALK[n % len(TALK)])
+            assert out[-1].turn_index == n + 1  # no turn lost or counted twice
+        channel = grpc.insecure_channel(emulator.address)
+        agents = ces_v1.AgentServiceClient(transport=AgentServiceGrpcTransport(channel=channel))
+        turns = agents.get_conversation(name=name.replace("/sessions/", "/conversations/")).turns
+        assert len(turns) == 16
+        assert [t.messages[0].chunks[0].text for t in turns] == [TALK[n % len(TALK)] for n in range(16)]
+        channel.close()
+    finally:
+        for channel, _ in clients:
+            channel.close()
+
+
+def test_bidi_and_rest_work_through_the_workers(two_workers):
+    emulator, _ = two_workers
+    channel, sessions = _client(emulator.address)
+    with Bidi(sessions) as bidi:
+        bidi.send(config=ces_v1.SessionConfig(session=f"{APP}/sessions/bidi-workers"))
+        for n, text in enumerate(TALK[:3]):
+            bidi.send(realtime_input=ces_v1.SessionInput(text=text))
+            assert bidi.turn()[-1].session_output.turn_index == n + 1
+        bidi.close()
+    channel.close()
+    request = urllib.request.Request(
+        f"{emulator.rest_url}/v1/{APP}/sessions/rest-workers:runSession",
+        data=json.dumps({"config": {"session": f"{APP}/sessions/rest-workers"}, "inputs": [{"text": "Hello"}]}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        body = json.load(reply)
+    assert "welcome to SkyWay Air" in " ".join(o.get("text", "") for o in body["outputs"])
+
+
+def test_another_emulator_on_the_same_port_or_store_is_refused(two_workers, tmp_path):
+    emulator, db = two_workers
+    port = emulator.address.rsplit(":", 1)[1]
+    for args in (["--db", ":memory:"], ["--db", str(tmp_path / "other.db"), "--workers", "2"]):
+        second = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", port, *args],
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert second.returncode == 1, second.stderr
+        assert f"port {port} on 127.0.0.1 is taken" in second.stderr and "--port 0" in second.stderr
+    same_store = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--db", str(db), "--workers", "2"],
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert same_store.returncode == 1 and str(db) in same_store.stderr and f"pid {emulator.pid}" in same_store.stderr
+    assert local_emulator.health(emulator.address) == local_emulator.SERVING  # untouched
+
+
+def test_memory_store_takes_one_worker():
+    out = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--db", ":memory:", "--workers", "2"],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    assert ":memory: lives in one process" in out.stderr and "--workers 1" in out.stderr
+
+
+def test_workers_die_with_a_killed_supervisor_and_free_the_store(tmp_path):
+    db = tmp_path / "killed.db"
+    first = EmulatorProcess("--db", str(db), "--workers", "2")
+    workers = children(first.pid)
+    assert len(workers) == 2
+    channel, sessions = _client(first.address)
+    run(sessions, f"{APP}/sessions/before-kill", "Hello")
+    channel.close()
+    os.kill(first.pid, signal.SIGKILL)
+    first.proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in workers), "workers outlived the supervisor"
+    second = EmulatorProcess("--db", str(db), "--workers", "2")  # the store and the port are free again
+    try:
+        channel, sessions = _client(second.address)
+        out = run(sessions, f"{APP}/sessions/before-kill", "What is my loyalty tier?")
+        assert out[-1].turn_index == 2  # the acknowledged turn survived kill -9
+        channel.close()
+    finally:
+        assert second.stop() == 0
