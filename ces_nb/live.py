@@ -242,9 +242,11 @@ class LiveSession:
 
         if retry_until is not None:
             # After go_away the next server may still be starting: keep knocking (backing off)
-            # until the deadline, but never re-open a stream that had started answering.
+            # until the deadline, but never re-open a stream that had started answering. The old
+            # server, still shutting down, may accept a knock and then cancel it: a refusal too.
             knock = retries.Retry(
-                predicate=lambda exc: isinstance(exc, exceptions.ServiceUnavailable) and not attempt["received"],
+                predicate=lambda exc: (isinstance(exc, (exceptions.ServiceUnavailable, exceptions.Cancelled))
+                                       and not attempt["received"] and not self._closing),
                 initial=0.25, maximum=1.0, multiplier=2.0, timeout=max(0.0, retry_until - time.monotonic()))
             stream = knock(stream)
         try:

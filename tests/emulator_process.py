@@ -20,8 +20,10 @@ from ces_nb.local_emulator import wait_until_serving
 
 
 class EmulatorProcess:
-    def __init__(self, *args: str, port: int | None = None, rest_port: int | None = None, timeout: float = 90):
-        """rest_port: also serve REST there (`--rest-port`; 0 picks a free one), at `.rest_url`."""
+    def __init__(self, *args: str, port: int | None = None, rest_port: int | None = None, timeout: float = 90,
+                 env: dict[str, str] | None = None):
+        """rest_port: also serve REST there (`--rest-port`; 0 picks a free one), at `.rest_url`.
+        env: more environment for the emulator (a failpoint, say)."""
         if "--port" in args or "--rest-port" in args:
             raise ValueError("pass the ports as EmulatorProcess(..., port=N, rest_port=M): readiness is checked on them")
         self.args = args
@@ -35,6 +37,7 @@ class EmulatorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ces_nb", "emulator", "--port", str(self.port), *rest, *args],
                 stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                env={**os.environ, **(env or {})},
             )
             deadline = time.monotonic() + timeout
             if wait_until_serving(self.address, timeout, self.proc) and self._rest_answers(deadline):

@@ -21,10 +21,17 @@ conversation grows, while the live session (and the store) keep every event.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any, Optional
 
 from google.adk.events import Event
 from google.adk.sessions import BaseSessionService, Session
+
+
+# A failpoint for the fault tests: hold each commit this long, so a kill -9 can land inside a
+# turn that has begun streaming but is not stored yet. Unset in normal use.
+COMMIT_DELAY_S = float(os.environ.get("CES_NB_FAILPOINT_COMMIT_DELAY_S") or 0)
 
 
 class TurnStore(BaseSessionService):
@@ -48,6 +55,8 @@ class TurnStore(BaseSessionService):
 
     async def commit(self, session_id: str) -> None:
         """Write the open turn's events to the store, in order."""
+        if COMMIT_DELAY_S:
+            await asyncio.sleep(COMMIT_DELAY_S)
         session, stored, _view = self._open.pop(session_id)
         pending = session.events[stored:]
         # The store appends each event to the session object itself: take them off first.
