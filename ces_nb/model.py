@@ -718,6 +718,21 @@ class Turn:
         return chain_text(self)
 
 
+def pending_calls(turns: Iterable["Turn"]) -> dict[str, ToolCall]:
+    """Client tool calls still waiting for an answer after `turns`, by call id. An answer sent
+    in a turn that was cut short (partial) doesn't count: the server stores a turn whole or not
+    at all, and one that broke was almost always not stored."""
+    calls: dict[str, ToolCall] = {}
+    for turn in turns:
+        for item in ([] if turn.partial else turn.inputs):
+            if item.kind == "tool_responses":
+                for response in item.value:
+                    calls.pop(response.id, None)
+        for call in turn.tool_calls:
+            calls[call.id] = call
+    return calls
+
+
 def io_messages(turn: "Turn") -> list[Message]:
     """A turn's inputs and outputs as CES Messages, for turns without diagnostic messages."""
     user = Message("user")

@@ -19,7 +19,7 @@ from .convert.session_output import add_output, turn_from_outputs
 from .convert.tools import tool_result
 from .errors import CesError, explain
 from .inputs import build_inputs, tool_responses_list
-from .model import MAX_JSON_DEPTH, Message, ToolCall, ToolResult, Transcript, Turn, io_messages, json_depth, json_value, sorted_keys
+from .model import MAX_JSON_DEPTH, Message, ToolCall, ToolResult, Transcript, Turn, io_messages, json_depth, json_value, pending_calls, sorted_keys
 from .names import session_path
 
 MAX_AUTO_ANSWERS = 20  # handler -> agent -> handler ... stops here, whatever the handlers do
@@ -228,18 +228,9 @@ class Session:
 
     @property
     def pending(self) -> dict[str, ToolCall]:
-        """Client tool calls the agent is still waiting on, by call id. An answer sent in a turn
-        that was cut short (partial) doesn't count: the server stores a turn whole or not at all,
-        and one that broke was almost always not stored."""
-        calls: dict[str, ToolCall] = {}
-        for turn in self.turns:
-            for item in ([] if turn.partial else turn.inputs):
-                if item.kind == "tool_responses":
-                    for response in item.value:
-                        calls.pop(response.id, None)
-            for call in turn.tool_calls:
-                calls[call.id] = call
-        return calls
+        """Client tool calls the agent is still waiting on, by call id (`model.pending_calls`:
+        an answer in a turn that was cut short doesn't count)."""
+        return pending_calls(self.turns)
 
     def _inputs(self, text: str | None, inputs: dict) -> list:
         for key in ("variables", "tool_responses"):

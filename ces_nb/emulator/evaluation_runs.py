@@ -27,7 +27,7 @@ from ..evals.native import read_evaluation
 from ..evals.results import CaseResult
 from ..evals.runner import run_in_session
 from ..inputs import build_inputs
-from ..model import ToolCall, Turn
+from ..model import ToolCall, Turn, pending_calls
 
 # Longest a turn may take inside an evaluation (RunSession's own client default is 220 s).
 TURN_TIMEOUT_S = 220.0
@@ -68,15 +68,7 @@ class EmulatorConversation:
 
     @property
     def pending(self) -> dict[str, ToolCall]:
-        calls: dict[str, ToolCall] = {}
-        for turn in self.turns:
-            for item in turn.inputs:
-                if item.kind == "tool_responses":
-                    for response in item.value:
-                        calls.pop(response.id, None)
-            for call in turn.tool_calls:
-                calls[call.id] = call
-        return calls
+        return pending_calls(self.turns)
 
     @property
     def ended(self) -> bool:

@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 
 from .auth import TokenCheck
 from .errors import EmulatorError, clip, quote
+from .listening import listening_socket
 from .reflection import API_VERSIONS, PACKAGE, SERVED, rest_methods
 
 log = logging.getLogger("ces_nb.emulator")
@@ -584,27 +585,9 @@ class RestServer:
 
     def bind(self) -> None:
         """Binds the port now (so a taken one is an error before anything serves); port 0 picks one."""
-        host = self.host.strip("[]")
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            raise OSError(f"cannot serve REST on {self.host}: {exc}") from None
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, never a live listener
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-            sock.listen(2048)
-        except OSError:
-            sock.close()
-            raise OSError(
-                f"REST port {self.port} on {self.host} is taken (another emulator, or another program, listens there); "
-                f"stop it, or pick another: --rest-port {self.port + 1} (or --rest-port 0 for any free one)"
-            ) from None
-        sock.setblocking(False)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
+        self._socket = listening_socket(self.host, self.port, what="REST", flag="--rest-port", backlog=2048,
+                                        reuse_port=self.reuse_port)
+        self.port = self._socket.getsockname()[1]
 
     async def start(self) -> str:
         import uvicorn

@@ -26,6 +26,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from .listening import listening_socket
+
 log = logging.getLogger("ces_nb.emulator")
 
 CA_DAYS = 3650
@@ -211,24 +213,8 @@ class TlsFront:
         self._connections: set[asyncio.Task] = set()
 
     def bind(self) -> None:
-        host = self.host.strip("[]")
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            raise OSError(f"cannot serve TLS on {self.host}: {exc}") from None
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise OSError(
-                f"TLS port {self.port} on {self.host} is taken (another emulator, or another program, listens there); "
-                f"stop it, or pick another: --tls-port {self.port + 1} (or --tls-port 0 for any free one)") from None
-        sock.setblocking(False)
-        self._socket = sock
-        self.port = sock.getsockname()[1]
+        self._socket = listening_socket(self.host, self.port, what="TLS", flag="--tls-port", backlog=1024)
+        self.port = self._socket.getsockname()[1]
 
     @property
     def endpoint(self) -> str:
