@@ -209,9 +209,37 @@ BAD = [
     ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi", "expectations": [{"type": "sounds_like", "value": "x"}]}]},
      "conversations[0].expectations[0].type", "contains, not_contains"),
     ("evaluations/x.json", {"displayName": "a", "golden": {"turns": [{"steps": [{"usrInput": {"text": "hi"}}]}]}},
-     "golden.turns[0].steps[0]", "usrInput"),
-    ("evaluations/x.json", [{"displayName": "a", "golden": {"turns": []}}, {"displayName": "b", "golden": {"turns": [{"steps": [
+     "golden.turns[0].steps[0].usrInput", "unknown field 'usrInput'; did you mean 'userInput'?"),
+    ("evaluations/x.json", [{"displayName": "a", "golden": {"turns": [{"steps": [{"userInput": {"text": "hi"}},
+                                                                                  {"expectation": {"noToolCalls": True}}]}]}}, {"displayName": "b", "golden": {"turns": [{"steps": [
         {"expectation": {"toolCall": {"displayName": "t", "args": 3}}}]}]}}], "[1].golden.turns[0].steps[0].expectation.toolCall.args", ""),
+    # misspelt keys at every level: an error naming the key and what it may have meant, never a silent SKIPPED/PASS
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi", "agnet": "Hello"}]}]},
+     "conversations[0].turns[0].agnet", "unknown key 'agnet'; did you mean 'agent'? (expected one of user, event, agent"),
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi", "agent": "Hi", "tool_call": [{"action": "t"}]}]}]},
+     "conversations[0].turns[0].tool_call", "did you mean 'tool_calls'?"),
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi", "tool_calls": [{"action": "t", "arg": {}}]}]}]},
+     "conversations[0].turns[0].tool_calls[0].arg", "did you mean 'args'?"),
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turn": [{"user": "hi"}]}]}, "conversations[0].turn", "did you mean 'turns'?"),
+    ("goldens/x.yaml", {"conversation": [{"conversation": "a", "turns": [{"user": "hi"}]}]}, "", "'conversations'"),
+    ("tool_tests/x.yaml", {"tests": [{"name": "a", "tool": "t", "expectation": {"response": [{"path": "$.x", "operator": "equals"}]}}]},
+     "tests[0].expectation", "did you mean 'expectations'?"),
+    ("tool_tests/x.yaml", {"tests": [{"name": "a", "tool": "t", "expectations": {"respones": [{"path": "$.x", "operator": "equals"}]}}]},
+     "tests[0].expectations.respones", "did you mean 'response'?"),
+    ("tool_tests/x.yaml", {"tests": [{"name": "a", "tool": "t", "expectations": {"response": [{"path": "$.x", "operator": "equals", "valeu": 1}]}}]},
+     "tests[0].expectations.response[0].valeu", "did you mean 'value'?"),
+    ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi", "expectation": [{"type": "contains", "value": "x"}]}]},
+     "conversations[0].expectation", "did you mean 'expectations'?"),
+    ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi", "expectations": [{"type": "contains", "vaule": "x"}]}]},
+     "conversations[0].expectations[0].vaule", "did you mean 'value'?"),
+    ("evaluations/x.json", {"displayName": "a", "golden": {"turns": [{"steps": [{"userInput": {"text": "hi"}},
+                                                                                 {"expectation": {"tolCall": {"displayName": "t"}}}]}]}},
+     "golden.turns[0].steps[1].expectation.tolCall", "unknown field 'tolCall'; did you mean 'toolCall'?"),
+    # a case that evaluates nothing is an error, not a green run
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi"}]}]}, "conversations[0]", "evaluates nothing"),
+    ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi"}]}, "conversations[0]", "evaluates nothing"),
+    ("evaluations/x.json", {"displayName": "a", "golden": {"turns": [{"steps": [{"userInput": {"text": "hi"}}]}]}},
+     "golden", "evaluates nothing"),
 ]
 
 
@@ -452,3 +480,36 @@ def test_the_progress_bar_counts_cases(client, capsys):
     ces_nb.evaluate(GOLDENS, client=client, progress=True)
     err = capsys.readouterr().err
     assert "evaluating" in err and "5/5" in err
+
+
+# -- audit fixes ---------------------------------------------------------------------------------
+
+def _goodbye(reason) -> dict:
+    return {"conversations": [{"conversation": "bye", "turns": [{"user": "That's all, thanks. Goodbye!", "tool_calls": [
+        {"action": "end_session", "args": {"reason": reason}}]}]}]}
+
+
+@pytest.mark.parametrize("reason, passes", [
+    ({"$matchType": "semantic", "$matchValue": "the customer said goodbye"}, True),
+    ({"$matchType": "semantic", "$matchValue": "escalation to a human supervisor was required"}, False),
+    ({"$matchType": "regexp", "$matchValue": "^refund"}, False),
+    ({"$matchType": "ignore", "$matchValue": ""}, True),
+    ("the flight was cancelled", False),
+])
+def test_end_session_args_are_scored_under_their_match_type(client, reason, passes):
+    run = ces_nb.evaluate(_goodbye(reason), client=client, progress=False)
+    (row,) = [e for e in run.cases[0].expectations if e.kind == "end_session"]
+    assert (row.outcome == "PASS") is passes, (row.observed, row.explanation)
+    assert run.passed is passes
+    if not passes:
+        assert "reason" in row.explanation
+
+
+@pytest.mark.parametrize("target, passes", [("Booking Agent", True), ("booking_agent", True), ("booking-agent", True),
+                                            ("Agent", False), ("ooking Agent", False)])
+def test_agent_transfer_matches_the_whole_name_not_its_end(client, target, passes):
+    golden = {"conversations": [{"conversation": "t", "turns": [{"user": "I'd like to book a seat on SW123", "tool_calls": [
+        {"action": "transfer_to_agent", "args": {"agent": target}}]}]}]}
+    run = ces_nb.evaluate(golden, client=client, progress=False)
+    (row,) = [e for e in run.cases[0].expectations if e.kind == "agent_transfer"]
+    assert (row.outcome == "PASS") is passes, (row.observed, row.explanation)

@@ -8,6 +8,8 @@ expectation's `expectationLevelMetricsThresholdsOverride`). Parsed with the offi
 
 from __future__ import annotations
 
+import ast
+import difflib
 import re
 from typing import Any
 
@@ -16,9 +18,16 @@ from .cases import (AGENT_RESPONSE, AGENT_TRANSFER, END_SESSION, GOLDEN, NO_TOOL
 from .errors import EvalFileError, shown
 
 _COMPARISON = {"EQUALS": "exact", "CONTAINS": "contains", "SEMANTIC_SIMILARITY": "semantic"}
+_NO_FIELD = re.compile(r'has no field named "([^"]+)"')
+_AVAILABLE = re.compile(r'Available Fields\(except extensions\): "(\[.*?\])"', re.S)
 _PARSE_AT = re.compile(r' at "?(Evaluation(?:\.\w+(?:\[\d+\])*)*)"?\.*')
 NOT_SIMULATED = ("needs a simulated user: CES plays scenarios with an LLM user; offline only the scripted parts "
                  "(variable overrides, mock tool responses) run; not evaluated")
+
+
+# Evaluation fields the server sets: not what a file means to write
+_OUTPUT_ONLY = {"createTime", "createdBy", "updateTime", "lastUpdatedBy", "evaluationRuns", "etag", "aggregatedMetrics",
+                "lastCompletedResult", "invalid", "lastTenResults"}
 
 
 def is_evaluation(data: Any) -> bool:
@@ -40,6 +49,17 @@ def _parse(data: dict, message, source: str, at: str) -> dict:
         where = m[1].split(".", 1)[1] if m and "." in m[1] else ""
         problem = _PARSE_AT.sub("", text).rsplit(" field: ", 1)[-1].strip()
         full = ".".join(x for x in (at, where) if x) if not where.startswith("[") else at + where
+        unknown = _NO_FIELD.search(text)
+        if unknown:  # protobuf's text names the message type; say it as the reader's other errors do
+            fields = _AVAILABLE.search(text)
+            try:
+                known = [f for f in ast.literal_eval(fields[1]) if f not in _OUTPUT_ONLY] if fields else []
+            except (ValueError, SyntaxError):
+                known = []
+            near = difflib.get_close_matches(unknown[1], known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            full = f"{full}.{unknown[1]}" if full else unknown[1]
+            raise EvalFileError(source, full, f"unknown field {unknown[1]!r}{hint} (expected one of {', '.join(known)})") from None
         raise EvalFileError(source, full, f"not a CES Evaluation: {problem}") from None
     return json_format.MessageToDict(pb, preserving_proto_field_name=True)
 
@@ -95,6 +115,9 @@ def read_evaluation(data: Any, source: str, at: str) -> Case:
     for k, e in enumerate(golden.get("evaluation_expectations") or []):
         case.expectations.append(Expectation(RUBRIC, e, at=f"{pre}golden.evaluationExpectations[{k}]",
                                              note="an EvaluationExpectation (LLM-judged)"))
+    if not case.expectations and not any(st.expectations for st in case.steps):
+        raise EvalFileError(source, f"{pre}golden", "this golden evaluates nothing: give its turns expectations "
+                            "(agentResponse, toolCall, agentTransfer, ...) so a wrong answer can fail")
     return case
 
 

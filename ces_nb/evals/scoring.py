@@ -105,8 +105,13 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
     if e.kind == END_SESSION:
         if not seen.ended:
             return _row(e, None, False, 0.0, "the session did not end")
-        score, problems = parameter_correctness(e.expected or {}, seen.end_args, judge) if seen.end_args else (1.0, [])
-        return _row(e, seen.end_args, True, score, "; ".join(problems))  # ended: its reason is informative only
+        # end_session's args (its reason) are scored as any tool call's parameters are, under their $matchType
+        expected = e.expected or {}
+        threshold = t.tool_invocation_parameter_correctness_threshold
+        threshold = DEFAULT_PARAMETER_THRESHOLD if threshold is None else threshold
+        score, problems = parameter_correctness(expected, seen.end_args or {}, judge)
+        return _row(e, seen.end_args, score >= threshold, round(score, 4),
+                    "; ".join(problems) + (f" (parameter correctness {score:.2f} < {threshold:.2f})" if score < threshold else ""))
     if e.kind == UPDATED_VARIABLES:
         expected = e.expected or {}
         right = [k for k, v in expected.items() if k in seen.variables and match_value(v, seen.variables[k])[0]]
@@ -122,7 +127,8 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
 
 def _agent_is(want: str, got: str) -> bool:
     norm = lambda s: re.sub(r"[\s_-]+", " ", s).strip().lower()  # noqa: E731  "Returns Agent" ~ "returns_agent" ~ "returns-agent"
-    return norm(want) == norm(got) or norm(got).endswith(norm(want))
+    # the exact display name or id, or a resource name's id; never a name's tail ("Agent" is not "Booking Agent")
+    return norm(want) == norm(got) or norm(want.rsplit("/", 1)[-1]) == norm(got.rsplit("/", 1)[-1])
 
 
 def _ordered_share(expected: list[str], observed: list[str]) -> float:
