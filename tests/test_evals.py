@@ -513,3 +513,68 @@ def test_agent_transfer_matches_the_whole_name_not_its_end(client, target, passe
     run = ces_nb.evaluate(golden, client=client, progress=False)
     (row,) = [e for e in run.cases[0].expectations if e.kind == "agent_transfer"]
     assert (row.outcome == "PASS") is passes, (row.observed, row.explanation)
+
+
+def test_cli_latency_regressions_are_junit_failures(emulator, tmp_path):
+    from junitparser import JUnitXml
+
+    good = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--save", tmp_path / "good.json")
+    assert good.returncode == 0, good.stderr
+    fast = json.loads((tmp_path / "good.json").read_text())
+    for case in fast["cases"]:
+        case["spans"] = [[kind, ms / 20] for kind, ms in case["spans"]]
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    slower = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "fast.json",
+                  "--junit", tmp_path / "slow.xml")
+    assert slower.returncode == 1, slower.stdout
+    xml = JUnitXml.fromfile(str(tmp_path / "slow.xml"))
+    latency = [case for suite in xml if suite.name == "latency" for case in suite]
+    assert latency and all(not c.is_passed for c in latency)
+    assert any(c.name == "turn p90" for c in latency)
+    assert xml.failures == len(latency)
+    # the same run against itself: no latency suite, nothing failed
+    same = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "good.json",
+                "--junit", tmp_path / "same.xml", "--latency-threshold", "1000")
+    assert same.returncode == 0, same.stdout
+    assert JUnitXml.fromfile(str(tmp_path / "same.xml")).failures == 0
+
+
+def test_cli_usage_messages(emulator, tmp_path):
+    neg = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--latency-threshold", "-0.5")
+    assert neg.returncode == 2 and "--latency-threshold" in neg.stderr
+    missing = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "nope.json")
+    assert missing.returncode == 2 and "nope.json: no such file" in missing.stderr and "Errno" not in missing.stderr
+    # an app that is not there: one message, exit 2, before any case runs
+    nosuch = _cli(DEMO_EVALS, "--endpoint", emulator.address, "--app", "nosuchapp")
+    assert nosuch.returncode == 2, nosuch.stdout + nosuch.stderr
+    assert nosuch.stderr.strip().count("\n") == 0 and "nosuchapp" in nosuch.stderr and "not found" in nosuch.stderr and not nosuch.stdout
+    # an unclosed quote: the line where the string started and where the scanner gave up
+    bad = tmp_path / "goldens" / "quote.yaml"
+    bad.parent.mkdir()
+    bad.write_text('conversations:\n  - conversation: a\n    turns:\n      - user: "hello\n        agent: hi\n      - user: x\n')
+    with pytest.raises(EvalFileError) as info:
+        load(bad)
+    assert "line 4" in str(info.value), str(info.value)
+
+
+def test_cli_output_into_a_closed_pipe_and_html_document(emulator, tmp_path):
+    command = (f"{sys.executable} -m ces_nb eval {DEMO_EVALS} --endpoint {emulator.address} --app skyway "
+               f"--html {tmp_path / 'r.html'} | head -c 10")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "<html" in page and "<head>" in page and "<title>" in page and "<body>" in page
+    assert page.rstrip().endswith("</html>")
+
+
+def test_cli_failures_say_what_was_expected_and_what_the_agent_said(other, tmp_path):
+    from junitparser import JUnitXml
+
+    out = _cli(DEMO_EVALS / "goldens", "--endpoint", other.address, "--app", "skyway", "--junit", tmp_path / "bad.xml")
+    assert out.returncode == 1
+    # the broken flight_status answers "Have a nice day."
+    assert "observed: " in out.stdout and "Have a nice day." in out.stdout and "expected: semantic ≈" in out.stdout
+    # each case once: in the table, and again only if it failed
+    assert out.stdout.count("goldens/skyway.yaml::greeting") == 1
+    failure = next(c for s in JUnitXml.fromfile(str(tmp_path / "bad.xml")) for c in s if c.name == "flight_status").result[0]
+    assert "Have a nice day." in failure.text and "expected: semantic ≈" in failure.text

@@ -35,6 +35,7 @@ class RunComparison:
     def __init__(self, baseline, current, seed: int = 0, resamples: int = 1000):
         self.baseline, self.current = baseline, current
         self.seed, self.resamples = seed, resamples
+        self.threshold = 0.25  # latency_regressions' default: what text and HTML flag
         before = {_key(c, e): e for c in baseline.cases for e in c.expectations}
         after = {_key(c, e): e for c in current.cases for e in c.expectations}
         rows = []
@@ -99,9 +100,10 @@ class RunComparison:
             rows.append(row)
         return pd.DataFrame(rows).set_index("kind") if rows else pd.DataFrame()
 
-    def latency_regressions(self, threshold: float = 0.25, min_ms: float = 5.0) -> list[str]:
-        """Span kinds whose p90 grew by more than `threshold` (relative) and `min_ms`, with the CI
-        for the growth above zero."""
+    def latency_regressions(self, threshold: float | None = None, min_ms: float = 5.0) -> list[str]:
+        """Span kinds whose p90 grew by more than `threshold` (relative; default `self.threshold`)
+        and `min_ms`, with the CI for the growth above zero."""
+        threshold = self.threshold if threshold is None else threshold
         frame = self.latency
         out = []
         for kind, row in frame.iterrows():

@@ -41,9 +41,15 @@ def _parse(text: str, source: str, suffix: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # both marks: where the scanner gave up (an unclosed quote: the end of the file) and where
+        # the thing it was reading began (the quote's line)
+        mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise EvalFileError(source, where, f"not YAML ({getattr(exc, 'problem', None) or exc})") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        if context is not None and (mark is None or (context.line, context.column) != (mark.line, mark.column)):
+            started = f"{getattr(exc, 'context', None) or 'started'} at line {context.line + 1} column {context.column + 1}"
+            problem = f"{problem}; {started}"
+        raise EvalFileError(source, where, f"not YAML ({problem})") from None
 
 
 def read_data(data: Any, source: str = "<data>", hint: str = "") -> list[Case]:

@@ -56,17 +56,99 @@ def _ms(value: float | None) -> str:
 
 # -- text -------------------------------------------------------------------------------------
 
-def run_text(run) -> str:
+def _rule(marker: dict) -> str:
+    from .matching import expected_value
+
+    kind, want = marker.get("$matchType"), expected_value(marker)
+    if kind == "ignore":
+        return "ignored"
+    if kind == "regexp":
+        return f"regexp /{want}/"
+    if kind == "semantic":
+        return f"semantic ≈ {str(want)!r}"
+    if kind == "contains":
+        return f"contains {str(want)!r}"
+    return f"exact = {json.dumps(want, ensure_ascii=False)}"
+
+
+def shown_value(value: Any) -> Any:
+    """A value as the report shows it: `$matchType` markers as readable rules, null fields hidden."""
+    if isinstance(value, dict):
+        if "$matchType" in value:
+            return _rule(value)
+        return {k: shown_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [shown_value(v) for v in value]
+    return value
+
+
+def rule_text(e) -> str:
+    """What an expectation asks for, in words: "semantic ≈ 'foo'", "regexp /^refund/", a call."""
+    want = e.expected
+    if e.kind == "agent_response":
+        return {"semantic": f"semantic ≈ {str(want)!r}", "exact": f"exact = {str(want)!r}", "contains": f"contains {str(want)!r}",
+                "not_contains": f"does not contain {str(want)!r}", "regexp": f"regexp /{want}/",
+                "endswith": f"ends with {str(want)!r}"}.get(e.match, clip(want))
+    if e.kind in ("tool_call", "end_session") and isinstance(want, dict):
+        tool = want.get("tool") if e.kind == "tool_call" else "end_session"
+        args = want.get("args") if e.kind == "tool_call" else want
+        if args is None:
+            return f"{tool or 'a tool'} called"
+        inner = ", ".join(f"{k}: {v if isinstance(v, str) and isinstance(args[k], dict) and '$matchType' in args[k] else json.dumps(v, ensure_ascii=False, default=str)}"
+                          for k, v in shown_value(args).items())
+        return f"{tool or 'any tool'}({inner})" + (" (args include)" if e.match == "subset" else "")
+    if e.kind == "agent_transfer":
+        return f"transfer to {want}"
+    if e.kind in ("tool_response", "tool_variables") and isinstance(want, dict) and "path" in want:
+        return f"{want['path']} {want.get('operator')} {json.dumps(want.get('value'), ensure_ascii=False, default=str)}"
+    return clip(shown_value(want))
+
+
+def observed_value(e) -> Any:
+    """What was observed, as the report shows it: a transfer by name, a call without empty fields."""
+    seen = e.observed
+    if e.kind == "agent_transfer" and isinstance(seen, list):
+        return ", ".join(map(str, seen)) if seen else None
+    return shown_value(seen)
+
+
+def observed_plain(e) -> Any:
+    seen = observed_value(e)
+    if e.kind == "tool_call" and isinstance(seen, dict) and "tool" in seen:
+        args = seen.get("args")
+        return f"{seen['tool']}({clip(args) if args is not None else ''})"
+    return "nothing" if seen is None else seen
+
+
+def clip(value: Any, limit: int = 160) -> str:
+    """A value on one line, cut short: what a failure message quotes."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def failure_lines(e, indent: str = "") -> list[str]:
+    """A failed expectation: what was wrong, then what was expected and what the agent did."""
+    out = [f"{indent}turn {e.turn} {e.kind} ({e.at}): {e.explanation or 'failed'}"]
+    if e.expected is not None:
+        out.append(f"{indent}    expected: {rule_text(e)}")
+    out.append(f"{indent}    observed: {clip(observed_plain(e))}")
+    return out
+
+
+def run_text(run, cases: bool = True) -> str:
     counts = run.counts()
     head = (f"EvalRun: {len(run.cases)} case(s): {counts[PASS]} passed, {counts[FAIL]} failed, "
             f"{counts[ERROR]} errors, {counts[SKIPPED]} skipped")
     judge = run.meta.get("judge")
     lines = [head] + ([f"judge: {judge}"] if judge else [])
     for c in run.cases:
+        failed = [e for e in c.expectations if e.outcome in (FAIL, ERROR)]
+        if not cases and not failed and not c.error:
+            continue
         lines.append(f"  {c.outcome:<7} {c.key}")
-        for e in c.expectations:
-            if e.outcome in (FAIL, ERROR):
-                lines.append(f"          turn {e.turn} {e.kind}: {e.explanation or 'failed'}")
+        for e in failed:
+            lines.extend(failure_lines(e, " " * 10))
         if c.error:
             lines.append(f"          error: {c.error}")
     return "\n".join(lines)
