@@ -578,3 +578,48 @@ def test_cli_failures_say_what_was_expected_and_what_the_agent_said(other, tmp_p
     assert out.stdout.count("goldens/skyway.yaml::greeting") == 1
     failure = next(c for s in JUnitXml.fromfile(str(tmp_path / "bad.xml")) for c in s if c.name == "flight_status").result[0]
     assert "Have a nice day." in failure.text and "expected: semantic ≈" in failure.text
+
+
+def test_the_report_reads_as_text_not_raw_json(broken_run, good_run):
+    html = broken_run._repr_html_() if hasattr(broken_run, "_repr_html_") else broken_run._repr_mimebundle_()["text/html"]
+    assert "$matchType" not in html and "&quot;args&quot;: null" not in html and "&quot;tool&quot;: null" not in html
+    assert "semantic ≈ &#x27;the customer said goodbye&#x27;" in html  # end_session's reason as a rule
+    assert "regexp /^\\d{4}-\\d{2}-\\d{2}$/" in html
+    book = broken_run["book_seat"]
+    transfer = next(e for e in book.expectations if e.kind == "agent_transfer")
+    from ces_nb.evals.report import match_label, observed_value
+
+    assert observed_value(transfer) == "Booking Agent"
+    assert match_label(next(e for e in broken_run["goodbye"].expectations if e.kind == "end_session")) == "semantic"
+    assert match_label(next(e for e in broken_run["goodbye"].expectations if e.kind == "rubric")) == "LLM judge"
+    # a scenario's fields on lines of their own, its one skip reason said once
+    scenario = good_run["anxious_flyer"]
+    assert "\n" in scenario.description
+    card = good_run._repr_mimebundle_()["text/html"]
+    from ces_nb.evals.native import NOT_SIMULATED
+    from html import escape
+
+    assert card.count(escape(NOT_SIMULATED)) == 1
+    # tables: fixed layout inside scroll containers, every rule scoped under .ces-root so JupyterLab's do not win
+    from ces_nb.evals.report import _css
+
+    import re
+
+    css = re.sub(r"/\*.*?\*/", "", _css(), flags=re.S)
+    eval_rules = [r.split("{")[0] for r in css.split("}") if ".ces-eval" in r.split("{")[0]]
+    assert eval_rules and all(sel.strip().startswith(".ces-root") for rule in eval_rules for sel in rule.split(",") if sel.strip()), eval_rules
+    assert "tr.ces-eval-row-fail:nth-child(odd)" in css and "table-layout: fixed" in css and "overflow-wrap: anywhere" in css
+    assert "#" not in "".join(r.split("{", 1)[1] for r in css.split("}") if ".ces-eval" in r.split("{")[0] and "{" in r)  # no literal colours
+    assert "ces-eval-scroll" in card
+
+
+def test_a_comparison_of_different_files_collapses_what_only_one_run_has(good_run, broken_run):
+    from ces_nb.evals.run import EvalRun
+
+    only_goldens = EvalRun([c for c in broken_run.cases if c.key.startswith("goldens/")], broken_run.meta)
+    cmp = only_goldens.compare(good_run)
+    html = cmp._repr_mimebundle_()["text/html"]
+    top, _, collapsed = html.partition("<details class='ces-eval-more'>")
+    assert "pass→fail" in top and "gone" not in top.split("</thead>", 1)[-1]
+    assert "gone expectation(s)" in collapsed
+    assert "  gone " not in cmp.text() and "gone expectation(s)" in cmp.text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .report import rule_text
 from .results import ERROR, FAIL, SKIPPED
 
 
@@ -36,8 +37,8 @@ def junit_xml(run, latency_regressions: list[str] | None = None, threshold: floa
         elif c.outcome == SKIPPED:
             why = next((e.explanation for e in c.expectations if e.explanation), "nothing evaluated")
             case.result = [Skipped(why)]
-        case.system_out = "\n".join(f"{e.outcome} turn {e.turn} {e.kind} ({e.at})" + (f": {e.explanation}" if e.explanation else "")
-                                     for e in c.expectations) or None
+        case.system_out = "\n".join(f"{e.outcome} turn {e.turn} {e.kind} ({e.at}): {rule_text(e)}"
+                                     + (f" · {e.explanation}" if e.explanation else "") for e in c.expectations) or None
         suite.add_testcase(case)
     if latency_regressions:
         suite = TestSuite("latency")

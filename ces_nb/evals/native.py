@@ -228,7 +228,7 @@ def _scenario(case: Case, scenario: dict, at: str) -> Case:
     case.kind = SCENARIO_CASE
     case.variables = dict(scenario.get("variable_overrides") or {})
     facts = "; ".join(f"{f.get('name')}: {f.get('value')}" for f in scenario.get("user_facts") or [])
-    case.description = " ".join(x for x in (case.description, f"task: {scenario.get('task', '')}",
+    case.description = "\n".join(x for x in (case.description, f"task: {scenario.get('task', '')}",
                                              f"user facts: {facts}" if facts else "",
                                              f"max turns: {scenario['max_turns']}" if scenario.get("max_turns") else "") if x)
     step = Step(at=at)

@@ -71,11 +71,37 @@ def _rule(marker: dict) -> str:
     return f"exact = {json.dumps(want, ensure_ascii=False)}"
 
 
+class Rule(str):
+    """A `$matchType` marker in words: shown as it is, not as a quoted JSON string."""
+
+
+def pretty(value: Any, indent: int = 0) -> str:
+    """A shown value as YAML-like lines: rules as they read, other strings quoted, no nulls."""
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        lines = []
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{k}:\n{pretty(v, indent + 1)}")
+            else:
+                lines.append(f"{pad}{k}: {pretty(v, 0)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        return "\n".join(f"{pad}- {pretty(v, indent + 1).lstrip()}" for v in value)
+    if isinstance(value, Rule):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def shown_value(value: Any) -> Any:
     """A value as the report shows it: `$matchType` markers as readable rules, null fields hidden."""
     if isinstance(value, dict):
         if "$matchType" in value:
-            return _rule(value)
+            return Rule(_rule(value))
         return {k: shown_value(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
         return [shown_value(v) for v in value]
@@ -94,7 +120,7 @@ def rule_text(e) -> str:
         args = want.get("args") if e.kind == "tool_call" else want
         if args is None:
             return f"{tool or 'a tool'} called"
-        inner = ", ".join(f"{k}: {v if isinstance(v, str) and isinstance(args[k], dict) and '$matchType' in args[k] else json.dumps(v, ensure_ascii=False, default=str)}"
+        inner = ", ".join(f"{k}: {v if isinstance(v, Rule) else json.dumps(v, ensure_ascii=False, default=str)}"
                           for k, v in shown_value(args).items())
         return f"{tool or 'any tool'}({inner})" + (" (args include)" if e.match == "subset" else "")
     if e.kind == "agent_transfer":
@@ -156,8 +182,14 @@ def run_text(run, cases: bool = True) -> str:
 
 def comparison_text(cmp) -> str:
     lines = [f"RunComparison: {len(cmp.regressions)} pass→fail, {len(cmp.fixed)} fail→pass"]
+    elsewhere = [r for r in cmp.changes if r["change"] in ("new", "gone")]
     for r in cmp.changes:
-        lines.append(f"  {r['change']:<9} {r['conversation']} turn {r['turn']} {r['kind']}: {r['explanation']}")
+        if r not in elsewhere:
+            lines.append(f"  {r['change']:<9} {r['conversation']} turn {r['turn']} {r['kind']}: {r['explanation']}")
+    if elsewhere:
+        gone = sum(r["change"] == "gone" for r in elsewhere)
+        lines.append(f"  {len(elsewhere) - gone} new and {gone} gone expectation(s) in "
+                     f"{len({r['conversation'] for r in elsewhere})} case(s) only one of the runs has (see .frame)")
     for problem in cmp.latency_regressions():
         lines.append(f"  latency   {problem}")
     return "\n".join(lines)
@@ -165,17 +197,72 @@ def comparison_text(cmp) -> str:
 
 # -- HTML -------------------------------------------------------------------------------------
 
+def match_label(e) -> str:
+    """The match an expectation's row names: the real one (a rubric is LLM-judged; a call's args
+    by the `$matchType`s they hold), not the default."""
+    if e.kind in ("rubric", "scenario"):
+        return "LLM judge" if e.kind == "rubric" else "simulated user"
+    if e.kind in ("tool_call", "end_session") and isinstance(e.expected, dict):
+        found: set[str] = set()
+
+        def walk(v):
+            if isinstance(v, dict):
+                if "$matchType" in v:
+                    found.add(str(v["$matchType"]))
+                    return
+                for x in v.values():
+                    walk(x)
+            elif isinstance(v, list):
+                for x in v:
+                    walk(x)
+        walk(e.expected.get("args") if e.kind == "tool_call" else e.expected)
+        found.discard("ignore")
+        if e.match == "subset":
+            return "args include"
+        return " + ".join(sorted(found)) if found else "exact"
+    if e.kind in ("tool_response", "tool_variables"):
+        return f"JSONPath · {e.match}"
+    return e.match or ""
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return '<span class="ces-eval-note">—</span>'
+    if isinstance(value, str) and not isinstance(value, Rule):
+        return f"<pre>{escape(value)}</pre>"
+    return f"<pre>{escape(pretty(value))}</pre>"
+
+
+def _expected_cell(e) -> str:
+    if e.kind == "agent_response" or (e.kind in ("tool_response", "tool_variables") and isinstance(e.expected, dict)):
+        return f"<span class='ces-eval-rule'>{_e(rule_text(e))}</span>"
+    if e.kind == "agent_transfer":
+        return _value(e.expected)
+    return _shown(shown_value(e.expected))
+
+
+def _colgroup(widths: list[str]) -> str:
+    return "<colgroup>" + "".join(f'<col style="width:{w}">' if w else "<col>" for w in widths) + "</colgroup>"
+
+
 def _expectation_rows(case) -> str:
     rows = []
+    explanations = [e.explanation for e in case.expectations]
+    shared = explanations[0] if len(explanations) > 1 and len(set(explanations)) == 1 and explanations[0] else ""
     for e in case.expectations:
         cls = ' class="ces-eval-row-fail"' if e.outcome in (FAIL, ERROR) else ""
         score = "" if e.score is None else f"{e.score:.2f}"
+        label = match_label(e)
+        why = "" if shared else _e(e.explanation)
         rows.append(f"<tr{cls}><td>{_e(e.turn or '')}</td><td>{_e(e.kind)}<br><span class='ces-eval-note'>{_e(e.metric)}"
-                    f"{(' · ' + _e(e.match)) if e.match else ''}</span></td><td>{_value(e.expected)}</td><td>{_value(e.observed)}</td>"
-                    f"<td>{_badge(e.outcome)}<br>{_e(score)}</td><td>{_e(e.explanation)}<br>"
+                    f"{(' · ' + _e(label)) if label else ''}</span></td><td>{_expected_cell(e)}</td><td>{_shown(observed_value(e))}</td>"
+                    f"<td>{_badge(e.outcome)}<br>{_e(score)}</td><td>{why}{'<br>' if why else ''}"
                     f"<span class='ces-eval-note'>{_e(e.at)}</span></td></tr>")
-    return ("<table class='ces-eval-table'><tr><th>turn</th><th>kind</th><th>expected</th><th>observed</th><th>outcome</th>"
-            "<th>why · where</th></tr>" + "".join(rows) + "</table>")
+    note = f"<div class='ces-eval-note'>{_e(shared)}</div>" if shared else ""
+    return (note + "<div class='ces-eval-scroll'><table class='ces-eval-table'>"
+            + _colgroup(["3em", "11em", "", "", "6em", "24%"])
+            + "<thead><tr><th>turn</th><th>kind</th><th>expected</th><th>observed</th><th>outcome</th>"
+            "<th>why · where</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
 def _failed_turns(case) -> str:
@@ -197,7 +284,7 @@ def case_html(case) -> str:
     body = [f'<details class="ces-eval-card"{open_}><summary>{_badge(case.outcome)} <b>{_e(case.name)}</b> '
             f'<span class="ces-eval-note">{_e(case.kind)} · {_e(case.key.split("::", 1)[0])}</span> {tags}{latency}</summary>']
     if case.description:
-        body.append(f"<div class='ces-eval-note'>{_e(case.description)}</div>")
+        body.append(f"<div class='ces-eval-note ces-eval-desc'>{_e(case.description)}</div>")
     if case.error:
         body.append(f'<div class="ces-error">{_e(case.error)}</div>')
     body.append(_expectation_rows(case))
@@ -221,16 +308,30 @@ def run_html(run, text: str | None = None) -> str:
     return _wrap(head + meta + "".join(case_html(c) for c in order), run_text(run) if text is None else text)
 
 
+def _change_row(r: dict) -> str:
+    cls = ' class="ces-eval-row-fail"' if r["change"] == "pass→fail" else ""
+    return (f"<tr{cls}><td>{_e(r['change'])}</td><td>{_e(r['conversation'])}</td><td>{_e(r['turn'])}</td>"
+            f"<td>{_e(r['kind'])}</td><td>{_shown(shown_value(r['expected']))}</td><td>{_shown(shown_value(r['observed_before']))}</td>"
+            f"<td>{_shown(shown_value(r['observed_after']))}</td><td>{_e(r['explanation'])}</td></tr>")
+
+
+def _change_table(rows: list[dict]) -> str:
+    return ("<div class='ces-eval-scroll'><table class='ces-eval-table ces-eval-compare'>"
+            + _colgroup(["6.5em", "18em", "3em", "8em", "", "", "", "18%"])
+            + "<thead><tr><th>change</th><th>case</th><th>turn</th><th>kind</th><th>expected</th><th>before</th><th>after</th>"
+            "<th>why</th></tr></thead><tbody>" + "".join(_change_row(r) for r in rows) + "</tbody></table></div>")
+
+
 def comparison_html(cmp, text: str | None = None) -> str:
-    rows = []
-    for r in cmp.changes:
-        cls = ' class="ces-eval-row-fail"' if r["change"] == "pass→fail" else ""
-        rows.append(f"<tr{cls}><td>{_e(r['change'])}</td><td>{_e(r['conversation'])}</td><td>{_e(r['turn'])}</td>"
-                    f"<td>{_e(r['kind'])}</td><td>{_value(r['expected'])}</td><td>{_value(r['observed_before'])}</td>"
-                    f"<td>{_value(r['observed_after'])}</td><td>{_e(r['explanation'])}</td></tr>")
-    changes = ("<table class='ces-eval-table'><tr><th>change</th><th>case</th><th>turn</th><th>kind</th><th>expected</th>"
-               "<th>before</th><th>after</th><th>why</th></tr>" + "".join(rows) + "</table>") if rows else \
-        "<div class='ces-eval-note'>no expectation changed outcome</div>"
+    changed = [r for r in cmp.changes if r["change"] in ("pass→fail", "fail→pass")]
+    elsewhere = [r for r in cmp.changes if r["change"] not in ("pass→fail", "fail→pass")]
+    changes = _change_table(changed) if changed else "<div class='ces-eval-note'>no expectation changed outcome</div>"
+    if elsewhere:  # the two runs covered different cases: a summary, collapsed, not rows above the real changes
+        gone = sum(r["change"] == "gone" for r in elsewhere)
+        new = len(elsewhere) - gone
+        cases = len({r["conversation"] for r in elsewhere})
+        changes += (f"<details class='ces-eval-more'><summary>{new} new and {gone} gone expectation(s) in {cases} case(s) "
+                    f"only one of the runs has</summary>{_change_table(elsewhere)}</details>")
     latency = cmp.latency
     lat_rows = []
     slow = {p.split(":", 1)[0] for p in cmp.latency_regressions()}
@@ -240,8 +341,9 @@ def comparison_html(cmp, text: str | None = None) -> str:
                         f"<span class='ces-eval-note'>(95% CI {_ms(row[f'p{q}_ci_low'])} … {_ms(row[f'p{q}_ci_high'])})</span></td>"
                         for q in (50, 90))
         lat_rows.append(f"<tr{cls}><td>{_e(kind)}</td><td>{int(row['n_before'])} / {int(row['n_after'])}</td>{cells}</tr>")
-    lat = ("<table class='ces-eval-table'><tr><th>span kind</th><th>n</th><th>p50</th><th>p90</th></tr>" + "".join(lat_rows)
-           + "</table>") if lat_rows else ""
+    lat = ("<div class='ces-eval-scroll'><table class='ces-eval-table ces-eval-latency'>" + _colgroup(["9em", "6em", "", ""])
+           + "<thead><tr><th>span kind</th><th>n</th><th>p50</th><th>p90</th></tr></thead><tbody>" + "".join(lat_rows)
+           + "</tbody></table></div>") if lat_rows else ""
     head = (f'<div class="ces-head"><b>Comparison</b> <span>{len(cmp.regressions)} pass→fail</span> '
             f'<span>{len(cmp.fixed)} fail→pass</span></div>')
     return _wrap(head + changes + "<div class='ces-eval-note'>latency by span kind (baseline → this run)</div>" + lat,
