@@ -623,3 +623,20 @@ def test_a_comparison_of_different_files_collapses_what_only_one_run_has(good_ru
     assert "pass→fail" in top and "gone" not in top.split("</thead>", 1)[-1]
     assert "gone expectation(s)" in collapsed
     assert "  gone " not in cmp.text() and "gone expectation(s)" in cmp.text()
+
+
+@pytest.mark.parametrize("line, passes", [
+    ("You're in seat 14C for 129 USD. Shall I charge your card on file?", True),
+    ("Please pick your seat in the app.", True),
+    ("Your flight to Paris was cancelled and refunded.", False),
+])
+def test_one_agent_line_against_several_messages(client, line, passes):
+    # the agent says three messages in this turn (hand-over, the seat form, the price)
+    golden = {"conversations": [{"conversation": "one_line", "turns": [{"user": "I'd like to book a seat on flight SW123", "tool_calls": [
+        {"action": "select_seat", "args": {"flight": {"number": "SW123", "date": {"$matchType": "ignore", "$matchValue": ""}},
+                                           "passengers": {"$matchType": "ignore", "$matchValue": ""}, "cabin": "economy"},
+         "output": {"seat": "14C", "confirmed": True, "price": 129.0}}], "agent": line}]}]}
+    run = ces_nb.evaluate(golden, client=client, progress=False)
+    (row,) = [e for e in run.cases[0].expectations if e.kind == "agent_response"]
+    assert (row.outcome == "PASS") is passes, row.explanation
+    assert "the agent said 3 messages" in row.explanation and "compared with each and with all joined" in row.explanation

@@ -119,7 +119,7 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
         wrong = [k for k in expected if k not in right]
         return _row(e, seen.variables, score == 1.0, score, f"not updated as expected: {', '.join(wrong)}" if wrong else "")
     if e.kind == AGENT_RESPONSE:
-        return _agent_response(e, seen.text, judge, t, values)
+        return _agent_response_of(e, seen, judge, t, values)
     if e.kind == RUBRIC:
         return skipped(e, "a natural-language expectation; judged per case")
     return skipped(e, f"unknown expectation kind {e.kind}")
@@ -163,6 +163,26 @@ def _tool_call(e: Expectation, seen: Observation, unused: list, judge, t: Thresh
     score, problems = parameter_correctness(args, best.args, judge)
     return _row(e, {"tool": best.name, "args": best.args}, score >= threshold, round(score, 4),
                 "; ".join(problems) + (f" (parameter correctness {score:.2f} < {threshold:.2f})" if score < threshold else ""))
+
+
+def _agent_response_of(e: Expectation, seen: Observation, judge, t: Thresholds, values: dict) -> ExpectationResult:
+    """One expected line against a turn where the agent said several messages: CES lists each
+    agent message as its own expectation, so the line is compared with each message and with
+    all of them joined; the best score counts, and the explanation says which it was."""
+    whole = _agent_response(e, seen.text, judge, t, values)
+    messages = seen.messages
+    expected_lines = [x for x in str(e.expected or "").split("\n\n") if x.strip()]
+    if len(messages) < 2 or len(expected_lines) > 1 or e.match not in ("semantic", "exact"):
+        return whole
+    best, which = whole, "all its messages joined"
+    for i, message in enumerate(messages, 1):
+        row = _agent_response(e, message, judge, t, values)
+        if (row.outcome == PASS and best.outcome != PASS) or (row.outcome == best.outcome and (row.score or 0) > (best.score or 0)):
+            best, which = row, f"message {i} of {len(messages)}"
+    best.observed = seen.text
+    best.explanation = (f"one expected line; the agent said {len(messages)} messages: compared with each and with all "
+                        f"joined, best: {which}" + (f"; {best.explanation}" if best.explanation else ""))
+    return best
 
 
 def _agent_response(e: Expectation, text: str, judge, t: Thresholds, values: dict) -> ExpectationResult:
