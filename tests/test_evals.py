@@ -640,3 +640,29 @@ def test_one_agent_line_against_several_messages(client, line, passes):
     (row,) = [e for e in run.cases[0].expectations if e.kind == "agent_response"]
     assert (row.outcome == "PASS") is passes, row.explanation
     assert "the agent said 3 messages" in row.explanation and "compared with each and with all joined" in row.explanation
+
+
+def test_to_golden_edges(client, tmp_path):
+    import warnings
+
+    # an unanswered client call: a warning naming the tool and what to do
+    session = client.session()
+    session.send("I'd like to book a seat on flight SW123")
+    assert session.pending
+    with pytest.warns(UserWarning, match=r"select_seat.*never answered.*session.respond"):
+        session.to_golden()
+    # an empty conversation: a clear error
+    with pytest.raises(ValueError, match="no turns"):
+        client.session().to_golden()
+    # several agent messages: separate lines, not one item with blank lines inside
+    answered = client.session()
+    answered.send("I'd like to book a seat on flight SW123")
+    answered.respond({cid: {"seat": "7A", "confirmed": True, "price": 210.0} for cid in answered.pending}, how="form")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = answered.to_golden(tmp_path / "g.yaml", name="lines")
+    agent = yaml.safe_load(text)["conversations"][0]["turns"][0]["agent"]
+    assert isinstance(agent, list) and len(agent) == 3 and all("\n" not in line for line in agent), agent
+    assert "\n\n\n" not in text
+    run = ces_nb.evaluate(tmp_path / "g.yaml", client=client, progress=False)
+    assert run.passed, run.text()
