@@ -666,3 +666,19 @@ def test_to_golden_edges(client, tmp_path):
     assert "\n\n\n" not in text
     run = ces_nb.evaluate(tmp_path / "g.yaml", client=client, progress=False)
     assert run.passed, run.text()
+
+
+def test_cescmd_eval_with_a_baseline_gives_the_run_and_the_comparison(ip, tmp_path):
+    from IPython.core.error import UsageError
+
+    first = ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'}")
+    first.save(tmp_path / "base.json")
+    both = ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'} --baseline {tmp_path / 'base.json'}")
+    run, comparison = both
+    assert isinstance(run, EvalRun) and len(run.cases) == 5 and comparison.regressions == []
+    bundle = both._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert html.index("<b>Comparison</b>") < html.index("<b>Evaluation</b>")
+    assert bundle["text/plain"].startswith("RunComparison") and "EvalRun: 5 case(s)" in bundle["text/plain"]
+    with pytest.raises(UsageError, match=r"nope.json: no such file"):
+        ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'} --baseline {tmp_path / 'nope.json'}")

@@ -126,3 +126,29 @@ class RunComparison:
 
         text = self.text()
         return {"text/plain": text, "text/html": comparison_html(self, text)}
+
+
+class RunWithBaseline:
+    """A run and its comparison with a baseline (`%cescmd eval … --baseline RUN.json`): shown as
+    the comparison, then the run. `.run`, `.comparison`; unpacks as `run, comparison = result`."""
+
+    def __init__(self, run, comparison):
+        self.run, self.comparison = run, comparison
+
+    def __iter__(self):
+        return iter((self.run, self.comparison))
+
+    @property
+    def passed(self) -> bool:
+        return self.run.passed and not self.comparison.regressions and not self.comparison.latency_regressions()
+
+    def text(self) -> str:
+        return self.comparison.text() + "\n\n" + self.run.text()
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        text = self.text()
+        return {"text/plain": text, "text/html": self.comparison._repr_mimebundle_()["text/html"]
+                + self.run._repr_mimebundle_()["text/html"]}
