@@ -682,3 +682,10 @@ def test_cescmd_eval_with_a_baseline_gives_the_run_and_the_comparison(ip, tmp_pa
     assert bundle["text/plain"].startswith("RunComparison") and "EvalRun: 5 case(s)" in bundle["text/plain"]
     with pytest.raises(UsageError, match=r"nope.json: no such file"):
         ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'} --baseline {tmp_path / 'nope.json'}")
+
+
+def test_a_folder_and_a_file_inside_it_run_each_case_once():
+    cases, _ = load([DEMO_EVALS, GOLDENS, str(GOLDENS)])
+    keys = [c.key for c in cases]
+    assert len(keys) == len(set(keys)) == len(load(DEMO_EVALS)[0])
+    assert not any(k.endswith("(2)") for k in keys)

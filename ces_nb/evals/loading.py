@@ -97,6 +97,18 @@ def load(items: Any) -> tuple[list[Case], Thresholds | None]:
         items = [items]
     cases: list[Case] = []
     thresholds = None
+    read: set[Path] = set()  # a folder and a file inside it, or a path twice: each file once
+
+    def once(path: Path) -> None:
+        nonlocal thresholds
+        resolved = path.resolve()
+        if resolved in read:
+            return
+        read.add(resolved)
+        more, t = read_file(path)
+        cases.extend(more)
+        thresholds = t or thresholds
+
     for item in _flatten(items):
         if isinstance(item, Case):
             cases.append(item)
@@ -107,13 +119,9 @@ def load(items: Any) -> tuple[list[Case], Thresholds | None]:
                 if not found:
                     raise EvalFileError(str(path), "", "a folder with no .yaml, .yml or .json files")
                 for f in found:
-                    more, t = read_file(f)
-                    cases.extend(more)
-                    thresholds = t or thresholds
+                    once(f)
             else:
-                more, t = read_file(path)
-                cases.extend(more)
-                thresholds = t or thresholds
+                once(path)
         elif isinstance(item, Thresholds):
             thresholds = item
         else:
