@@ -689,3 +689,20 @@ def test_a_folder_and_a_file_inside_it_run_each_case_once():
     keys = [c.key for c in cases]
     assert len(keys) == len(set(keys)) == len(load(DEMO_EVALS)[0])
     assert not any(k.endswith("(2)") for k in keys)
+
+
+def test_start_emulator_again_with_the_same_apps_reuses_the_one_it_started(tmp_path):
+    from ces_nb import local_emulator
+
+    app = shutil.copytree(DEMO_APP, tmp_path / "skyway")
+    first = ces_nb.start_emulator(app)
+    try:
+        assert ces_nb.start_emulator(app) == first  # a notebook's Run All, again: no second emulator
+        assert ces_nb.connect(endpoint=first, app="skyway").apps()
+    finally:
+        local_emulator._stop(local_emulator._started.pop(first))
+    second = ces_nb.start_emulator(app)  # the first one stopped: a new one
+    try:
+        assert local_emulator._started[second].poll() is None
+    finally:
+        local_emulator._stop(local_emulator._started.pop(second))
