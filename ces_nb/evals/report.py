@@ -82,7 +82,7 @@ def pretty(value: Any, indent: int = 0) -> str:
         if not value:
             return "{}"
         lines = []
-        for k, v in value.items():
+        for k, v in sorted(value.items(), key=lambda kv: str(kv[0])):  # sorted: the same text from run to run
             if isinstance(v, (dict, list)) and v:
                 lines.append(f"{pad}{k}:\n{pretty(v, indent + 1)}")
             else:
