@@ -260,7 +260,7 @@ def _expectation_rows(case) -> str:
                     f"<span class='ces-eval-note'>{_e(e.at)}</span></td></tr>")
     note = f"<div class='ces-eval-note'>{_e(shared)}</div>" if shared else ""
     return (note + "<div class='ces-eval-scroll'><table class='ces-eval-table'>"
-            + _colgroup(["3em", "11em", "", "", "6em", "24%"])
+            + _colgroup(["3.5em", "11em", "", "", "6em", "24%"])
             + "<thead><tr><th>turn</th><th>kind</th><th>expected</th><th>observed</th><th>outcome</th>"
             "<th>why · where</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
@@ -317,7 +317,7 @@ def _change_row(r: dict) -> str:
 
 def _change_table(rows: list[dict]) -> str:
     return ("<div class='ces-eval-scroll'><table class='ces-eval-table ces-eval-compare'>"
-            + _colgroup(["6.5em", "18em", "3em", "8em", "", "", "", "18%"])
+            + _colgroup(["6.5em", "18em", "3.5em", "8em", "", "", "", "18%"])
             + "<thead><tr><th>change</th><th>case</th><th>turn</th><th>kind</th><th>expected</th><th>before</th><th>after</th>"
             "<th>why</th></tr></thead><tbody>" + "".join(_change_row(r) for r in rows) + "</tbody></table></div>")
 
