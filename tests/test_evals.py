@@ -575,7 +575,7 @@ def test_cli_failures_say_what_was_expected_and_what_the_agent_said(other, tmp_p
     out = _cli(DEMO_EVALS / "goldens", "--endpoint", other.address, "--app", "skyway", "--junit", tmp_path / "bad.xml")
     assert out.returncode == 1
     # the broken flight_status answers "Have a nice day."
-    assert "observed: " in out.stdout and "Have a nice day." in out.stdout and "expected: semantic ≈" in out.stdout
+    assert "observed: " in out.stdout and "Have a nice day." in out.stdout and "expected: semantic ≈" in out.stdout and "(≥0.8)" in out.stdout
     # each case once: in the table, and again only if it failed
     assert out.stdout.count("goldens/skyway.yaml::greeting") == 1
     failure = next(c for s in JUnitXml.fromfile(str(tmp_path / "bad.xml")) for c in s if c.name == "flight_status").result[0]

@@ -5,6 +5,7 @@ Every string from a file, an agent or a tool is escaped. No JavaScript; <details
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from html import escape
 from importlib import resources
@@ -112,7 +113,8 @@ def rule_text(e) -> str:
     """What an expectation asks for, in words: "semantic ≈ 'foo'", "regexp /^refund/", a call."""
     want = e.expected
     if e.kind == "agent_response":
-        return {"semantic": f"semantic ≈ {str(want)!r}", "exact": f"exact = {str(want)!r}", "contains": f"contains {str(want)!r}",
+        limit = re.search(r"passes at (\d+(?:\.\d+)?)", e.explanation or "")
+        return {"semantic": f"semantic ≈ {str(want)!r}" + (f" (≥{float(limit[1]):g})" if limit else ""), "exact": f"exact = {str(want)!r}", "contains": f"contains {str(want)!r}",
                 "not_contains": f"does not contain {str(want)!r}", "regexp": f"regexp /{want}/",
                 "endswith": f"ends with {str(want)!r}"}.get(e.match, clip(want))
     if e.kind in ("tool_call", "end_session") and isinstance(want, dict):
