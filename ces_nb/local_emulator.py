@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 import time
 
 from .errors import CesError
@@ -128,16 +129,29 @@ def ensure_emulator(address: str | None = None, apps: list[str] | None = None, d
         )
 
 
+_by_apps: dict[tuple, str] = {}
+
+
 def start_emulator(*apps: str, db: str = ":memory:", port: int | None = None, timeout: float = 90.0) -> str:
     """Start an emulator serving `apps` (CES exports: folders or zips) on a free local port, and
     return its address: `ces_nb.connect(APP_NAME, endpoint=address)` talks to it. It stops when
     this Python process (the kernel) exits. An export that cannot load raises CesError with the
-    emulator's message; `ces-nb emulator --check --app PATH` prints the full load report."""
+    emulator's message; `ces-nb emulator --check --app PATH` prints the full load report.
+    Called again with the same apps (re-running a notebook), it returns the emulator it started
+    for them while that still runs, rather than starting another."""
+    key = (tuple(str(Path(a).expanduser().resolve()) for a in apps), db)
+    with _lock:  # the same apps again (a notebook's Run All, re-run): the emulator this process started for them
+        address = _by_apps.get(key)
+        if port is None and address and _started.get(address) is not None and _started[address].poll() is None:
+            return address
     if port is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    return ensure_emulator(f"127.0.0.1:{port}", apps=[str(a) for a in apps], db=db, timeout=timeout)
+    address = ensure_emulator(f"127.0.0.1:{port}", apps=[str(a) for a in apps], db=db, timeout=timeout)
+    with _lock:
+        _by_apps[key] = address
+    return address
 
 
 def _stop(proc: subprocess.Popen, log_path: str | None = None) -> None:

@@ -161,7 +161,8 @@ def _eval_parser() -> MagicArgumentParser:
     p.add_argument("--app", help="app id or full name (default: the current one)")
     p.add_argument("--parallel", type=int, default=1, help="cases at once (default 1)")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
-    p.add_argument("--baseline", metavar="RUN.json", help="a saved run to compare with: the comparison is returned instead")
+    p.add_argument("--baseline", metavar="RUN.json", help="a saved run to compare with: the run and the comparison are "
+                                                            "returned together (shown as the comparison, then the run)")
     return p
 
 
@@ -707,6 +708,12 @@ class CesMagics(Magics):
         args = _parse(_eval_parser(), arg)
         if args.parallel < 1:
             raise UsageError("--parallel takes a number from 1 up, e.g. %cescmd eval evals/ --parallel 4")
+        from pathlib import Path
+
+        from .evals.compare import RunWithBaseline
+
+        if args.baseline and not Path(args.baseline).expanduser().is_file():
+            raise UsageError(f"{args.baseline}: no such file (--baseline takes a run saved with EvalRun.save or ces-nb eval --save)")
         client = self._client()
         app = args.app or self.app or None
         try:
@@ -714,9 +721,10 @@ class CesMagics(Magics):
             run = evaluate(args.paths, client=client, app=app, parallel=args.parallel, progress=False)
         except (EvalFileError, CesError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        comparison = run.compare(baseline) if baseline is not None else None
         if args.junit:
-            write_junit(run, args.junit)
-        return run.compare(baseline) if baseline is not None else run
+            write_junit(run, args.junit, latency_regressions=comparison.latency_regressions() if comparison is not None else None)
+        return RunWithBaseline(run, comparison) if comparison is not None else run
 
 
 # %cescmd? : the commands' own parsers, generated like the rest of the help.

@@ -209,9 +209,37 @@ BAD = [
     ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi", "expectations": [{"type": "sounds_like", "value": "x"}]}]},
      "conversations[0].expectations[0].type", "contains, not_contains"),
     ("evaluations/x.json", {"displayName": "a", "golden": {"turns": [{"steps": [{"usrInput": {"text": "hi"}}]}]}},
-     "golden.turns[0].steps[0]", "usrInput"),
-    ("evaluations/x.json", [{"displayName": "a", "golden": {"turns": []}}, {"displayName": "b", "golden": {"turns": [{"steps": [
+     "golden.turns[0].steps[0].usrInput", "unknown field 'usrInput'; did you mean 'userInput'?"),
+    ("evaluations/x.json", [{"displayName": "a", "golden": {"turns": [{"steps": [{"userInput": {"text": "hi"}},
+                                                                                  {"expectation": {"noToolCalls": True}}]}]}}, {"displayName": "b", "golden": {"turns": [{"steps": [
         {"expectation": {"toolCall": {"displayName": "t", "args": 3}}}]}]}}], "[1].golden.turns[0].steps[0].expectation.toolCall.args", ""),
+    # misspelt keys at every level: an error naming the key and what it may have meant, never a silent SKIPPED/PASS
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi", "agnet": "Hello"}]}]},
+     "conversations[0].turns[0].agnet", "unknown key 'agnet'; did you mean 'agent'? (expected one of user, event, agent"),
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi", "agent": "Hi", "tool_call": [{"action": "t"}]}]}]},
+     "conversations[0].turns[0].tool_call", "did you mean 'tool_calls'?"),
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi", "tool_calls": [{"action": "t", "arg": {}}]}]}]},
+     "conversations[0].turns[0].tool_calls[0].arg", "did you mean 'args'?"),
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turn": [{"user": "hi"}]}]}, "conversations[0].turn", "did you mean 'turns'?"),
+    ("goldens/x.yaml", {"conversation": [{"conversation": "a", "turns": [{"user": "hi"}]}]}, "", "'conversations'"),
+    ("tool_tests/x.yaml", {"tests": [{"name": "a", "tool": "t", "expectation": {"response": [{"path": "$.x", "operator": "equals"}]}}]},
+     "tests[0].expectation", "did you mean 'expectations'?"),
+    ("tool_tests/x.yaml", {"tests": [{"name": "a", "tool": "t", "expectations": {"respones": [{"path": "$.x", "operator": "equals"}]}}]},
+     "tests[0].expectations.respones", "did you mean 'response'?"),
+    ("tool_tests/x.yaml", {"tests": [{"name": "a", "tool": "t", "expectations": {"response": [{"path": "$.x", "operator": "equals", "valeu": 1}]}}]},
+     "tests[0].expectations.response[0].valeu", "did you mean 'value'?"),
+    ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi", "expectation": [{"type": "contains", "value": "x"}]}]},
+     "conversations[0].expectation", "did you mean 'expectations'?"),
+    ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi", "expectations": [{"type": "contains", "vaule": "x"}]}]},
+     "conversations[0].expectations[0].vaule", "did you mean 'value'?"),
+    ("evaluations/x.json", {"displayName": "a", "golden": {"turns": [{"steps": [{"userInput": {"text": "hi"}},
+                                                                                 {"expectation": {"tolCall": {"displayName": "t"}}}]}]}},
+     "golden.turns[0].steps[1].expectation.tolCall", "unknown field 'tolCall'; did you mean 'toolCall'?"),
+    # a case that evaluates nothing is an error, not a green run
+    ("goldens/x.yaml", {"conversations": [{"conversation": "a", "turns": [{"user": "hi"}]}]}, "conversations[0]", "evaluates nothing"),
+    ("turn_evals/x.yaml", {"conversations": [{"name": "a", "user": "hi"}]}, "conversations[0]", "evaluates nothing"),
+    ("evaluations/x.json", {"displayName": "a", "golden": {"turns": [{"steps": [{"userInput": {"text": "hi"}}]}]}},
+     "golden", "evaluates nothing"),
 ]
 
 
@@ -327,9 +355,11 @@ def test_cli_passes_fails_and_writes_junit_that_validates(emulator, other, tmp_p
     for name, failures in (("good.xml", 0), ("bad.xml", 4)):
         schema.validate(str(tmp_path / name))
         xml = JUnitXml.fromfile(str(tmp_path / name))
-        assert xml.tests == 12 and xml.failures == failures and xml.skipped == 1
-        assert sum(1 for suite in xml for _ in suite) == 12  # one testcase per conversation or tool test
-    failed = {case.name for suite in JUnitXml.fromfile(str(tmp_path / "bad.xml")) for case in suite if not case.is_passed and not case.is_skipped}
+        slow = sum(1 for suite in xml if suite.name == "latency" for _ in suite)  # bad.xml has a baseline: latency may regress
+        assert xml.tests == 12 + slow and xml.failures == failures + slow and xml.skipped == 1
+        assert sum(1 for suite in xml if suite.name != "latency" for _ in suite) == 12  # one testcase per conversation or tool test
+    failed = {case.name for suite in JUnitXml.fromfile(str(tmp_path / "bad.xml")) if suite.name != "latency" for case in suite
+              if not case.is_passed and not case.is_skipped}
     assert failed == {"flight_status", "goodbye", "book_seat", "book_seat_native"}
     # --baseline also fails on latency: a baseline whose spans took a twentieth of the time
     fast = json.loads((tmp_path / "good.json").read_text())
@@ -452,3 +482,229 @@ def test_the_progress_bar_counts_cases(client, capsys):
     ces_nb.evaluate(GOLDENS, client=client, progress=True)
     err = capsys.readouterr().err
     assert "evaluating" in err and "5/5" in err
+
+
+# -- audit fixes ---------------------------------------------------------------------------------
+
+def _goodbye(reason) -> dict:
+    return {"conversations": [{"conversation": "bye", "turns": [{"user": "That's all, thanks. Goodbye!", "tool_calls": [
+        {"action": "end_session", "args": {"reason": reason}}]}]}]}
+
+
+@pytest.mark.parametrize("reason, passes", [
+    ({"$matchType": "semantic", "$matchValue": "the customer said goodbye"}, True),
+    ({"$matchType": "semantic", "$matchValue": "escalation to a human supervisor was required"}, False),
+    ({"$matchType": "regexp", "$matchValue": "^refund"}, False),
+    ({"$matchType": "ignore", "$matchValue": ""}, True),
+    ("the flight was cancelled", False),
+])
+def test_end_session_args_are_scored_under_their_match_type(client, reason, passes):
+    run = ces_nb.evaluate(_goodbye(reason), client=client, progress=False)
+    (row,) = [e for e in run.cases[0].expectations if e.kind == "end_session"]
+    assert (row.outcome == "PASS") is passes, (row.observed, row.explanation)
+    assert run.passed is passes
+    if not passes:
+        assert "reason" in row.explanation
+
+
+@pytest.mark.parametrize("target, passes", [("Booking Agent", True), ("booking_agent", True), ("booking-agent", True),
+                                            ("Agent", False), ("ooking Agent", False)])
+def test_agent_transfer_matches_the_whole_name_not_its_end(client, target, passes):
+    golden = {"conversations": [{"conversation": "t", "turns": [{"user": "I'd like to book a seat on SW123", "tool_calls": [
+        {"action": "transfer_to_agent", "args": {"agent": target}}]}]}]}
+    run = ces_nb.evaluate(golden, client=client, progress=False)
+    (row,) = [e for e in run.cases[0].expectations if e.kind == "agent_transfer"]
+    assert (row.outcome == "PASS") is passes, (row.observed, row.explanation)
+
+
+def test_cli_latency_regressions_are_junit_failures(emulator, tmp_path):
+    from junitparser import JUnitXml
+
+    good = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--save", tmp_path / "good.json")
+    assert good.returncode == 0, good.stderr
+    fast = json.loads((tmp_path / "good.json").read_text())
+    for case in fast["cases"]:
+        case["spans"] = [[kind, ms / 20] for kind, ms in case["spans"]]
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    slower = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "fast.json",
+                  "--junit", tmp_path / "slow.xml")
+    assert slower.returncode == 1, slower.stdout
+    xml = JUnitXml.fromfile(str(tmp_path / "slow.xml"))
+    latency = [case for suite in xml if suite.name == "latency" for case in suite]
+    assert latency and all(not c.is_passed for c in latency)
+    assert any(c.name == "turn p90" for c in latency)
+    assert xml.failures == len(latency)
+    # the same run against itself: no latency suite, nothing failed
+    same = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "good.json",
+                "--junit", tmp_path / "same.xml", "--latency-threshold", "1000")
+    assert same.returncode == 0, same.stdout
+    assert JUnitXml.fromfile(str(tmp_path / "same.xml")).failures == 0
+
+
+def test_cli_usage_messages(emulator, tmp_path):
+    neg = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--latency-threshold", "-0.5")
+    assert neg.returncode == 2 and "--latency-threshold" in neg.stderr
+    missing = _cli(DEMO_EVALS / "goldens", "--endpoint", emulator.address, "--app", "skyway", "--baseline", tmp_path / "nope.json")
+    assert missing.returncode == 2 and "nope.json: no such file" in missing.stderr and "Errno" not in missing.stderr
+    # an app that is not there: one message, exit 2, before any case runs
+    nosuch = _cli(DEMO_EVALS, "--endpoint", emulator.address, "--app", "nosuchapp")
+    assert nosuch.returncode == 2, nosuch.stdout + nosuch.stderr
+    assert nosuch.stderr.strip().count("\n") == 0 and "nosuchapp" in nosuch.stderr and "not found" in nosuch.stderr and not nosuch.stdout
+    # an unclosed quote: the line where the string started and where the scanner gave up
+    bad = tmp_path / "goldens" / "quote.yaml"
+    bad.parent.mkdir()
+    bad.write_text('conversations:\n  - conversation: a\n    turns:\n      - user: "hello\n        agent: hi\n      - user: x\n')
+    with pytest.raises(EvalFileError) as info:
+        load(bad)
+    assert "line 4" in str(info.value), str(info.value)
+
+
+def test_cli_output_into_a_closed_pipe_and_html_document(emulator, tmp_path):
+    command = (f"{sys.executable} -m ces_nb eval {DEMO_EVALS} --endpoint {emulator.address} --app skyway "
+               f"--html {tmp_path / 'r.html'} | head -c 10")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "<html" in page and "<head>" in page and "<title>" in page and "<body>" in page
+    assert page.rstrip().endswith("</html>")
+
+
+def test_cli_failures_say_what_was_expected_and_what_the_agent_said(other, tmp_path):
+    from junitparser import JUnitXml
+
+    out = _cli(DEMO_EVALS / "goldens", "--endpoint", other.address, "--app", "skyway", "--junit", tmp_path / "bad.xml")
+    assert out.returncode == 1
+    # the broken flight_status answers "Have a nice day."
+    assert "observed: " in out.stdout and "Have a nice day." in out.stdout and "expected: semantic ≈" in out.stdout and "(≥0.8)" in out.stdout
+    # each case once: in the table, and again only if it failed
+    assert out.stdout.count("goldens/skyway.yaml::greeting") == 1
+    failure = next(c for s in JUnitXml.fromfile(str(tmp_path / "bad.xml")) for c in s if c.name == "flight_status").result[0]
+    assert "Have a nice day." in failure.text and "expected: semantic ≈" in failure.text
+
+
+def test_the_report_reads_as_text_not_raw_json(broken_run, good_run):
+    html = broken_run._repr_html_() if hasattr(broken_run, "_repr_html_") else broken_run._repr_mimebundle_()["text/html"]
+    assert "$matchType" not in html and "&quot;args&quot;: null" not in html and "&quot;tool&quot;: null" not in html
+    assert "semantic ≈ &#x27;the customer said goodbye&#x27;" in html  # end_session's reason as a rule
+    assert "regexp /^\\d{4}-\\d{2}-\\d{2}$/" in html
+    book = broken_run["book_seat"]
+    transfer = next(e for e in book.expectations if e.kind == "agent_transfer")
+    from ces_nb.evals.report import match_label, observed_value
+
+    assert observed_value(transfer) == "Booking Agent"
+    assert match_label(next(e for e in broken_run["goodbye"].expectations if e.kind == "end_session")) == "semantic"
+    assert match_label(next(e for e in broken_run["goodbye"].expectations if e.kind == "rubric")) == "LLM judge"
+    # a scenario's fields on lines of their own, its one skip reason said once
+    scenario = good_run["anxious_flyer"]
+    assert "\n" in scenario.description
+    card = good_run._repr_mimebundle_()["text/html"]
+    from ces_nb.evals.native import NOT_SIMULATED
+    from html import escape
+
+    assert card.count(escape(NOT_SIMULATED)) == 1
+    # tables: fixed layout inside scroll containers, every rule scoped under .ces-root so JupyterLab's do not win
+    from ces_nb.evals.report import _css
+
+    import re
+
+    css = re.sub(r"/\*.*?\*/", "", _css(), flags=re.S)
+    eval_rules = [r.split("{")[0] for r in css.split("}") if ".ces-eval" in r.split("{")[0]]
+    assert eval_rules and all(sel.strip().startswith(".ces-root") for rule in eval_rules for sel in rule.split(",") if sel.strip()), eval_rules
+    assert "tr.ces-eval-row-fail:nth-child(odd)" in css and "table-layout: fixed" in css and "overflow-wrap: anywhere" in css
+    assert "#" not in "".join(r.split("{", 1)[1] for r in css.split("}") if ".ces-eval" in r.split("{")[0] and "{" in r)  # no literal colours
+    assert "ces-eval-scroll" in card
+
+
+def test_a_comparison_of_different_files_collapses_what_only_one_run_has(good_run, broken_run):
+    from ces_nb.evals.run import EvalRun
+
+    only_goldens = EvalRun([c for c in broken_run.cases if c.key.startswith("goldens/")], broken_run.meta)
+    cmp = only_goldens.compare(good_run)
+    html = cmp._repr_mimebundle_()["text/html"]
+    top, _, collapsed = html.partition("<details class='ces-eval-more'>")
+    assert "pass→fail" in top and "gone" not in top.split("</thead>", 1)[-1]
+    assert "gone expectation(s)" in collapsed
+    assert "  gone " not in cmp.text() and "gone expectation(s)" in cmp.text()
+
+
+@pytest.mark.parametrize("line, passes", [
+    ("You're in seat 14C for 129 USD. Shall I charge your card on file?", True),
+    ("Please pick your seat in the app.", True),
+    ("Your flight to Paris was cancelled and refunded.", False),
+])
+def test_one_agent_line_against_several_messages(client, line, passes):
+    # the agent says three messages in this turn (hand-over, the seat form, the price)
+    golden = {"conversations": [{"conversation": "one_line", "turns": [{"user": "I'd like to book a seat on flight SW123", "tool_calls": [
+        {"action": "select_seat", "args": {"flight": {"number": "SW123", "date": {"$matchType": "ignore", "$matchValue": ""}},
+                                           "passengers": {"$matchType": "ignore", "$matchValue": ""}, "cabin": "economy"},
+         "output": {"seat": "14C", "confirmed": True, "price": 129.0}}], "agent": line}]}]}
+    run = ces_nb.evaluate(golden, client=client, progress=False)
+    (row,) = [e for e in run.cases[0].expectations if e.kind == "agent_response"]
+    assert (row.outcome == "PASS") is passes, row.explanation
+    assert "the agent said 3 messages" in row.explanation and "compared with each and with all joined" in row.explanation
+
+
+def test_to_golden_edges(client, tmp_path):
+    import warnings
+
+    # an unanswered client call: a warning naming the tool and what to do
+    session = client.session()
+    session.send("I'd like to book a seat on flight SW123")
+    assert session.pending
+    with pytest.warns(UserWarning, match=r"select_seat.*never answered.*session.respond"):
+        session.to_golden()
+    # an empty conversation: a clear error
+    with pytest.raises(ValueError, match="no turns"):
+        client.session().to_golden()
+    # several agent messages: separate lines, not one item with blank lines inside
+    answered = client.session()
+    answered.send("I'd like to book a seat on flight SW123")
+    answered.respond({cid: {"seat": "7A", "confirmed": True, "price": 210.0} for cid in answered.pending}, how="form")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = answered.to_golden(tmp_path / "g.yaml", name="lines")
+    agent = yaml.safe_load(text)["conversations"][0]["turns"][0]["agent"]
+    assert isinstance(agent, list) and len(agent) == 3 and all("\n" not in line for line in agent), agent
+    assert "\n\n\n" not in text
+    run = ces_nb.evaluate(tmp_path / "g.yaml", client=client, progress=False)
+    assert run.passed, run.text()
+
+
+def test_cescmd_eval_with_a_baseline_gives_the_run_and_the_comparison(ip, tmp_path):
+    from IPython.core.error import UsageError
+
+    first = ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'}")
+    first.save(tmp_path / "base.json")
+    both = ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'} --baseline {tmp_path / 'base.json'}")
+    run, comparison = both
+    assert isinstance(run, EvalRun) and len(run.cases) == 5 and comparison.regressions == []
+    bundle = both._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert html.index("<b>Comparison</b>") < html.index("<b>Evaluation</b>")
+    assert bundle["text/plain"].startswith("RunComparison") and "EvalRun: 5 case(s)" in bundle["text/plain"]
+    with pytest.raises(UsageError, match=r"nope.json: no such file"):
+        ip.run_line_magic("cescmd", f"eval {DEMO_EVALS / 'goldens'} --baseline {tmp_path / 'nope.json'}")
+
+
+def test_a_folder_and_a_file_inside_it_run_each_case_once():
+    cases, _ = load([DEMO_EVALS, GOLDENS, str(GOLDENS)])
+    keys = [c.key for c in cases]
+    assert len(keys) == len(set(keys)) == len(load(DEMO_EVALS)[0])
+    assert not any(k.endswith("(2)") for k in keys)
+
+
+def test_start_emulator_again_with_the_same_apps_reuses_the_one_it_started(tmp_path):
+    from ces_nb import local_emulator
+
+    app = shutil.copytree(DEMO_APP, tmp_path / "skyway")
+    first = ces_nb.start_emulator(app)
+    try:
+        assert ces_nb.start_emulator(app) == first  # a notebook's Run All, again: no second emulator
+        assert ces_nb.connect(endpoint=first, app="skyway").apps()
+    finally:
+        local_emulator._stop(local_emulator._started.pop(first))
+    second = ces_nb.start_emulator(app)  # the first one stopped: a new one
+    try:
+        assert local_emulator._started[second].poll() is None
+    finally:
+        local_emulator._stop(local_emulator._started.pop(second))

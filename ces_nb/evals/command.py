@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 USAGE, FAILED, OK = 2, 1, 0
 
@@ -47,6 +48,12 @@ def run_command(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         print("ces-nb eval: --parallel takes a number from 1 up", file=sys.stderr)
         return USAGE
+    if args.latency_threshold < 0:
+        print("ces-nb eval: --latency-threshold is a fraction from 0 up (0.25: p90 may grow by a quarter)", file=sys.stderr)
+        return USAGE
+    if args.baseline and not Path(args.baseline).expanduser().is_file():
+        print(f"ces-nb eval: {args.baseline}: no such file (--baseline takes a run saved with --save or EvalRun.save)", file=sys.stderr)
+        return USAGE
     try:
         baseline = EvalRun.load(args.baseline) if args.baseline else None
         client = _client(args)
@@ -54,25 +61,44 @@ def run_command(args: argparse.Namespace) -> int:
     except (EvalFileError, CesError, ValueError, FileNotFoundError) as exc:
         print(f"ces-nb eval: {exc}", file=sys.stderr)
         return USAGE
-    table = run.cases_frame.drop(columns=["tags"])
-    table["latency_ms"] = [f"{v:.1f} ms" if v == v and v is not None else "" for v in table["latency_ms"]]
-    print(table.rename(columns={"latency_ms": "latency"}).to_string(index=False))
-    print()
-    print(run.text())
+    comparison = run.compare(baseline) if baseline is not None else None
+    if comparison is not None:
+        comparison.threshold = args.latency_threshold
+    slow = comparison.latency_regressions(args.latency_threshold) if comparison is not None else []
+    # files first: a closed stdout (`| head`) must not lose the JUnit file CI reads
     if args.junit:
-        write_junit(run, args.junit)
+        write_junit(run, args.junit, latency_regressions=slow, threshold=args.latency_threshold)
     if args.save:
         run.save(args.save)
     if args.html:
-        from pathlib import Path
-
-        Path(args.html).write_text("<!doctype html><meta charset='utf-8'>" + run._repr_mimebundle_()["text/html"], encoding="utf-8")
+        Path(args.html).write_text(html_document(run, comparison), encoding="utf-8")
     status = OK if run.passed else FAILED
-    if baseline is not None:
-        comparison = run.compare(baseline)
+    if comparison is not None and (comparison.regressions or slow):
+        status = FAILED
+    try:
+        table = run.cases_frame.drop(columns=["tags"])
+        table["latency_ms"] = [f"{v:.1f} ms" if v == v and v is not None else "" for v in table["latency_ms"]]
+        print(table.rename(columns={"latency_ms": "latency"}).to_string(index=False))
         print()
-        print(comparison.text())
-        slow = comparison.latency_regressions(args.latency_threshold)
-        if comparison.regressions or slow:
-            status = FAILED
+        print(run.text(cases=False))
+        if comparison is not None:
+            print()
+            print(comparison.text())
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`ces-nb eval … | head`): as Python's signal docs advise, point
+        # stdout at devnull so the interpreter's final flush does not raise again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
+
+
+def html_document(run, comparison=None) -> str:
+    """The HTML report as a page of its own (`--html`)."""
+    import html
+
+    title = html.escape(f"ces_nb evaluation: {run.meta.get('app', '')}".strip())
+    body = (comparison._repr_mimebundle_()["text/html"] if comparison is not None else "") + run._repr_mimebundle_()["text/html"]
+    return (f"<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")

@@ -35,6 +35,7 @@ class RunComparison:
     def __init__(self, baseline, current, seed: int = 0, resamples: int = 1000):
         self.baseline, self.current = baseline, current
         self.seed, self.resamples = seed, resamples
+        self.threshold = 0.25  # latency_regressions' default: what text and HTML flag
         before = {_key(c, e): e for c in baseline.cases for e in c.expectations}
         after = {_key(c, e): e for c in current.cases for e in c.expectations}
         rows = []
@@ -99,9 +100,10 @@ class RunComparison:
             rows.append(row)
         return pd.DataFrame(rows).set_index("kind") if rows else pd.DataFrame()
 
-    def latency_regressions(self, threshold: float = 0.25, min_ms: float = 5.0) -> list[str]:
-        """Span kinds whose p90 grew by more than `threshold` (relative) and `min_ms`, with the CI
-        for the growth above zero."""
+    def latency_regressions(self, threshold: float | None = None, min_ms: float = 5.0) -> list[str]:
+        """Span kinds whose p90 grew by more than `threshold` (relative; default `self.threshold`)
+        and `min_ms`, with the CI for the growth above zero."""
+        threshold = self.threshold if threshold is None else threshold
         frame = self.latency
         out = []
         for kind, row in frame.iterrows():
@@ -124,3 +126,29 @@ class RunComparison:
 
         text = self.text()
         return {"text/plain": text, "text/html": comparison_html(self, text)}
+
+
+class RunWithBaseline:
+    """A run and its comparison with a baseline (`%cescmd eval … --baseline RUN.json`): shown as
+    the comparison, then the run. `.run`, `.comparison`; unpacks as `run, comparison = result`."""
+
+    def __init__(self, run, comparison):
+        self.run, self.comparison = run, comparison
+
+    def __iter__(self):
+        return iter((self.run, self.comparison))
+
+    @property
+    def passed(self) -> bool:
+        return self.run.passed and not self.comparison.regressions and not self.comparison.latency_regressions()
+
+    def text(self) -> str:
+        return self.comparison.text() + "\n\n" + self.run.text()
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        text = self.text()
+        return {"text/plain": text, "text/html": self.comparison._repr_mimebundle_()["text/html"]
+                + self.run._repr_mimebundle_()["text/html"]}

@@ -67,7 +67,9 @@ def conversation_turns(turns) -> list[dict]:
             call.args, call.response = _sorted(call.args), _sorted(call.response)
         seen.end_args = _sorted(seen.end_args)
         g["variables"] = _sorted(g["variables"])
-        g["texts"] = [t.text for t in g["turns"] if t.text]
+        # each agent message its own line, as scrapi writes a golden (a turn's text joins them with blank lines)
+        g["texts"] = [p.strip() for t in g["turns"] if t.text for p in t.text.split("\n\n") if p.strip()]
+        g["unanswered"] = [c.name for c in seen.calls if c.id in g["client_ids"] and c.response is None]
     return groups
 
 
@@ -150,6 +152,17 @@ def to_golden(transcript, path: str | Path | None = None, *, name: str | None = 
     if fmt not in ("yaml", "json"):
         raise ValueError(f"format is 'yaml' (cxas-scrapi goldens) or 'json' (a CES Evaluation), not {format!r}")
     turns = list(transcript.turns)
+    if not turns:
+        raise ValueError("to_golden: the conversation has no turns, so there is nothing to expect; send a message first")
+    unanswered = [name for g in conversation_turns(turns) for name in g["unanswered"]]
+    if unanswered:
+        import warnings
+
+        names = ", ".join(dict.fromkeys(unanswered))
+        warnings.warn(f"to_golden: the client tool call(s) {names} were never answered, so the golden has no output for "
+                      "them and what the agent says after the answer is not in it; replayed, the call is answered {} and "
+                      "the golden will likely fail. Answer it first (session.respond(...) or the tool-call form), or add "
+                      "`output:` to the call in the golden.", UserWarning, stacklevel=2)
     if fmt == "json":
         text = json.dumps(native_golden(turns, name, tags), indent=2, ensure_ascii=False) + "\n"
     else:

@@ -41,9 +41,15 @@ def _parse(text: str, source: str, suffix: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # both marks: where the scanner gave up (an unclosed quote: the end of the file) and where
+        # the thing it was reading began (the quote's line)
+        mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise EvalFileError(source, where, f"not YAML ({getattr(exc, 'problem', None) or exc})") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        if context is not None and (mark is None or (context.line, context.column) != (mark.line, mark.column)):
+            started = f"{getattr(exc, 'context', None) or 'started'} at line {context.line + 1} column {context.column + 1}"
+            problem = f"{problem}; {started}"
+        raise EvalFileError(source, where, f"not YAML ({problem})") from None
 
 
 def read_data(data: Any, source: str = "<data>", hint: str = "") -> list[Case]:
@@ -91,6 +97,18 @@ def load(items: Any) -> tuple[list[Case], Thresholds | None]:
         items = [items]
     cases: list[Case] = []
     thresholds = None
+    read: set[Path] = set()  # a folder and a file inside it, or a path twice: each file once
+
+    def once(path: Path) -> None:
+        nonlocal thresholds
+        resolved = path.resolve()
+        if resolved in read:
+            return
+        read.add(resolved)
+        more, t = read_file(path)
+        cases.extend(more)
+        thresholds = t or thresholds
+
     for item in _flatten(items):
         if isinstance(item, Case):
             cases.append(item)
@@ -101,13 +119,9 @@ def load(items: Any) -> tuple[list[Case], Thresholds | None]:
                 if not found:
                     raise EvalFileError(str(path), "", "a folder with no .yaml, .yml or .json files")
                 for f in found:
-                    more, t = read_file(f)
-                    cases.extend(more)
-                    thresholds = t or thresholds
+                    once(f)
             else:
-                more, t = read_file(path)
-                cases.extend(more)
-                thresholds = t or thresholds
+                once(path)
         elif isinstance(item, Thresholds):
             thresholds = item
         else:

@@ -8,6 +8,8 @@ expectation's `expectationLevelMetricsThresholdsOverride`). Parsed with the offi
 
 from __future__ import annotations
 
+import ast
+import difflib
 import re
 from typing import Any
 
@@ -16,9 +18,16 @@ from .cases import (AGENT_RESPONSE, AGENT_TRANSFER, END_SESSION, GOLDEN, NO_TOOL
 from .errors import EvalFileError, shown
 
 _COMPARISON = {"EQUALS": "exact", "CONTAINS": "contains", "SEMANTIC_SIMILARITY": "semantic"}
+_NO_FIELD = re.compile(r'has no field named "([^"]+)"')
+_AVAILABLE = re.compile(r'Available Fields\(except extensions\): "(\[.*?\])"', re.S)
 _PARSE_AT = re.compile(r' at "?(Evaluation(?:\.\w+(?:\[\d+\])*)*)"?\.*')
 NOT_SIMULATED = ("needs a simulated user: CES plays scenarios with an LLM user; offline only the scripted parts "
                  "(variable overrides, mock tool responses) run; not evaluated")
+
+
+# Evaluation fields the server sets: not what a file means to write
+_OUTPUT_ONLY = {"createTime", "createdBy", "updateTime", "lastUpdatedBy", "evaluationRuns", "etag", "aggregatedMetrics",
+                "lastCompletedResult", "invalid", "lastTenResults"}
 
 
 def is_evaluation(data: Any) -> bool:
@@ -40,6 +49,17 @@ def _parse(data: dict, message, source: str, at: str) -> dict:
         where = m[1].split(".", 1)[1] if m and "." in m[1] else ""
         problem = _PARSE_AT.sub("", text).rsplit(" field: ", 1)[-1].strip()
         full = ".".join(x for x in (at, where) if x) if not where.startswith("[") else at + where
+        unknown = _NO_FIELD.search(text)
+        if unknown:  # protobuf's text names the message type; say it as the reader's other errors do
+            fields = _AVAILABLE.search(text)
+            try:
+                known = [f for f in ast.literal_eval(fields[1]) if f not in _OUTPUT_ONLY] if fields else []
+            except (ValueError, SyntaxError):
+                known = []
+            near = difflib.get_close_matches(unknown[1], known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            full = f"{full}.{unknown[1]}" if full else unknown[1]
+            raise EvalFileError(source, full, f"unknown field {unknown[1]!r}{hint} (expected one of {', '.join(known)})") from None
         raise EvalFileError(source, full, f"not a CES Evaluation: {problem}") from None
     return json_format.MessageToDict(pb, preserving_proto_field_name=True)
 
@@ -66,13 +86,15 @@ def read_evaluations(data: Any, source: str) -> list[Case]:
     elif isinstance(data, list):
         items, prefix = data, ""
     else:
-        return [read_evaluation(data, source, "")]
+        return [read_evaluation(data, source, "", strict=True)]
     if not isinstance(items, list):
         raise EvalFileError(source, prefix, f"expected a list of Evaluations, found {shown(items)}")
-    return [read_evaluation(e, source, f"{prefix}[{i}]") for i, e in enumerate(items)]
+    return [read_evaluation(e, source, f"{prefix}[{i}]", strict=True) for i, e in enumerate(items)]
 
 
-def read_evaluation(data: Any, source: str, at: str) -> Case:
+def read_evaluation(data: Any, source: str, at: str, strict: bool = False) -> Case:
+    """`strict` (files read for a run): a golden that evaluates nothing is an error, so it cannot
+    leave CI green. The emulator's EvaluationService reads stored Evaluations without it."""
     from google.cloud import ces_v1beta
 
     if not is_evaluation(data):
@@ -95,6 +117,9 @@ def read_evaluation(data: Any, source: str, at: str) -> Case:
     for k, e in enumerate(golden.get("evaluation_expectations") or []):
         case.expectations.append(Expectation(RUBRIC, e, at=f"{pre}golden.evaluationExpectations[{k}]",
                                              note="an EvaluationExpectation (LLM-judged)"))
+    if strict and not case.expectations and not any(st.expectations for st in case.steps):
+        raise EvalFileError(source, f"{pre}golden", "this golden evaluates nothing: give its turns expectations "
+                            "(agentResponse, toolCall, agentTransfer, ...) so a wrong answer can fail")
     return case
 
 
@@ -205,7 +230,7 @@ def _scenario(case: Case, scenario: dict, at: str) -> Case:
     case.kind = SCENARIO_CASE
     case.variables = dict(scenario.get("variable_overrides") or {})
     facts = "; ".join(f"{f.get('name')}: {f.get('value')}" for f in scenario.get("user_facts") or [])
-    case.description = " ".join(x for x in (case.description, f"task: {scenario.get('task', '')}",
+    case.description = "\n".join(x for x in (case.description, f"task: {scenario.get('task', '')}",
                                              f"user facts: {facts}" if facts else "",
                                              f"max turns: {scenario['max_turns']}" if scenario.get("max_turns") else "") if x)
     step = Step(at=at)

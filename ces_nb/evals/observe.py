@@ -23,6 +23,7 @@ class ObservedCall:
 @dataclass
 class Observation:
     text: str = ""
+    messages: list[str] = field(default_factory=list)  # the agent's messages, one by one (paragraphs of its text)
     calls: list[ObservedCall] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
     variables: dict = field(default_factory=dict)
@@ -88,6 +89,7 @@ def observe(turns: list) -> Observation:
                 seen.spans.append((kind, span.duration_ms))
             latency += turn.root_span.duration_ms or 0.0
     seen.text = "\n\n".join(texts)
+    seen.messages = [p.strip() for t in texts for p in t.split("\n\n") if p.strip()]
     seen.latency_ms = latency if any(t.root_span is not None for t in turns) else None
     return seen
 

@@ -130,10 +130,11 @@ class EvalRun:
 
         return RunComparison(other, self, seed=seed, resamples=resamples)
 
-    def text(self) -> str:
+    def text(self, cases: bool = True) -> str:
+        """The verdicts as text; `cases=False` lists only what failed (after a table of every case)."""
         from .report import run_text
 
-        return run_text(self)
+        return run_text(self, cases=cases)
 
     def __repr__(self) -> str:
         return self.text()

@@ -39,6 +39,7 @@ def evaluate(paths_or_objects: Any, client=None, app: str | None = None, paralle
 
         client = connect()
     app_name = client.resolve_app(app)
+    _check_app(client, app_name)
     judge = judge or TextSimilarityJudge()
     base = (file_thresholds or Thresholds()).merged(thresholds)
     aliases = _tool_aliases(client, app_name)
@@ -99,6 +100,20 @@ def _stamp() -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:30] or "case"
+
+
+def _check_app(client, app: str) -> None:
+    """An app that is not there fails the run once, up front, not each case with the same error."""
+    import grpc
+
+    from ..errors import _code, explain
+
+    try:
+        client.agents.get_app(name=app)
+    except Exception as exc:
+        if _code(exc) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+            raise explain(exc, target=client.target, app=app) from None
+        # anything else (e.g. a server that does not serve GetApp): let the cases say what goes wrong
 
 
 def _tool_aliases(client, app: str) -> dict[str, str]:

@@ -105,8 +105,13 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
     if e.kind == END_SESSION:
         if not seen.ended:
             return _row(e, None, False, 0.0, "the session did not end")
-        score, problems = parameter_correctness(e.expected or {}, seen.end_args, judge) if seen.end_args else (1.0, [])
-        return _row(e, seen.end_args, True, score, "; ".join(problems))  # ended: its reason is informative only
+        # end_session's args (its reason) are scored as any tool call's parameters are, under their $matchType
+        expected = e.expected or {}
+        threshold = t.tool_invocation_parameter_correctness_threshold
+        threshold = DEFAULT_PARAMETER_THRESHOLD if threshold is None else threshold
+        score, problems = parameter_correctness(expected, seen.end_args or {}, judge)
+        return _row(e, seen.end_args, score >= threshold, round(score, 4),
+                    "; ".join(problems) + (f" (parameter correctness {score:.2f} < {threshold:.2f})" if score < threshold else ""))
     if e.kind == UPDATED_VARIABLES:
         expected = e.expected or {}
         right = [k for k, v in expected.items() if k in seen.variables and match_value(v, seen.variables[k])[0]]
@@ -114,7 +119,7 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
         wrong = [k for k in expected if k not in right]
         return _row(e, seen.variables, score == 1.0, score, f"not updated as expected: {', '.join(wrong)}" if wrong else "")
     if e.kind == AGENT_RESPONSE:
-        return _agent_response(e, seen.text, judge, t, values)
+        return _agent_response_of(e, seen, judge, t, values)
     if e.kind == RUBRIC:
         return skipped(e, "a natural-language expectation; judged per case")
     return skipped(e, f"unknown expectation kind {e.kind}")
@@ -122,7 +127,8 @@ def _score(e: Expectation, seen: Observation, unused: list, judge, t: Thresholds
 
 def _agent_is(want: str, got: str) -> bool:
     norm = lambda s: re.sub(r"[\s_-]+", " ", s).strip().lower()  # noqa: E731  "Returns Agent" ~ "returns_agent" ~ "returns-agent"
-    return norm(want) == norm(got) or norm(got).endswith(norm(want))
+    # the exact display name or id, or a resource name's id; never a name's tail ("Agent" is not "Booking Agent")
+    return norm(want) == norm(got) or norm(want.rsplit("/", 1)[-1]) == norm(got.rsplit("/", 1)[-1])
 
 
 def _ordered_share(expected: list[str], observed: list[str]) -> float:
@@ -157,6 +163,26 @@ def _tool_call(e: Expectation, seen: Observation, unused: list, judge, t: Thresh
     score, problems = parameter_correctness(args, best.args, judge)
     return _row(e, {"tool": best.name, "args": best.args}, score >= threshold, round(score, 4),
                 "; ".join(problems) + (f" (parameter correctness {score:.2f} < {threshold:.2f})" if score < threshold else ""))
+
+
+def _agent_response_of(e: Expectation, seen: Observation, judge, t: Thresholds, values: dict) -> ExpectationResult:
+    """One expected line against a turn where the agent said several messages: CES lists each
+    agent message as its own expectation, so the line is compared with each message and with
+    all of them joined; the best score counts, and the explanation says which it was."""
+    whole = _agent_response(e, seen.text, judge, t, values)
+    messages = seen.messages
+    expected_lines = [x for x in str(e.expected or "").split("\n\n") if x.strip()]
+    if len(messages) < 2 or len(expected_lines) > 1 or e.match not in ("semantic", "exact"):
+        return whole
+    best, which = whole, "all its messages joined"
+    for i, message in enumerate(messages, 1):
+        row = _agent_response(e, message, judge, t, values)
+        if (row.outcome == PASS and best.outcome != PASS) or (row.outcome == best.outcome and (row.score or 0) > (best.score or 0)):
+            best, which = row, f"message {i} of {len(messages)}"
+    best.observed = seen.text
+    best.explanation = (f"one expected line; the agent said {len(messages)} messages: compared with each and with all "
+                        f"joined, best: {which}" + (f"; {best.explanation}" if best.explanation else ""))
+    return best
 
 
 def _agent_response(e: Expectation, text: str, judge, t: Thresholds, values: dict) -> ExpectationResult:
