@@ -109,8 +109,14 @@ def test_the_emulator_never_imports_the_notebook_side():
     outside = {m for m in reached if not m.startswith("ces_nb.emulator")}
     allowed = {"ces_nb.convert.otel", "ces_nb.model", "ces_nb.audio", "ces_nb.tts",
                # what the records' reprs call: renderers that take records and import none
-               "ces_nb.render.text", "ces_nb.render.html", "ces_nb.render.markdown", "ces_nb.diff"}
+               "ces_nb.render.text", "ces_nb.render.html", "ces_nb.render.markdown", "ces_nb.diff",
+               # the EvaluationService: SessionOutputs become records, and one scoring engine plays
+               # and scores a case (evals.conversation), as `ces_nb.evaluate` does through a client
+               "ces_nb.convert.session_output", "ces_nb.convert.protos", "ces_nb.inputs",
+               *(f"ces_nb.evals.{m}" for m in ("cases", "conversation", "errors", "goldens", "judges", "matching",
+                                                "native", "observe", "results", "scoring"))}
     assert outside <= allowed, sorted(outside - allowed)
+    assert "ces_nb.evals.conversation" in outside and "ces_nb.evals.runner" not in outside
     assert "ces_nb.convert.otel" in outside  # the emulator builds root_span with the shared mapping
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from google.adk.events import Event
 from google.adk.sessions import DatabaseSessionService, Session
 
-from .store import configure_sqlite_engine
+from .sqlite_setup import configure_sqlite_engine
 
 
 class _UncommittedSession:

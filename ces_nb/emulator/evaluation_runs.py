@@ -2,7 +2,7 @@
 
 The EvaluationService turns each stored Evaluation into a `Case` with the same reader
 `ces_nb.evaluate` uses (`evals.native.read_evaluation`), and runs it with the same runner and
-scorer (`evals.runner.run_in_session`). Only the session differs: `EmulatorConversation` sends
+scorer (`evals.conversation.run_in_session`). Only the session differs: `EmulatorConversation` sends
 each turn to this emulator's own SessionService in process, where a notebook `Session` would
 send it over the network. So a golden gets the same verdict from the notebook, `ces-nb eval`
 and RunEvaluation.
@@ -25,7 +25,7 @@ from ..convert.session_output import turn_from_outputs
 from ..evals.cases import RUBRIC, Case
 from ..evals.native import read_evaluation
 from ..evals.results import CaseResult
-from ..evals.runner import run_in_session
+from ..evals.conversation import run_in_session
 from ..inputs import build_inputs
 from ..model import ToolCall, Turn, pending_calls
 

@@ -125,7 +125,7 @@ class SqliteWriter:
         """The stored revision marker of `session` (None when it is gone), read on the loop."""
         table = self.sessions
         with self.inline_engine.connect() as connection:
-            connection.execution_options(read_only=True)  # a deferred BEGIN, no write lock (store._sqlite_begin)
+            connection.execution_options(read_only=True)  # a deferred BEGIN, no write lock (sqlite_setup.sqlite_begin)
             with connection.begin():
                 stored = connection.execute(select(table.c.update_time).where(
                     table.c.app_name == session.app_name, table.c.user_id == session.user_id,
