@@ -320,6 +320,21 @@ def _load_json(path) -> Any:
         return json.load(f)
 
 
+def to_parquet(obj: Any, path, kinds=("turns", "spans", "tool_calls")):
+    """Append the turns, spans and tool-call frames of `obj` to a Parquet dataset at `path`,
+    partitioned by conversation date (see ces_nb.parquet). Returns the dataset folder."""
+    from .parquet import to_parquet
+
+    return to_parquet(obj, path, kinds)
+
+
+def read_parquet(path, kind: str = "spans", filters: Any = None):
+    """One frame kind ("turns", "spans", "tool_calls") of a dataset written by `to_parquet`."""
+    from .parquet import read_parquet
+
+    return read_parquet(path, kind, filters)
+
+
 def latency_summary(frame: Any):
     """p50 / p90 / p99 (and count, mean, max) of span durations in ms, per span kind, per tool
     and per agent. Takes a spans_frame, or anything spans_frame takes."""
