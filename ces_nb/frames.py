@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Iterator
 
-from .model import _SPAN_KIND_BY_WORD, _At, _check_output, _duration_ns, get_field, has_field, timestamp_ns
+from .model import _SPAN_KIND_BY_WORD, _At, _check_output, _duration_ns, _seconds_at, get_field, has_field, timestamp_ns
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
 from .render.text import integral
 
@@ -185,56 +185,90 @@ class _NotPlain(Exception):
     load_errors) decide what it holds."""
 
 
-def _json_span(d: Any) -> tuple[str, int | None, int | None, dict, list]:
-    """What Span._one reads from one span's JSON, for well-formed JSON only (else _NotPlain)."""
-    if type(d) is not dict:
-        raise _NotPlain
-    get = d.get
-    name = get("name", "")
-    attributes = get("attributes")
-    children = get("child_spans", _MISSING)
-    if children is _MISSING:
-        children = get("childSpans")
-    if type(name) is not str or not (attributes is None or type(attributes) is dict) or not (children is None or type(children) is list):
-        raise _NotPlain
-    start, end, duration = get("start_time", _MISSING), get("end_time", _MISSING), get("duration")
-    if start is _MISSING:
-        start = get("startTime")
-    if end is _MISSING:
-        end = get("endTime")
+def _json_time(value: Any, parse) -> int | None:
+    """timestamp_ns / _duration_ns, with their commonest case inlined (this runs twice per span)."""
+    if type(value) is str:
+        if parse is timestamp_ns:
+            seconds = _seconds_at.get(value[:19])
+            if seconds is not None:
+                tail = value[19:]
+                if tail == "Z":
+                    return seconds * 1_000_000_000
+                digits = tail[1:-1]
+                if tail[:1] == "." and tail[-1:] == "Z" and 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit():
+                    return seconds * 1_000_000_000 + int(digits.ljust(9, "0"))
+        else:
+            whole, dot, frac = value[:-1].partition(".")
+            if value[-1:] == "s" and 0 < len(whole) <= 11 and whole.isascii() and whole.isdigit() and (
+                    not dot or 0 < len(frac) <= 9 and frac.isascii() and frac.isdigit()):
+                return int(whole) * 1_000_000_000 + (int(frac.ljust(9, "0")) if dot else 0)
+    elif value is None:
+        return None
     try:
-        start, end, duration = timestamp_ns(start), timestamp_ns(end), _duration_ns(duration)
+        return parse(value)
     except Exception:
         raise _NotPlain from None
-    if duration is None and start is not None and end is not None:
-        duration = end - start
-    return name, start, duration, attributes or {}, children or []
 
 
 _MISSING = object()
+_KIND_OF: dict[str, str] = {}
 
 
 def _json_spans(raw: Any) -> list[tuple]:
-    """A span tree's JSON as (row offset, parent offset, depth, name, start, duration, attributes), pre-order."""
+    """A span tree's JSON as (row offset, parent offset, depth, name, kind, start, duration, attributes),
+    pre-order: what Span.from_dict and spans_frame read from well-formed JSON (else _NotPlain)."""
     spans: list[tuple] = []
     stack: list[tuple[Any, int, int | None]] = [(raw, 0, None)]
+    pop, push, add = stack.pop, stack.append, spans.append
+    kinds = _KIND_OF
     while stack:
-        d, depth, parent = stack.pop()
-        name, start, duration, attributes, children = _json_span(d)
+        d, depth, parent = pop()
+        if type(d) is not dict:
+            raise _NotPlain
+        get = d.get
+        name = get("name", "")
+        attributes = get("attributes")
+        children = get("child_spans", _MISSING)
+        if children is _MISSING:
+            children = get("childSpans")
+        if type(name) is not str or not (attributes is None or type(attributes) is dict) or not (children is None or type(children) is list):
+            raise _NotPlain
+        start, end = get("start_time", _MISSING), get("end_time", _MISSING)
+        if start is _MISSING:
+            start = get("startTime")
+        if end is _MISSING:
+            end = get("endTime")
+        start, end, duration = (_json_time(start, timestamp_ns), _json_time(end, timestamp_ns),
+                                _json_time(get("duration"), _duration_ns))
+        if duration is None and start is not None and end is not None:
+            duration = end - start
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)
+            if len(kinds) < 10_000:
+                kinds[name] = kind
         me = len(spans)
-        spans.append((me, parent, depth, name, start, duration, attributes))
-        for child in reversed(children):
-            stack.append((child, depth + 1, me))
+        add((me, parent, depth, name, kind, start, duration, attributes or {}))
+        if children:
+            for child in reversed(children):
+                push((child, depth + 1, me))
     return spans
 
 
 def _json_span_rows(conversation: str, turn: int, spans: list[tuple], cols: dict[str, list], attrs: list[dict]) -> None:
     base = len(cols["index"])
-    origin = spans[0][4]
-    for row, parent, depth, name, start, duration, attributes in spans:
-        _append(cols, conversation, turn, base + row, None if parent is None else base + parent, depth, name,
-                _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name), start, duration, origin)
-        attrs.append(attributes)
+    origin = spans[0][5]
+    n = len(spans)
+    cols["conversation"].extend([conversation] * n)
+    cols["turn"].extend([turn] * n)
+    cols["index"].extend(range(base, base + n))
+    cols["parent"].extend([None if s[1] is None else base + s[1] for s in spans])
+    cols["depth"].extend([s[2] for s in spans])
+    cols["span"].extend([s[3] for s in spans])
+    cols["kind"].extend([s[4] for s in spans])
+    cols["start_ms"].extend([(s[5] - origin) / 1e6 if s[5] is not None and origin is not None else None for s in spans])
+    cols["duration_ms"].extend([s[6] / 1e6 if s[6] is not None else None for s in spans])
+    attrs.extend([s[7] for s in spans])
 
 
 def _span_trees(obj: Any) -> Iterator[tuple[str, list[tuple[int, Any]]]]:
