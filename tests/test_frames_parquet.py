@@ -74,7 +74,7 @@ def test_appends_partition_by_date_and_number_spans_frame_wide(tmp_path):
     assert set(only.conversation) == {"c2"} and len(only) == 3
 
 
-def test_saved_json_goes_straight_in(tmp_path):
+def test_saved_json_and_one_kind_only(tmp_path):
     data = transcript(n=2)
     frames.to_parquet(data, tmp_path / "ds", kinds=["spans"])
     assert not (tmp_path / "ds" / "turns").exists()
