@@ -2,13 +2,15 @@
 
 Every function takes what you have: a Turn, a Transcript, a Session, a list of
 any of those, or their JSON (snake_case or camelCase, e.g. a saved transcript or
-a Conversation dump). Conversations are named by `Transcript.session`.
+a Conversation dump), as dicts or as files. Conversations are named by `Transcript.session`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import os
+from typing import Any, Iterable, Iterator
 
+from .model import _SPAN_KIND_BY_WORD, _At, _check_output, _duration_ns, _seconds_at, get_field, has_field, timestamp_ns
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
 from .render.text import integral
 
@@ -20,6 +22,8 @@ def transcripts(obj: Any) -> list[Transcript]:
     """Normalize anything turn-shaped into transcripts."""
     if obj is None:
         return []
+    if isinstance(obj, (str, os.PathLike)):  # a saved transcript or a Conversation export, as a file
+        return [Transcript.load(obj)]
     if isinstance(getattr(obj, "record", None), Turn):  # a session's LiveTurn
         obj = obj.record
     if isinstance(obj, Transcript):
@@ -123,49 +127,246 @@ def tool_calls_frame(obj: Any):
 
 def spans_frame(obj: Any):
     """One row per span: its depth, parent row, start offset from the root, duration, and
-    every attribute as a column (named as CES names it: agent, model, name, ...)."""
+    every attribute as a column (named as CES names it: agent, model, name, ...).
+
+    Saved transcripts and Conversation exports (JSON dicts, files, lists of them) are read
+    straight into rows, with no Turn built; the frame is the same as from their records."""
     import pandas as pd
 
     cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
     attrs: list[dict] = []
-    conversation_col, turn_col, index_col, parent_col = cols["conversation"], cols["turn"], cols["index"], cols["parent"]
-    depth_col, span_col, kind_col, start_col, duration_col = (cols["depth"], cols["span"], cols["kind"], cols["start_ms"],
-                                                              cols["duration_ms"])
-    for t in transcripts(obj):
-        for turn in t.turns:
-            root = turn.root_span
-            if root is None:
-                continue
-            origin = root.start_ns
-            # Iterative pre-order walk that remembers each span's parent row.
-            row = len(index_col)
-            stack: list[tuple[Span, int, int | None]] = [(root, 0, None)]
-            while stack:
-                span, depth, parent = stack.pop()
-                conversation_col.append(t.session)
-                turn_col.append(turn.index)
-                index_col.append(row)
-                parent_col.append(parent)
-                depth_col.append(depth)
-                span_col.append(span.name)
-                kind_col.append(span.kind)
-                start_col.append((span.start_ns - origin) / 1e6 if span.start_ns is not None and origin is not None else None)
-                duration_col.append(span.duration_ns / 1e6 if span.duration_ns is not None else None)
-                attrs.append(span.attributes)
-                me = row
-                row += 1
-                for child in reversed(span.children):
-                    stack.append((child, depth + 1, me))
+    for conversation, trees in _span_trees(obj):
+        for index, root in trees:
+            if isinstance(root, Span):
+                _span_rows(conversation, index, root, cols, attrs)
+            else:
+                _json_span_rows(conversation, index, root, cols, attrs)  # read by _json_trees
     frame = pd.DataFrame(cols)
     frame["parent"] = frame["parent"].astype("Int64")  # the root has none
     keys: dict[str, None] = {}
     for a in attrs:
         for k in a:
             keys.setdefault(k, None)
-    for key in keys:
-        column = key if key not in cols else f"attr:{key}"
-        frame[column] = [a.get(key) for a in attrs]
+    extra = {(key if key not in cols else f"attr:{key}"): [a.get(key) for a in attrs] for key in keys}
+    if extra:
+        frame = pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
     return frame
+
+
+def _span_rows(conversation: str, turn: int, root: Span, cols: dict[str, list], attrs: list[dict]) -> None:
+    origin = root.start_ns
+    row = len(cols["index"])
+    # Iterative pre-order walk that remembers each span's parent row.
+    stack: list[tuple[Span, int, int | None]] = [(root, 0, None)]
+    while stack:
+        span, depth, parent = stack.pop()
+        _append(cols, conversation, turn, row, parent, depth, span.name, span.kind, span.start_ns, span.duration_ns, origin)
+        attrs.append(span.attributes)
+        me = row
+        row += 1
+        for child in reversed(span.children):
+            stack.append((child, depth + 1, me))
+
+
+def _append(cols, conversation, turn, row, parent, depth, name, kind, start_ns, duration_ns, origin) -> None:
+    cols["conversation"].append(conversation)
+    cols["turn"].append(turn)
+    cols["index"].append(row)
+    cols["parent"].append(parent)
+    cols["depth"].append(depth)
+    cols["span"].append(name)
+    cols["kind"].append(kind)
+    cols["start_ms"].append((start_ns - origin) / 1e6 if start_ns is not None and origin is not None else None)
+    cols["duration_ms"].append(duration_ns / 1e6 if duration_ns is not None else None)
+
+
+class _NotPlain(Exception):
+    """JSON the direct path does not read as it stands: the records (with their checks and
+    load_errors) decide what it holds."""
+
+
+def _json_time(value: Any, parse) -> int | None:
+    """timestamp_ns / _duration_ns, with their commonest case inlined (this runs twice per span)."""
+    if type(value) is str:
+        if parse is timestamp_ns:
+            seconds = _seconds_at.get(value[:19])
+            if seconds is not None:
+                tail = value[19:]
+                if tail == "Z":
+                    return seconds * 1_000_000_000
+                digits = tail[1:-1]
+                if tail[:1] == "." and tail[-1:] == "Z" and 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit():
+                    return seconds * 1_000_000_000 + int(digits.ljust(9, "0"))
+        else:
+            whole, dot, frac = value[:-1].partition(".")
+            if value[-1:] == "s" and 0 < len(whole) <= 11 and whole.isascii() and whole.isdigit() and (
+                    not dot or 0 < len(frac) <= 9 and frac.isascii() and frac.isdigit()):
+                return int(whole) * 1_000_000_000 + (int(frac.ljust(9, "0")) if dot else 0)
+    elif value is None:
+        return None
+    try:
+        return parse(value)
+    except Exception:
+        raise _NotPlain from None
+
+
+_MISSING = object()
+_KIND_OF: dict[str, str] = {}
+
+
+def _json_spans(raw: Any) -> list[tuple]:
+    """A span tree's JSON as (row offset, parent offset, depth, name, kind, start, duration, attributes),
+    pre-order: what Span.from_dict and spans_frame read from well-formed JSON (else _NotPlain)."""
+    spans: list[tuple] = []
+    stack: list[tuple[Any, int, int | None]] = [(raw, 0, None)]
+    pop, push, add = stack.pop, stack.append, spans.append
+    kinds = _KIND_OF
+    while stack:
+        d, depth, parent = pop()
+        if type(d) is not dict:
+            raise _NotPlain
+        get = d.get
+        name = get("name", "")
+        attributes = get("attributes")
+        children = get("child_spans", _MISSING)
+        if children is _MISSING:
+            children = get("childSpans")
+        if type(name) is not str or not (attributes is None or type(attributes) is dict) or not (children is None or type(children) is list):
+            raise _NotPlain
+        start, end = get("start_time", _MISSING), get("end_time", _MISSING)
+        if start is _MISSING:
+            start = get("startTime")
+        if end is _MISSING:
+            end = get("endTime")
+        start, end, duration = (_json_time(start, timestamp_ns), _json_time(end, timestamp_ns),
+                                _json_time(get("duration"), _duration_ns))
+        if duration is None and start is not None and end is not None:
+            duration = end - start
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)
+            if len(kinds) < 10_000:
+                kinds[name] = kind
+        me = len(spans)
+        add((me, parent, depth, name, kind, start, duration, attributes or {}))
+        if children:
+            for child in reversed(children):
+                push((child, depth + 1, me))
+    return spans
+
+
+def _json_span_rows(conversation: str, turn: int, spans: list[tuple], cols: dict[str, list], attrs: list[dict]) -> None:
+    base = len(cols["index"])
+    origin = spans[0][5]
+    n = len(spans)
+    cols["conversation"].extend([conversation] * n)
+    cols["turn"].extend([turn] * n)
+    cols["index"].extend(range(base, base + n))
+    cols["parent"].extend([None if s[1] is None else base + s[1] for s in spans])
+    cols["depth"].extend([s[2] for s in spans])
+    cols["span"].extend([s[3] for s in spans])
+    cols["kind"].extend([s[4] for s in spans])
+    cols["start_ms"].extend([(s[5] - origin) / 1e6 if s[5] is not None and origin is not None else None for s in spans])
+    cols["duration_ms"].extend([s[6] / 1e6 if s[6] is not None else None for s in spans])
+    attrs.extend([s[7] for s in spans])
+
+
+def _span_trees(obj: Any) -> Iterator[tuple[str, list[tuple[int, Any]]]]:
+    """(conversation, [(turn index, root span or its JSON)]) for each transcript in obj. JSON in
+    the saved-transcript or Conversation layout is read without building records; JSON in any
+    other shape, or with a value the records would check, goes through `transcripts`."""
+    if isinstance(obj, (str, os.PathLike)):
+        obj = _load_json(obj)
+    if isinstance(obj, dict) and ("turns" in obj or "format" in obj):
+        try:
+            yield _json_trees(obj)
+            return
+        except _NotPlain:
+            pass
+    elif isinstance(obj, list) and obj and all(isinstance(x, (dict, str, os.PathLike)) and (not isinstance(x, dict) or "turns" in x or "format" in x)
+                                               for x in obj):
+        for item in obj:
+            yield from _span_trees(item)
+        return
+    for t in transcripts(obj):
+        yield t.session, [(turn.index, turn.root_span) for turn in t.turns if turn.root_span is not None]
+
+
+def _json_trees(d: dict) -> tuple[str, list[tuple[int, Any]]]:
+    from .model import FORMAT
+
+    raw_turns = get_field(d, "turns")
+    if not (raw_turns is None or type(raw_turns) is list):
+        raise _NotPlain
+    out = []
+    if get_field(d, "format") != FORMAT:  # a Conversation
+        if not has_field(d, "turns") or not isinstance(get_field(d, "name", ""), str):
+            raise _NotPlain
+        for i, raw in enumerate(raw_turns or []):
+            if type(raw) is not dict:
+                raise _NotPlain
+            root = get_field(raw, "root_span")
+            if root:
+                out.append((i + 1, _json_spans(root)))
+        return get_field(d, "name") or "", out
+    version, session = get_field(d, "version", 1), get_field(d, "session")
+    if type(version) is not int or version > 1 or not (session is None or type(session) is str):
+        raise _NotPlain
+    for raw in raw_turns or []:
+        if type(raw) is not dict or not has_field(raw, "outputs") and has_field(raw, "messages"):
+            raise _NotPlain  # a Conversation.Turn inside a transcript: the records know
+        index, root = 0, None
+        outputs = get_field(raw, "outputs")
+        if not (outputs is None or type(outputs) is list):
+            raise _NotPlain
+        for output in outputs or []:
+            if type(output) is not dict:
+                raise _NotPlain
+            try:  # an output the records refuse takes its diagnostics with it
+                _check_output(output, _At(None, "output"))
+            except Exception:
+                raise _NotPlain from None
+            at = get_field(output, "turn_index", 0)
+            if type(at) is not int:
+                raise _NotPlain
+            index = at or index
+            info = get_field(output, "diagnostic_info")
+            if info is not None:
+                if type(info) is not dict:
+                    raise _NotPlain
+                root = get_field(info, "root_span") or root
+        if has_field(raw, "turn_index"):
+            at = get_field(raw, "turn_index")
+            if not (at is None or type(at) is int):
+                raise _NotPlain
+            index = at or 0
+        if root is None:
+            root = get_field(raw, "root_span") or None
+        if root is not None:
+            out.append((index, _json_spans(root)))
+    return session or "", out
+
+
+def _load_json(path) -> Any:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def to_parquet(obj: Any, path, kinds=("turns", "spans", "tool_calls")):
+    """Append the turns, spans and tool-call frames of `obj` to a Parquet dataset at `path`,
+    partitioned by conversation date (see ces_nb.parquet). Returns the dataset folder."""
+    from .parquet import to_parquet
+
+    return to_parquet(obj, path, kinds)
+
+
+def read_parquet(path, kind: str = "spans", filters: Any = None):
+    """One frame kind ("turns", "spans", "tool_calls") of a dataset written by `to_parquet`."""
+    from .parquet import read_parquet
+
+    return read_parquet(path, kind, filters)
 
 
 def latency_summary(frame: Any):

@@ -33,7 +33,8 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from functools import lru_cache
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
@@ -53,6 +54,7 @@ CHUNK_KINDS = (
 _CAMEL = re.compile(r"_([a-z])")
 
 
+@lru_cache(maxsize=1024)  # field names are few; get_field runs per key per span
 def _camel(name: str) -> str:
     return _CAMEL.sub(lambda m: m.group(1).upper(), name)
 
@@ -82,10 +84,58 @@ def _b64(data: bytes) -> str:
 
 # -- times ---------------------------------------------------------------------------
 
+# The shape protobuf's ToJsonString writes (UTC, 0-9 fraction digits), read without strptime: a
+# saved transcript holds two per span. Whole seconds are cached (a turn's spans share a few);
+# anything else goes through protobuf.
+_RFC3339_SECOND = re.compile(r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):([0-5]\d):([0-5]\d)")
+_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
+_seconds_at: dict[str, int] = {}
+
+
+def _digits(text: str, most: int) -> bool:
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def _fast_timestamp_ns(text: str) -> int | None:
+    seconds = _seconds_at.get(text[:19])
+    if seconds is None:
+        m = _RFC3339_SECOND.fullmatch(text[:19])
+        if m is None:
+            return None
+        y, mo, d, h, mi, s = map(int, m.groups())
+        try:
+            days = date(y, mo, d).toordinal() - _EPOCH_ORDINAL
+        except ValueError:  # 2025-02-30: let protobuf say so
+            return None
+        seconds = days * 86400 + h * 3600 + mi * 60 + s
+        if len(_seconds_at) > 100_000:
+            _seconds_at.clear()
+        _seconds_at[text[:19]] = seconds
+    tail = text[19:]
+    if tail == "Z":
+        return seconds * 1_000_000_000
+    if tail[:1] == "." and tail[-1:] == "Z" and _digits(tail[1:-1], 9):
+        return seconds * 1_000_000_000 + int(tail[1:-1].ljust(9, "0"))
+    return None
+
+
+def _fast_duration_ns(text: str) -> int | None:
+    if text[-1:] != "s":
+        return None
+    whole, dot, frac = text[:-1].partition(".")
+    if not _digits(whole, 11) or dot and not _digits(frac, 9):
+        return None
+    return int(whole) * 1_000_000_000 + (int(frac.ljust(9, "0")) if dot else 0)
+
+
 def timestamp_ns(value: Any) -> int | None:
     """RFC 3339 text (nanoseconds kept), a datetime, or {seconds, nanos} -> ns since epoch."""
     if value in (None, ""):
         return None
+    if type(value) is str:
+        fast = _fast_timestamp_ns(value)
+        if fast is not None:
+            return fast
     if isinstance(value, datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
@@ -101,6 +151,10 @@ def timestamp_ns(value: Any) -> int | None:
 def _duration_ns(value: Any) -> int | None:
     if value in (None, ""):
         return None
+    if type(value) is str:
+        fast = _fast_duration_ns(value)
+        if fast is not None:
+            return fast
     if isinstance(value, (int, float)):
         return int(value * 1e9)  # seconds
     if isinstance(value, dict):
