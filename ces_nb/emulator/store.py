@@ -148,7 +148,8 @@ def _unreadable(db: str, exc: Exception) -> str:
     shown = display_url(db)
     if is_postgres(db):
         if isinstance(exc, ModuleNotFoundError) or "psycopg" in detail and "No module" in detail:
-            fix = "install the PostgreSQL driver: pip install 'ces_nb[postgres]'"
+            fix = ("install its driver: pip install 'ces_nb[postgres]' (psycopg 3, for postgresql://), or pip install "
+                   "asyncpg for postgresql+asyncpg://")
         else:
             host = _url_part(db, "host") or "localhost"
             port = _url_part(db, "port") or 5432
@@ -157,7 +158,7 @@ def _unreadable(db: str, exc: Exception) -> str:
                    f"that the database {name} exists (createdb -h {host} -p {port} {name}) and that the user and "
                    f"password are right (a password can come from PGPASSWORD or ~/.pgpass instead of the URL); "
                    f"or use a local store (--db PATH.db, or --db :memory:)")
-        return f"the store {shown} can't be used ({type(exc).__name__}: {detail}); {fix}"
+        return f"the store {shown} can't be read ({type(exc).__name__}: {detail}); {fix}"
     return (f"the store {shown} can't be read ({type(exc).__name__}: {detail}); check its URL, that it is "
             f"reachable and that its driver is installed, or start with an empty one (--db NEW.db, or --db :memory:)")
 
