@@ -107,6 +107,13 @@ def test_two_emulators_on_one_database_share_sessions_turn_by_turn(postgres_url)
         assert listed == {f"{APP}/conversations/shared", f"{APP}/conversations/only-on-two"}
         turns = clients[0][2].get_conversation(name=f"{APP}/conversations/shared").turns
         assert [t.messages[0].chunks[0].text for t in turns] == [TALK[n % len(TALK)] for n in range(8)]
+        # One address for both: gRPC's client-side round robin, each call to the next emulator
+        both = grpc.insecure_channel(f"ipv4:{one.address},{two.address}", options=[("grpc.lb_policy_name", "round_robin")])
+        balanced = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=both))
+        for n in range(6):
+            assert run(balanced, f"{APP}/sessions/balanced", TALK[n % len(TALK)])[-1].turn_index == n + 1
+        both.close()
+        assert len(clients[1][2].get_conversation(name=f"{APP}/conversations/balanced").turns) == 6
     finally:
         for channel, _, _ in clients:
             channel.close()
