@@ -11,7 +11,12 @@ p50/p90/p99 turn latency, turns/s and the emulator's RSS per session (all its pr
 over the run, divided by the sessions). `:memory:` runs with 1 worker only: it lives in one
 process, so workers could not share it.
 
-    python benchmarks/load.py [--levels 1,10,100] [--turns 20] [--workers N]
+PostgreSQL runs too when a server is given: `--postgres URL` (or CES_NB_BENCH_POSTGRES), a
+database the benchmark may fill (it makes its own tables; an empty one is best); without one
+it says so and runs the rest. `tests/postgres_server.py` can start one:
+`python -c "import sys; sys.path.insert(0, 'tests'); from postgres_server import PostgresServer as P; s = P(); print(s.create_database()); input()"`.
+
+    python benchmarks/load.py [--levels 1,10,100] [--turns 20] [--workers N] [--postgres URL]
       goals: 0 errors; file p99 <= 10x p50 at 100 sessions; file/memory 1-session p50 <= 2x;
              N workers / 1 worker turns/s at 100 sessions >= 1.8x (with N = 2). The last needs N free
              cores: the report adds the emulator's CPU per turn, and the load average.
@@ -119,6 +124,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: the cores)")
     parser.add_argument("--client", choices=("raw", "official"), default="raw")
+    parser.add_argument("--postgres", default=os.environ.get("CES_NB_BENCH_POSTGRES"), metavar="URL",
+                        help="also run on this PostgreSQL database (default: $CES_NB_BENCH_POSTGRES; none: skipped)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,6 +133,10 @@ def main() -> None:
                   "file, 1 worker": ("--db", f"{tmp}/one.db", "--workers", "1")}
         if args.workers > 1:
             setups[f"file, {args.workers} workers"] = ("--db", f"{tmp}/many.db", "--workers", str(args.workers))
+        if args.postgres:
+            setups["postgres, 1 worker"] = ("--db", args.postgres, "--workers", "1")
+            if args.workers > 1:
+                setups[f"postgres, {args.workers} workers"] = ("--db", args.postgres, "--workers", str(args.workers))
         servers = {label: EmulatorProcess(*flags) for label, flags in setups.items()}
         results: dict[tuple[str, int], dict] = {}
         try:
@@ -141,7 +152,13 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    print(f"stores: :memory: and SQLite files (the default kind) in {tmp}; {args.turns} turns per session; "
+    if args.postgres:
+        from ces_nb.emulator.store import display_url
+
+        pg = f"; PostgreSQL at {display_url(args.postgres)} (both postgres setups share it)"
+    else:
+        pg = "; PostgreSQL not run: no server given (--postgres URL or CES_NB_BENCH_POSTGRES)"
+    print(f"stores: :memory: and SQLite files (the default kind) in {tmp}{pg}; {args.turns} turns per session; "
           f"each session on its own channel; {args.client} client; {os.cpu_count()} cores")
     print(f"{'setup':22}{'sessions':>9}{'errors':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99/p50':>9}"
           f"{'turns/s':>9}{'CPU ms/turn':>12}{'RSS/session':>13}")
@@ -158,10 +175,17 @@ def main() -> None:
     if ("file, 1 worker", 1) in results and ("memory, 1 worker", 1) in results:
         ratio = percentile(results[("file, 1 worker", 1)]["latencies"], 50) / percentile(results[("memory, 1 worker", 1)]["latencies"], 50)
         lines.append(f"file / memory, 1 session, p50: {ratio:.2f}x  (goal <= 2x)")
-    for label in [k for k in setups if k.startswith("file")]:
+    if ("postgres, 1 worker", 1) in results and ("file, 1 worker", 1) in results:
+        ratio = percentile(results[("postgres, 1 worker", 1)]["latencies"], 50) / percentile(results[("file, 1 worker", 1)]["latencies"], 50)
+        lines.append(f"postgres / file, 1 session, p50: {ratio:.2f}x  (information)")
+    for label in [k for k in setups if k.startswith(("file", "postgres"))]:
         r = results[(label, top)]
         lines.append(f"{label}, {top} sessions: {len(r['errors'])} errors, p99/p50 "
                      f"{percentile(r['latencies'], 99) / percentile(r['latencies'], 50):.1f}x  (goal: 0 errors, <= 10x)")
+    if args.workers > 1 and args.postgres:
+        many = results[(f"postgres, {args.workers} workers", top)]["turns_per_s"]
+        one = results[("postgres, 1 worker", top)]["turns_per_s"]
+        lines.append(f"turns/s, {args.workers} workers / 1 worker, {top} sessions on postgres: {many / one:.2f}x  (information)")
     if args.workers > 1:
         many = results[(f"file, {args.workers} workers", top)]["turns_per_s"]
         one = results[("file, 1 worker", top)]["turns_per_s"]

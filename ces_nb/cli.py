@@ -286,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="accept only `authorization: Bearer TOKEN` on the CES services (gRPC and REST); others get "
                           "UNAUTHENTICATED. Without it any token, or none, is accepted")
     emu.add_argument("--db", default=None,
-                     help="session store: a SQLite file, any SQLAlchemy URL, or :memory: (default: ~/.local/share/ces_nb/emulator.db)")
+                     help="session store: a SQLite file, a PostgreSQL URL (postgresql://USER@HOST:PORT/DB, shared by several "
+                          "emulators; pip install 'ces_nb[postgres]'), any SQLAlchemy URL, or :memory: "
+                          "(default: ~/.local/share/ces_nb/emulator.db)")
     emu.add_argument("--model", default=None, metavar="ID",
                      help="a real model instead of the offline playback model: a Gemini id (e.g. gemini-2.5-flash, needs "
                           "GOOGLE_API_KEY or Vertex settings) or a LiteLLM model string (e.g. openai/llama3.2; "

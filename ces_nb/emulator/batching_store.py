@@ -42,6 +42,7 @@ class TurnBatchingStore(DatabaseSessionService):
         super().__init__(*args, **kwargs)
         self._write_lock = asyncio.Lock()
         self._turn_writer = None  # sqlite_writer.SqliteWriter, for a SQLite file, once the tables exist
+        self._pg_writer = None  # postgres_store.PostgresTurnWriter, for PostgreSQL
         self._batch: contextvars.ContextVar[_UncommittedSession | None] = contextvars.ContextVar("ces_store_batch", default=None)
 
     @contextlib.asynccontextmanager
@@ -77,6 +78,17 @@ class TurnBatchingStore(DatabaseSessionService):
             for event in trimmed:
                 self._commit_event_to_session(session, event)
             return
+        pg = self._postgres_writer()
+        if pg is not None and session._storage_update_marker is not None and not _touches_shared_state(events):
+            trimmed = []
+            for event in events:
+                self._apply_temp_state(session, event)
+                trimmed.append(self._trim_temp_delta_state(event))
+            # No lock in this process: PostgreSQL locks the session's row (postgres_store.py)
+            await pg.append_turn(session, trimmed)
+            for event in trimmed:
+                self._commit_event_to_session(session, event)
+            return
         async with self._write_lock:
             async with self.database_session_factory() as sql_session:
                 token = self._batch.set(_UncommittedSession(sql_session))
@@ -100,6 +112,13 @@ class TurnBatchingStore(DatabaseSessionService):
                                                  configure_sqlite_engine)
         return self._turn_writer
 
+    def _postgres_writer(self):
+        if self._pg_writer is None and self.db_engine.dialect.name == "postgresql":
+            from .postgres_store import PostgresTurnWriter
+
+            self._pg_writer = PostgresTurnWriter(self.db_engine, self._get_schema_classes(), self._uses_naive_datetime())
+        return self._pg_writer
+
     async def close(self) -> None:
         if self._turn_writer is not None:
             await asyncio.to_thread(self._turn_writer.close)
@@ -112,6 +131,9 @@ class TurnBatchingStore(DatabaseSessionService):
         writer = self._sqlite_writer()
         if writer is not None:  # one indexed read on the loop's own connection: WAL never makes it wait
             return writer.revision(session)
+        pg = self._postgres_writer()
+        if pg is not None:
+            return await pg.revision(session)
         schema = self._get_schema_classes()
         async with self._rollback_on_exception_session(read_only=True) as sql_session:
             row = await sql_session.get(schema.StorageSession, (session.app_name, session.user_id, session.id))

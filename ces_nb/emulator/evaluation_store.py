@@ -29,6 +29,12 @@ _table = sa.Table(
 )
 
 
+async def create_tables(engine) -> None:
+    """This store's table in `engine`'s database, if it is not there yet."""
+    async with engine.begin() as connection:
+        await connection.run_sync(_metadata.create_all, checkfirst=True)
+
+
 class EvaluationStore:
     """get / put / delete / list of (kind, name) -> a message: proto-plus, or protobuf (Operation);
     reads take the type to decode into (a proto-plus type, or services.operations.RawProto)."""
@@ -49,8 +55,7 @@ class EvaluationStore:
             return
         async with self._ready:
             if not self._created:
-                async with self._engine.begin() as connection:
-                    await connection.run_sync(_metadata.create_all, checkfirst=True)
+                await create_tables(self._engine)
                 self._created = True
 
     async def put(self, kind: str, name: str, parent: str, message) -> None:

@@ -25,7 +25,7 @@ from .services.evaluation import EvaluationService
 from .services.session import SessionService
 from .sandbox import SandboxLimits
 from .services.tool import ToolService
-from .store import StoreLock, default_db_path, open_sqlite_file, open_store, sqlite_file  # noqa: F401 (default_db_path: re-exported)
+from .store import StoreLock, default_db_path, is_server_database, open_sqlite_file, open_store, sqlite_file  # noqa: F401 (default_db_path: re-exported)
 from .versions import AlsoServedAs, Unserved
 
 log = logging.getLogger("ces_nb.emulator")
@@ -112,8 +112,10 @@ class EmulatorServer:
         except BaseException:
             self._release_store()
             raise
+        # siblings (`--workers`), or other emulators on a shared database server, write the same sessions
+        shared = self.worker or is_server_database(self.db)
         for runtime in self.registry.runtimes.values():
-            runtime.shared_store = self.worker  # siblings write the same sessions
+            runtime.shared_store = shared
         self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

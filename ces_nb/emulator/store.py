@@ -1,6 +1,11 @@
 """The session store: where conversations live, checked and held before the emulator serves.
 
 * `:memory:` keeps sessions in memory; anything else is a SQLAlchemy URL or a SQLite file path.
+* `postgresql://…` (or `postgres://…`) is PostgreSQL through SQLAlchemy's async psycopg 3
+  driver (`pip install 'ces_nb[postgres]'`): the store past one machine. Several emulators, and
+  their `--workers`, share one database: no file lock, each turn's revision checked against the
+  stored one (ADK's SELECT … FOR UPDATE and update marker), the tables created under an
+  advisory lock so emulators starting together don't race.
 * A SQLite file is held by one emulator at a time (an advisory lock beside it, released by the
   kernel even on kill -9): two writers on one file would duplicate turn indexes.
 * The file and its folder are created private (0600 / 0700): conversations are user data.
@@ -40,6 +45,33 @@ def sqlite_file(db: str) -> str | None:
     return None if path in ("", ":memory:") else path.split("?", 1)[0]
 
 
+def is_server_database(db: str) -> bool:
+    """A database that other processes, on other machines too, may share (PostgreSQL, MySQL, ...)."""
+    return db != ":memory:" and "://" in db and not db.split("://", 1)[0].startswith("sqlite")
+
+
+def is_postgres(db: str) -> bool:
+    return db.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres") if "://" in db else False
+
+
+def async_url(db: str) -> str:
+    """`db` with an async driver SQLAlchemy can hand ADK: aiosqlite for SQLite, psycopg 3 for a
+    PostgreSQL URL that names none (SQLAlchemy's default there, psycopg2, is synchronous)."""
+    if "://" not in db:
+        db = f"sqlite:///{db}"
+    scheme, _, rest = db.partition("://")
+    if scheme == "sqlite":
+        return "sqlite+aiosqlite://" + rest
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql+psycopg://" + rest
+    return db
+
+
+# Start-up gives up on a PostgreSQL server that does not answer after this long (libpq's default
+# is to wait for ever on a host that drops packets); a URL's own ?connect_timeout= wins.
+PG_CONNECT_TIMEOUT_S = 10
+
+
 def default_db_path() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "ces_nb", "emulator.db")  # open_sqlite_file creates it, privately
@@ -54,12 +86,14 @@ def session_service_for(db: str) -> "BaseSessionService":
         from google.adk.sessions import InMemorySessionService
 
         return InMemorySessionService()
-    if "://" not in db:
-        db = f"sqlite:///{db}"
-    # ADK's store is async: plain sqlite:// URLs get the aiosqlite driver.
-    if db.startswith("sqlite://"):
-        db = "sqlite+aiosqlite://" + db[len("sqlite://"):]
-    service = TurnBatchingStore(db_url=db)
+    # ADK's store is async: plain sqlite:// URLs get aiosqlite, postgresql:// ones psycopg 3.
+    url = async_url(db)
+    engine_args = {}
+    if url.startswith("postgresql+psycopg") and "connect_timeout=" not in url:
+        engine_args["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    if is_server_database(url):
+        engine_args["pool_pre_ping"] = True  # a server restarted under a long-running emulator
+    service = TurnBatchingStore(db_url=url, **engine_args)
     if service.db_engine.dialect.name == "sqlite":
         event.listen(service.db_engine.sync_engine, "connect", sqlite_pragmas)
         event.listen(service.db_engine.sync_engine, "begin", sqlite_begin)
@@ -69,20 +103,81 @@ def session_service_for(db: str) -> "BaseSessionService":
 async def open_store(db: str) -> "BaseSessionService":
     """The session service for `db`, after one read: a store that can't serve (a missing driver,
     an unreachable server, a foreign schema) stops start-up here, not at the first turn."""
+    store = None
     try:
         store = session_service_for(db)
         path = sqlite_file(db)
         # `--workers` open the same new file at once: ADK creates the tables on this first
         # read, and two processes creating them together would race. One at a time.
-        with _exclusive(f"{path}.schema.lock") if path else contextlib.nullcontext():
+        if path:
+            with _exclusive(f"{path}.schema.lock"):
+                await store.list_sessions(app_name="ces-nb-store-check", user_id="ces")
+        elif is_postgres(db):
+            await _create_tables_one_at_a_time(store)
+        else:
             await store.list_sessions(app_name="ces-nb-store-check", user_id="ces")
     except Exception as exc:
-        detail = str(exc).replace(db, display_url(db))[:300]
-        raise StoreError(
-            f"the store {display_url(db)} can't be read ({type(exc).__name__}: {detail}); check its URL, that it is "
-            f"reachable and that its driver is installed, or start with an empty one (--db NEW.db, or --db :memory:)"
-        ) from None
+        if store is not None and hasattr(store, "close"):
+            with contextlib.suppress(Exception):
+                await store.close()
+        raise StoreError(_unreadable(db, exc)) from None
     return store
+
+
+async def _create_tables_one_at_a_time(store) -> None:
+    """ADK's tables and the EvaluationService's, created under a PostgreSQL advisory lock:
+    emulators (and `--workers`) starting on one new database at once would otherwise race in
+    CREATE TABLE. The lock is per connection and released when it closes."""
+    import sqlalchemy as sa
+
+    from .evaluation_store import create_tables
+
+    async with store.db_engine.connect() as connection:
+        await connection.execute(sa.text("SELECT pg_advisory_lock(hashtext('ces_nb store schema'))"))
+        await connection.commit()
+        try:
+            await store.list_sessions(app_name="ces-nb-store-check", user_id="ces")  # ADK creates its tables
+            await create_tables(store.db_engine)
+        finally:
+            await connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext('ces_nb store schema'))"))
+            await connection.commit()
+
+
+def _unreadable(db: str, exc: Exception) -> str:
+    detail = _mask(db, str(exc))[:300]
+    shown = display_url(db)
+    if is_postgres(db):
+        if isinstance(exc, ModuleNotFoundError) or "psycopg" in detail and "No module" in detail:
+            fix = ("install its driver: pip install 'ces_nb[postgres]' (psycopg 3, for postgresql://), or pip install "
+                   "asyncpg for postgresql+asyncpg://")
+        else:
+            host = _url_part(db, "host") or "localhost"
+            port = _url_part(db, "port") or 5432
+            name = _url_part(db, "database") or "(none given)"
+            fix = (f"check that PostgreSQL runs and takes connections at {host}:{port} (pg_isready -h {host} -p {port}), "
+                   f"that the database {name} exists (createdb -h {host} -p {port} {name}) and that the user and "
+                   f"password are right (a password can come from PGPASSWORD or ~/.pgpass instead of the URL); "
+                   f"or use a local store (--db PATH.db, or --db :memory:)")
+        return f"the store {shown} can't be read ({type(exc).__name__}: {detail}); {fix}"
+    return (f"the store {shown} can't be read ({type(exc).__name__}: {detail}); check its URL, that it is "
+            f"reachable and that its driver is installed, or start with an empty one (--db NEW.db, or --db :memory:)")
+
+
+def _url_part(db: str, part: str):
+    try:
+        from sqlalchemy.engine import make_url
+
+        return getattr(make_url(db), part)
+    except Exception:
+        return None
+
+
+def _mask(db: str, text: str) -> str:
+    """`text` with `db`'s password, and `db` itself in any driver's spelling, masked."""
+    for url in (db, async_url(db)):
+        text = text.replace(url, display_url(db))
+    password = _url_part(db, "password")
+    return text.replace(password, "***") if password else text
 
 
 @contextlib.contextmanager
