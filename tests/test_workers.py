@@ -119,6 +119,14 @@ def test_memory_store_takes_one_worker():
     assert ":memory: lives in one process" in out.stderr and "--workers 1" in out.stderr
 
 
+def test_tls_serves_from_one_process(tmp_path):
+    """--tls's front pipes to one process's ports: more workers are refused with what to type."""
+    out = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--db", str(tmp_path / "s.db"),
+                          "--tls", "--workers", "2"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    assert "--tls serves from one process" in out.stderr and "--workers 1" in out.stderr
+
+
 def test_workers_die_with_a_killed_supervisor_and_free_the_store(tmp_path):
     db = tmp_path / "killed.db"
     first = EmulatorProcess("--db", str(db), "--workers", "2")
