@@ -357,9 +357,11 @@ def _load_json(path) -> Any:
 def to_parquet(obj: Any, path, kinds=("turns", "spans", "tool_calls")):
     """Append the turns, spans and tool-call frames of `obj` to a Parquet dataset at `path`,
     partitioned by conversation date (see ces_nb.parquet). Returns the dataset folder."""
-    from .parquet import to_parquet
+    from .parquet import check_kinds, to_parquet
 
-    return to_parquet(obj, path, kinds)
+    check_kinds(kinds)
+    return to_parquet(transcripts(obj), path, kinds,
+                      {"turns": turns_frame, "spans": spans_frame, "tool_calls": tool_calls_frame})
 
 
 def read_parquet(path, kind: str = "spans", filters: Any = None):

@@ -33,21 +33,23 @@ UNKNOWN_DATE = "unknown"
 _META = b"ces_nb"
 
 
-def to_parquet(obj: Any, path: str | os.PathLike, kinds: tuple[str, ...] | list[str] = KINDS) -> Path:
-    """Append the frames of `obj` (anything the frames take) to the dataset at `path`, one
-    sub-folder per kind ("turns", "spans", "tool_calls"), partitioned by conversation date."""
-    from . import frames
-
+def check_kinds(kinds) -> None:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown frame kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
-    records = frames.transcripts(obj)
+
+
+def to_parquet(records: list, path: str | os.PathLike, kinds: tuple[str, ...] | list[str], build: dict) -> Path:
+    """Append the frames of `records` (Transcripts) to the dataset at `path`, one sub-folder per
+    kind ("turns", "spans", "tool_calls"), partitioned by conversation date. `build`: kind -> the
+    frames function that builds it (`frames.to_parquet` passes its own, so this module needs
+    no import of frames)."""
+    check_kinds(kinds)
     dates: dict[str, str] = {}
     for t in records:
         dates.setdefault(t.session, _conversation_date(t))
     root = Path(path).expanduser()
     stamp = f"{time.time_ns():020d}-{os.getpid()}"
-    build = {"turns": frames.turns_frame, "spans": frames.spans_frame, "tool_calls": frames.tool_calls_frame}
     for kind in kinds:
         frame = build[kind](records)
         if kind == "spans":
