@@ -20,9 +20,9 @@ SEAT = {"seat": "2A", "confirmed": True, "price": 340.0}
 
 def test_a_tool_answer_whose_turn_was_killed_is_still_awaited_after_a_restart(tmp_path):
     db, port = str(tmp_path / "store.db"), free_port()
-    # The failpoint holds each commit for 5 s, so the kill lands after the turn began streaming
+    # The failpoint holds each commit for 2 s, so the kill lands after the turn began streaming
     # and before it is stored (a playback turn is otherwise stored within milliseconds).
-    server = EmulatorProcess("--db", db, port=port, env={"CES_NB_FAILPOINT_COMMIT_DELAY_S": "5"})
+    server = EmulatorProcess("--db", db, port=port, env={"CES_NB_FAILPOINT_COMMIT_DELAY_S": "2"})
     client = ces_nb.connect(APP, endpoint=server.address)
     try:
         session = client.session(enable_text_streaming=True)  # outputs leave as they happen, mid-turn

@@ -213,8 +213,11 @@ def _wer(server, encoding: str, rate: int) -> None:
     assert error <= 0.20, list(zip(phrases, heard))
 
 
-@pytest.mark.parametrize("encoding", ["LINEAR16", "MULAW", "ALAW"])
-@pytest.mark.parametrize("rate", [8000, 16000])
+# The formats callers send: telephony's companded codecs at 8 kHz, and wideband PCM. (The
+# lossless 8 kHz case and companding at 16 kHz add CI minutes and no new failure mode: every
+# codec round-trips in every encoding and rate in test_speech, and every format makes a spoken
+# turn in test_spoken_turn_round_trip.)
+@pytest.mark.parametrize("rate,encoding", [(8000, "MULAW"), (8000, "ALAW"), (16000, "LINEAR16")])
 def test_word_error_rate_over_every_demo_utterance(fast_voice, encoding, rate):
-    """TTS -> bidi -> transcript, over every demo-app utterance: WER <= 20% in every encoding at 8 and 16 kHz."""
+    """TTS -> bidi -> transcript, over every demo-app utterance: WER <= 20% in the formats callers send."""
     _wer(fast_voice, encoding, rate)
