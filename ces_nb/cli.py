@@ -26,7 +26,8 @@ def _emulator(args: argparse.Namespace) -> int:
         print("\n\n".join(report.text() for report, _ in results))
         return max(code for _, code in results)
     try:
-        apps = [load_export(p) for p in (args.app or [str(demo_app_path())])]
+        # a `--workers` worker leaves the load report to its supervisor, which logged it once
+        apps = [load_export(p, log_report=args.worker_ready_fd is None) for p in (args.app or [str(demo_app_path())])]
         examples = check_script_sources(args.examples or [])
     except ExportError as exc:
         print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)

@@ -210,3 +210,5 @@ def test_a_missing_database_stops_start_up_and_says_createdb(postgres_server):  
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"the store {url} can't be read" in done.stderr and f"createdb -h 127.0.0.1 -p {postgres_server.port} no_such_db" in done.stderr
     assert "listening" not in done.stdout
+    # the supervisor checks the database before any worker starts: one message, not one per worker
+    assert done.stderr.count("can't be read") == 1, done.stderr

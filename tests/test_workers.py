@@ -55,6 +55,8 @@ def test_two_workers_serve_one_port_and_health_says_so(two_workers):
     assert len(children(emulator.pid)) == 2
     assert local_emulator.health(emulator.address) == local_emulator.SERVING
     assert "(2 workers;" in emulator.output()
+    # the supervisor logs the app's load report; its workers load the same app without repeating it
+    assert emulator.output().count("app skyway load report") == 1, emulator.output()
 
 
 def test_a_session_moves_between_connections_and_workers_without_losing_a_turn(two_workers):

@@ -205,8 +205,10 @@ def slugify(text: str) -> str:
     return slug or "app"
 
 
-def load_export(path: str, app_id: str | None = None) -> LoadedApp:
-    """Load an export. Raises ExportError only for a missing/invalid app file or root agent."""
+def load_export(path: str, app_id: str | None = None, *, log_report: bool = True) -> LoadedApp:
+    """Load an export. Raises ExportError only for a missing/invalid app file or root agent.
+    `log_report=False` keeps the load report out of the log (a `--workers` worker: its
+    supervisor logged it once)."""
     files = _ExportFiles(str(path))
     app_rel = files.first("app.yaml", "app.yml", "app.json")
     if app_rel is None:
@@ -247,10 +249,11 @@ def load_export(path: str, app_id: str | None = None) -> LoadedApp:
     _check_references(loaded)
     _load_documents(files, loaded)
     loaded.report = build_report(files, loaded)
-    level = logging.WARNING if loaded.report.counts()["ignored"] else logging.INFO
-    log.log(level, "app %s load report (ces-nb emulator --check prints it):\n%s", loaded.app_id, loaded.report.text())
-    for note in loaded.skipped:
-        log.warning("app %s: %s", loaded.app_id, note)
+    if log_report:
+        level = logging.WARNING if loaded.report.counts()["ignored"] else logging.INFO
+        log.log(level, "app %s load report (ces-nb emulator --check prints it):\n%s", loaded.app_id, loaded.report.text())
+        for note in loaded.skipped:
+            log.warning("app %s: %s", loaded.app_id, note)
     loaded.app.validation_errors.extend(loaded.skipped)
     loaded.app.validation_errors.extend(e.line() for e in loaded.report.problems() if e.line() not in loaded.skipped)
     return loaded

@@ -124,6 +124,19 @@ async def open_store(db: str) -> "BaseSessionService":
     return store
 
 
+def check_store(db: str) -> None:
+    """Open `db` once and close it: raises StoreError as open_store does. The `--workers`
+    supervisor checks a database server so that a bad URL is one message, not one per worker."""
+    import asyncio
+
+    async def probe() -> None:
+        store = await open_store(db)
+        if hasattr(store, "close"):
+            await store.close()
+
+    asyncio.run(probe())
+
+
 async def _create_tables_one_at_a_time(store) -> None:
     """ADK's tables and the EvaluationService's, created under a PostgreSQL advisory lock:
     emulators (and `--workers`) starting on one new database at once would otherwise race in

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from .store import StoreError, open_sqlite_file, sqlite_file
+from .store import StoreError, check_store, is_server_database, open_sqlite_file, sqlite_file
 
 PR_SET_PDEATHSIG = 1
 # How long every worker may take to start (imports, store check, warm-up), and to stop.
@@ -102,6 +102,8 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
         rest = PortLock(host, rest_port, "REST port", "--rest-port") if rest_port is not None else None
         if rest is not None:
             held.append(rest)
+        if is_server_database(db):  # checked here once, rather than by each worker at once
+            check_store(db)
     except (OSError, StoreError) as exc:
         print(f"ces-nb emulator: {exc}", file=sys.stderr)
         for item in reversed(held):
