@@ -13,15 +13,13 @@ sessions don't wait for each other: PostgreSQL locks rows, not the database.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any
 
 from google.adk.errors import StaleSessionError
 from google.adk.events import Event
-from google.adk.sessions import Session, _session_util
+from google.adk.sessions import Session
 from sqlalchemy import inspect, select
 
-from .sqlite_writer import marker_of
+from .sqlite_writer import marker_of, turn_changes
 
 
 class PostgresTurnWriter:
@@ -36,13 +34,7 @@ class PostgresTurnWriter:
     async def append_turn(self, session: Session, events: list[Event]) -> None:
         """Store `events` (already trimmed of temp: state) after the session's stored revision;
         then the session's revision is the new one. All of them, or none."""
-        update_time = datetime.fromtimestamp(events[-1].timestamp, timezone.utc)
-        if self.naive:
-            update_time = update_time.replace(tzinfo=None)
-        delta: dict[str, Any] = {}
-        for event in events:
-            if event.actions and event.actions.state_delta:
-                delta.update(_session_util.extract_json_safe_state_delta(event.actions.state_delta)["session"])
+        update_time, delta = turn_changes(events, self.naive)
         table = self.sessions
         key = (table.c.app_name == session.app_name, table.c.user_id == session.user_id, table.c.id == session.id)
         async with self.engine.begin() as connection:

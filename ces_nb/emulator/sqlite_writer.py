@@ -71,6 +71,19 @@ def marker_of(update_time: datetime) -> str:
     return update_time.isoformat(timespec="microseconds")
 
 
+def turn_changes(events: list[Event], naive_datetimes: bool) -> tuple[datetime, dict[str, Any]]:
+    """What a turn's events change on the session's row: its update_time (naive where the
+    database's columns are) and the merged session-scoped state delta, as ADK computes them."""
+    update_time = datetime.fromtimestamp(events[-1].timestamp, timezone.utc)
+    if naive_datetimes:
+        update_time = update_time.replace(tzinfo=None)
+    delta: dict[str, Any] = {}
+    for event in events:
+        if event.actions and event.actions.state_delta:
+            delta.update(_session_util.extract_json_safe_state_delta(event.actions.state_delta)["session"])
+    return update_time, delta
+
+
 class SqliteWriter:
     def __init__(self, path: str, schema, naive_datetimes: bool, configure_engine):
         """`schema`: ADK's schema classes for this database; `configure_engine(sync_engine)`
@@ -94,13 +107,7 @@ class SqliteWriter:
     async def append_turn(self, session: Session, events: list[Event]) -> None:
         """Store `events` (already trimmed of temp: state) for `session`, after its last stored
         revision; then the session's revision is the new one. All of them, or none."""
-        update_time = datetime.fromtimestamp(events[-1].timestamp, timezone.utc)
-        if self.naive:
-            update_time = update_time.replace(tzinfo=None)
-        delta: dict[str, Any] = {}
-        for event in events:
-            if event.actions and event.actions.state_delta:
-                delta.update(_session_util.extract_json_safe_state_delta(event.actions.state_delta)["session"])
+        update_time, delta = turn_changes(events, self.naive)
         turn = _Turn(session.app_name, session.user_id, session.id, session._storage_update_marker,
                      events, delta, update_time)
         try:
