@@ -13,7 +13,6 @@ sessions don't wait for each other: PostgreSQL locks rows, not the database.
 
 from __future__ import annotations
 
-
 from google.adk.errors import StaleSessionError
 from google.adk.events import Event
 from google.adk.sessions import Session
