@@ -256,6 +256,40 @@ def test_runs_and_results_survive_a_restart_on_a_file_store(emulator, tmp_path):
         second.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # three emulator starts and a run held 2 s a turn: about 35 s on 2 busy cores
+def test_a_run_whose_emulator_was_killed_ends_in_error_instead_of_running_for_ever(tmp_path):
+    """kill -9 mid-run: the next emulator on the store ends the run and its operation ABORTED, so
+    a client polling the operation (scrapi's golden runner does) stops waiting, and is told why."""
+    db = tmp_path / "killed.db"
+    # each turn's commit held 2 s: the run's three turns are still playing when the kill comes
+    first = EmulatorProcess("--app", str(ACME), "--db", str(db), "--workers", "2",
+                            env={"CES_NB_FAILPOINT_COMMIT_DELAY_S": "2"})
+    try:
+        evaluations = client(first, "grpc")
+        made = create(evaluations, golden("killed"))
+        operation = evaluations.run_evaluation(request=b.RunEvaluationRequest(app=APP, evaluations=[made.name]))
+        name = operation.metadata.evaluation_run
+        # read through fresh connections, which reach either worker: a live run stays RUNNING
+        for _ in range(8):
+            assert client(first, "grpc").get_evaluation_run(name=name).state == b.EvaluationRun.EvaluationRunState.RUNNING
+        first.kill()
+    finally:
+        first.stop()
+    second = EmulatorProcess("--app", str(ACME), "--db", str(db), rest_port=0)
+    try:
+        evaluations = client(second, "rest")
+        polled = evaluations.get_operation(operations_pb2.GetOperationRequest(name=operation.operation.name))
+        assert polled.done and polled.error.code == grpc.StatusCode.ABORTED.value[0], polled
+        assert "stopped before it finished" in polled.error.message and "RunEvaluation" in polled.error.message
+        ended = evaluations.get_evaluation_run(name=name)
+        assert ended.state == b.EvaluationRun.EvaluationRunState.ERROR and ended.error.message == polled.error.message
+        evaluations.delete_evaluation_run(name=name)  # no longer "still running"
+        assert run(evaluations, made.name).state == b.EvaluationRun.EvaluationRunState.COMPLETED  # and it runs again
+    finally:
+        second.stop()
+
+
 def test_the_emulator_never_imports_the_notebook_side():
     code = ("import sys, ces_nb.emulator.server, ces_nb.emulator.services.evaluation\n"
             "print([m for m in sys.modules if m in ('ces_nb.session', 'ces_nb.client', 'ces_nb.magics') or m.startswith('ces_nb.render')])")

@@ -1,5 +1,5 @@
 """Where the EvaluationService keeps its resources: evaluations, evaluation expectations, runs,
-results and long-running operations, each stored as its serialized ces_v1beta message under
+results, long-running operations and the leases on running runs (evaluation_lease.py), each stored as its serialized ces_v1beta message under
 its resource name.
 
 They live beside the conversations: in the same database when the session store is one (a
@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from google.protobuf.message import Message
 
-KINDS = ("evaluation", "expectation", "run", "result", "operation")
+KINDS = ("evaluation", "expectation", "run", "result", "operation", "lease")
 
 _metadata = sa.MetaData()
 _table = sa.Table(

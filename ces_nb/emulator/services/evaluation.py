@@ -9,7 +9,8 @@
 
 Everything is stored (evaluation_store.py): a run's progress is visible to every process
 sharing the store, and a SQLite store keeps evaluations and results across restarts. A run
-plays in the process that started it; if that process dies, the run stays RUNNING.
+plays in the process that started it, which holds a lease on it (evaluation_lease.py); if that
+process dies, the next read of the run or its operation ends both in ERROR (ABORTED), saying so.
 
 Handlers take and return ces_v1beta types."""
 
@@ -30,11 +31,12 @@ from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 from .. import names
 from ..errors import EmulatorError, clip, quote
 from ..evaluation_results import evaluation_result
+from ..evaluation_lease import LEASE_RENEW_S, Lease, holder_is_gone, lease_for_this_process
 from ..evaluation_runs import case_of, play
 from ..evaluation_store import EvaluationStore
 from . import unary
 from .agent import _page
-from .operations import Operations
+from .operations import Operation, Operations
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -61,8 +63,9 @@ class EvaluationService:
         self.sessions = sessions  # SessionService: runs play their turns on its run_session
         self.agents = agents      # AgentService: the app's tools, as ces_nb.evaluate lists them
         self.store = store
-        self.operations = Operations(store)
+        self.operations = Operations(store, settle=self._settled_operation)
         self._runs: set[asyncio.Task] = set()
+        self._playing: set[str] = set()  # names of the runs this process plays
         self._stopping = threading.Event()
 
     # -- names -------------------------------------------------------------------------------
@@ -219,6 +222,8 @@ class EvaluationService:
                                                     create_time=created, verb="run")
         operation = operations_pb2.Operation(name=run.operation, done=False)
         operation.metadata.Pack(b.RunEvaluationOperationMetadata.pb(metadata))
+        self._playing.add(run.name)
+        await self.store.put("lease", _lease_name(run.name), app, lease_for_this_process())
         await self.store.put("run", run.name, app, run)
         await self.store.put("operation", operation.name, f"projects/{project}/locations/{location}", operation)
         task = asyncio.get_running_loop().create_task(self._play(run, evaluations, metadata, operation), name=f"evaluation run {run_id}")
@@ -229,6 +234,7 @@ class EvaluationService:
     async def _play(self, run: b.EvaluationRun, evaluations: list, metadata, operation: operations_pb2.Operation) -> None:
         app = run.name.split("/evaluationRuns/")[0]
         parent = operation.name.split("/operations/")[0]
+        renewing = asyncio.get_running_loop().create_task(self._renew_lease(run.name, app))
         try:
             prompts = {e.name: e.llm_criteria.prompt for e in await self.store.list("expectation", app, b.EvaluationExpectation)}
             aliases, display_names = await self._names(app)
@@ -256,6 +262,7 @@ class EvaluationService:
             run.error.code, run.error.message = grpc.StatusCode.INTERNAL.value[0], f"{type(exc).__name__}: {clip(str(exc), 300)}"
             operation.error.CopyFrom(b.EvaluationRun.pb(run).error)
         finally:
+            renewing.cancel()
             metadata.end_time = _now()
             operation.done = True
             operation.metadata.Pack(b.RunEvaluationOperationMetadata.pb(metadata))
@@ -264,6 +271,48 @@ class EvaluationService:
     async def _finish(self, run, app: str, operation, parent: str) -> None:
         await self.store.put("run", run.name, app, run)
         await self.store.put("operation", operation.name, parent, operation)
+        await self.store.delete("lease", _lease_name(run.name))
+        self._playing.discard(run.name)
+
+    async def _renew_lease(self, run: str, app: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_S)
+            await self.store.put("lease", _lease_name(run), app, lease_for_this_process())
+
+    async def _settled(self, run: b.EvaluationRun) -> b.EvaluationRun:
+        """`run`, or, when it is RUNNING but no process plays it any more (killed, restarted), the
+        run ended in ERROR with its operation: never RUNNING for ever."""
+        if run.state != RunState.RUNNING or run.name in self._playing:
+            return run
+        if not holder_is_gone(await self.store.get("lease", _lease_name(run.name), Lease)):
+            return run
+        app = run.name.split("/evaluationRuns/")[0]
+        run.state = RunState.ERROR
+        run.error.code = grpc.StatusCode.ABORTED.value[0]
+        run.error.message = (
+            f"the emulator process playing this run stopped before it finished (killed or restarted); the "
+            f"{len(run.evaluation_results)} results it wrote are kept; run the evaluations again with RunEvaluation")
+        log.warning("evaluation run %s: %s", run.name, run.error.message)
+        operation = await self.store.get("operation", run.operation, Operation)
+        if operation is not None and not operation.done:
+            operation.done = True
+            operation.error.CopyFrom(b.EvaluationRun.pb(run).error)
+            await self.store.put("operation", operation.name, operation.name.split("/operations/")[0], operation)
+        await self.store.put("run", run.name, app, run)
+        await self.store.delete("lease", _lease_name(run.name))
+        return run
+
+    async def _settled_operation(self, operation: operations_pb2.Operation) -> operations_pb2.Operation:
+        """An unfinished operation, after settling its run (see _settled)."""
+        if operation.done:
+            return operation
+        metadata = b.RunEvaluationOperationMetadata.pb()()
+        if not operation.metadata.Unpack(metadata) or not metadata.evaluation_run:
+            return operation
+        run = await self.store.get("run", metadata.evaluation_run, b.EvaluationRun)
+        if run is None or (await self._settled(run)).state == RunState.RUNNING:
+            return operation
+        return await self.store.get("operation", operation.name, Operation) or operation
 
     async def _names(self, app: str) -> tuple[dict[str, str], dict[str, str]]:
         """(tool ids -> display names, as `ces_nb.evaluate` reads them from ListTools;
@@ -284,16 +333,17 @@ class EvaluationService:
 
     async def get_evaluation_run(self, request: b.GetEvaluationRunRequest, context) -> b.EvaluationRun:
         self._child(request.name, "evaluationRuns")
-        return await self._get("run", request.name, b.EvaluationRun, "evaluation run")
+        return await self._settled(await self._get("run", request.name, b.EvaluationRun, "evaluation run"))
 
     async def list_evaluation_runs(self, request: b.ListEvaluationRunsRequest, context) -> b.ListEvaluationRunsResponse:
         app = self._app(request.parent)
         page, token = _page(await self.store.list("run", app, b.EvaluationRun), request.page_size, request.page_token)
+        page = [await self._settled(run) for run in page]
         return b.ListEvaluationRunsResponse(evaluation_runs=page, next_page_token=token)
 
     async def delete_evaluation_run(self, request: b.DeleteEvaluationRunRequest, context) -> operations_pb2.Operation:
         self._child(request.name, "evaluationRuns")
-        run = await self._get("run", request.name, b.EvaluationRun, "evaluation run")
+        run = await self._settled(await self._get("run", request.name, b.EvaluationRun, "evaluation run"))
         if run.state == RunState.RUNNING:
             raise EmulatorError.failed_precondition(f"evaluation run {quote(run.name)} is still running; delete it when it is done")
         await self.store.delete("run", run.name)
@@ -352,6 +402,11 @@ class EvaluationService:
         table = {method: unary(getattr(self, _snake(method)), request_type, response_type)
                  for method, request_type, response_type, *_ in SERVED_IN["google.cloud.ces.v1beta"]["EvaluationService"]}
         return grpc.method_handlers_generic_handler(SERVICE, table)
+
+
+def _lease_name(run: str) -> str:
+    """The lease's own key in the store (resources are keyed by name alone)."""
+    return f"{run}/lease"
 
 
 def _snake(name: str) -> str:

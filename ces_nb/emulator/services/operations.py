@@ -53,8 +53,14 @@ Empty = RawProto(empty_pb2.Empty)
 class Operations:
     """Operations kept in the evaluation store, kind "operation", parent `projects/*/locations/*`."""
 
-    def __init__(self, store):
+    def __init__(self, store, settle=None):
         self.store = store
+        # `settle(operation)`: the operation as it stands, e.g. ended when the process running it
+        # died (the EvaluationService's runs); by default, as stored
+        self._settle = settle
+
+    async def _as_it_stands(self, operation):
+        return await self._settle(operation) if self._settle is not None else operation
 
     async def get_operation(self, request, context) -> operations_pb2.Operation:
         name = request.name
@@ -65,10 +71,11 @@ class Operations:
         operation = await self.store.get("operation", name, Operation)
         if operation is None:
             raise EmulatorError.not_found(f"operation {quote(name)} does not exist in this emulator's store")
-        return operation
+        return await self._as_it_stands(operation)
 
     async def list_operations(self, request, context) -> operations_pb2.ListOperationsResponse:
-        return operations_pb2.ListOperationsResponse(operations=await self.store.list("operation", request.name, Operation))
+        operations = [await self._as_it_stands(op) for op in await self.store.list("operation", request.name, Operation)]
+        return operations_pb2.ListOperationsResponse(operations=operations)
 
     async def delete_operation(self, request, context) -> empty_pb2.Empty:
         if not await self.store.delete("operation", request.name):
