@@ -104,6 +104,12 @@ def test_oversized_inputs_are_refused_on_every_path_and_maximal_ones_answered(se
     request = ces_v1.RunSessionRequest(config={"session": session_name()}, inputs=[{"variables": {f"k{i}": "v" * 100 for i in range(3_000)}}])
     with pytest.raises(exceptions.InvalidArgument, match="at most 256 KiB of variables"):
         list(sessions.stream_run_session(request=request, timeout=30))
+    with Bidi(sessions) as bidi:
+        bidi.send(config=ces_v1.SessionConfig(session=session_name()))
+        bidi.send(realtime_input=ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(3_000)}))
+        replies = bidi.turn()
+    error = next(r for r in replies if isinstance(r, Exception))
+    assert isinstance(error, exceptions.InvalidArgument) and "inputs[0] is 330 KiB" in error.message
     maximal = {f"k{i}": "v" * 100 for i in range(2_300)}  # just under 256 KiB: the skeleton check lets it through
     assert "welcome" in texts(run(sessions, session_name(), ces_v1.SessionInput(variables=maximal), "Hello"))
     request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args={"flight_number": "x" * 250_000})

@@ -96,22 +96,26 @@ def _skeleton(message_type):
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"ces_nb_skeleton.{proto.name}"))
 
 
+def _input_refusal(where: str, raw: bytes) -> EmulatorError | None:
+    """The refusal of one SessionInput, from its bytes `raw`."""
+    if len(raw) <= SMALLEST_BYTE_LIMIT:
+        return None
+    item = _skeleton(ces_v1.SessionInput).FromString(raw)
+    kind = item.WhichOneof("input_type")
+    if kind in ("text", "dtmf"):
+        return text_length_error(where, kind, len(getattr(item, kind)))
+    return input_size_error(where, kind, len(raw)) if kind is not None else None
+
+
 def _run_session_refusal(data: bytes) -> EmulatorError | None:
     request = _skeleton(ces_v1.RunSessionRequest).FromString(data)
-    for i, raw in enumerate(request.inputs):
-        if len(raw) <= SMALLEST_BYTE_LIMIT:
-            continue
-        item = _skeleton(ces_v1.SessionInput).FromString(raw)
-        kind = item.WhichOneof("input_type")
-        if kind in ("text", "dtmf"):
-            error = text_length_error(f"inputs[{i}]", kind, len(getattr(item, kind)))
-        elif kind is not None:
-            error = input_size_error(f"inputs[{i}]", kind, len(raw))
-        else:
-            error = None
-        if error is not None:
-            return error
-    return None
+    return next(filter(None, (_input_refusal(f"inputs[{i}]", raw) for i, raw in enumerate(request.inputs))), None)
+
+
+def _bidi_refusal(data: bytes) -> EmulatorError | None:
+    """A BidiRunSession message's realtime_input is one turn's one input, as the runtime names it."""
+    message = _skeleton(ces_v1.BidiSessionClientMessage).FromString(data)
+    return _input_refusal("inputs[0]", message.realtime_input) if message.WhichOneof("message_type") == "realtime_input" else None
 
 
 def _execute_tool_refusal(data: bytes) -> EmulatorError | None:
@@ -120,6 +124,7 @@ def _execute_tool_refusal(data: bytes) -> EmulatorError | None:
 
 _REFUSALS = {
     ces_v1.RunSessionRequest: _run_session_refusal,
+    ces_v1.BidiSessionClientMessage: _bidi_refusal,
     ces_v1.ExecuteToolRequest: _execute_tool_refusal,
 }
 
