@@ -39,8 +39,7 @@ from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, se
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
 from .history_window import PRIOR_HISTORY, HistoryDigest, window_start
-# The input limits live with their wire-level check; imported here by the names runtime always had.
-from .input_limits import MAX_INPUT_BYTES, MAX_STRUCT_BYTES, MAX_TEXT_CHARS, byte_size, input_size_error, text_length_error  # noqa: F401
+from .input_limits import MAX_INPUT_BYTES, byte_size, input_size_error, text_length_error
 from .export import LoadedApp, slugify, toolset_tool_names
 from .toolsets import transfer_rules_plugin
 from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, fill_placeholders
