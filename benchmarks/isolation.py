@@ -24,14 +24,15 @@ Where the time goes, printed in the same run:
 
     python benchmarks/isolation.py [--rounds 6] [--window 2.5] [--rate 10]    goal: worst p50 <= 1.5x quiet p50
 
-What it showed on the 2-core machine shared with other sessions (December 2026, 3 runs each):
-the machine was ~1.97 CPU s/s busy even in quiet windows, with the emulator getting ~0.8 of
-that, so any busy client costs the neighbour about 1.9x (ordinary vs quiet, on either worker).
-At one fixed rate the worst inputs cost no more than ordinary turns (worst at 10/s vs ordinary at
-10/s: 0.9-1.1x). Beyond that, sharing the other client's worker costs ~1.3x (worst vs ordinary on
-the same worker, 1.0x on another): maximal variables (~37 ms of the loop a turn, against ~20 ms
-for an ordinary one) and maximal text (~21 ms) are long stretches of the one event loop. The
-other client's own process burns ~0.19 CPU s/s building its worst requests (0.03 for ordinary).
+What it showed on the 2-core machine shared with other sessions (December 2026, 4 runs, medians
+[ranges]): the machine was ~1.98 CPU s/s busy even in quiet windows, the emulator getting ~0.8
+of it, so any busy client costs the neighbour ~1.85x [1.77-1.90] (ordinary vs quiet, on either
+worker). At one fixed rate the worst inputs cost about what ordinary turns cost (worst at 10/s vs
+ordinary at 10/s: 1.04x [0.93-1.28]). Beyond that, sharing the other client's worker costs
+~1.34x [1.23-1.53] (worst vs ordinary on the same worker; 1.04x on another): maximal variables
+(~37 ms of the loop a turn, against ~20 ms for an ordinary one) and maximal text (~21 ms) are
+long stretches of the one event loop. The other client's own process burns ~0.18 CPU s/s
+building its worst requests (0.03 for ordinary ones).
 """
 
 from __future__ import annotations
