@@ -7,10 +7,32 @@ maximal variables and tool arguments, plus the same past the limits (refused). F
 reading it also measures the neighbour while the other client sends ordinary turns as fast as
 it can: what the worst inputs cost beyond any busy client. The other client runs in its own
 process, so building its big requests never holds the neighbour's GIL (in one process it did:
-part of what this used to measure was the client, not the emulator). Windows of the three kinds take turns,
-so all see the same machine. The store is the default kind: a SQLite file.
+part of what this used to measure was the client, not the emulator). Windows of each kind take
+turns, so all see the same machine. The store is the default kind: a SQLite file.
 
-    python benchmarks/isolation.py [--rounds 6] [--window 2.5]      goal: worst p50 <= 1.5x quiet p50
+Where the time goes, printed in the same run:
+* placement: with `--workers N` the kernel (SO_REUSEPORT) puts each connection on a worker, so
+  the neighbour shares the other client's event loop or not, by chance. The neighbour holds one
+  connection on the other client's worker and, with 2+ workers, one on another worker, and
+  alternates its turns between them: both placements are measured every window.
+* CPU seconds per second of the other client's process, the emulator's processes, the
+  neighbour's and the whole machine (other users' too), in each kind of window.
+* a secondary reading, labelled "at R/s": the other client sends ordinary turns, then its worst
+  inputs, at one fixed rate (`--rate`, the same for both), rather than as fast as it can; so
+  ordinary and worst put the same number of requests on the emulator and differ only in what
+  they send.
+
+    python benchmarks/isolation.py [--rounds 6] [--window 2.5] [--rate 10]    goal: worst p50 <= 1.5x quiet p50
+
+What it showed on the 2-core machine shared with other sessions (December 2026, 4 runs, medians
+[ranges]): the machine was ~1.98 CPU s/s busy even in quiet windows, the emulator getting ~0.8
+of it, so any busy client costs the neighbour ~1.85x [1.77-1.90] (ordinary vs quiet, on either
+worker). At one fixed rate the worst inputs cost about what ordinary turns cost (worst at 10/s vs
+ordinary at 10/s: 1.04x [0.93-1.28]). Beyond that, sharing the other client's worker costs
+~1.34x [1.23-1.53] (worst vs ordinary on the same worker; 1.04x on another): maximal variables
+(~37 ms of the loop a turn, against ~20 ms for an ordinary one) and maximal text (~21 ms) are
+long stretches of the one event loop. The other client's own process burns ~0.18 CPU s/s
+building its worst requests (0.03 for ordinary ones).
 """
 
 from __future__ import annotations
@@ -18,6 +40,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -66,11 +89,12 @@ def worst_inputs(sessions, tools):
     }
 
 
-MODES = ("quiet", "ordinary", "worst")
+MODES = ("quiet", "ordinary", "worst", "ordinary at rate", "worst at rate")
 
 
-def other_client(address: str, mode, stop, reports) -> None:
-    """The other client, in its own process: idle, ordinary turns, or its worst inputs, as `mode` says."""
+def other_client(address: str, mode, stop, reports, sent, rate: float) -> None:
+    """The other client, in its own process: idle, ordinary turns, or its worst inputs, as `mode`
+    says; as fast as it can, or (the "at rate" modes) `rate` requests a second."""
     channel = grpc.insecure_channel(address, options=BIG)
     sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
     tools = ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel))
@@ -85,62 +109,170 @@ def other_client(address: str, mode, stop, reports) -> None:
             pass
     reports.put("ready")
     worst = itertools.cycle(attacks.items())
+    next_send = time.perf_counter()
     while not stop.is_set():
         now = MODES[mode.value]
         if now == "quiet":
             time.sleep(0.02)
             continue
-        name, attack = next(worst) if now == "worst" else ("ordinary", ordinary)
+        if now.endswith("at rate"):  # the secondary reading: one request every 1/rate s, never a burst to catch up
+            next_send = max(next_send + 1 / rate, time.perf_counter())
+            time.sleep(max(0.0, next_send - time.perf_counter()))
+        name, attack = next(worst) if now.startswith("worst") else ("ordinary", ordinary)
         try:
             attack()
             outcomes.setdefault(name, "answered")
         except exceptions.GoogleAPICallError as exc:
             outcomes[name] = f"refused: {exc.grpc_status_code.name}"
+        with sent.get_lock():
+            sent.value += 1
     for item in outcomes.items():
         reports.put(item)
     reports.put("done")
     channel.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy so far (all processes, other users' too)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:8]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _tcp_ends() -> dict[str, tuple[str, str]]:
+    """inode -> (local, remote) address of every TCP socket, as /proc/net has them."""
+    ends = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                ends[cols[9]] = (cols[1], cols[2])
+    return ends
+
+
+def connected_workers(client_pid: int, workers: list[int]) -> dict[str, int]:
+    """Local address of each of `client_pid`'s connections -> the worker holding its other end."""
+    ends = _tcp_ends()
+    mine = {ends[i][0] for i in _socket_inodes(client_pid) if i in ends}
+    found = {}
+    for worker in workers:
+        for inode in _socket_inodes(worker):
+            if inode in ends and ends[inode][1] in mine:
+                found[ends[inode][1]] = worker
+    return found
+
+
+def neighbour_channels(address: str, noisy_worker: int | None, workers: list[int], call) -> dict[str, object]:
+    """A neighbour connection on the other client's worker and, with 2+ workers, one on another:
+    each new channel gets its own connection, which the kernel places; keep trying up to 40."""
+    wanted = {"same worker": noisy_worker} if len(workers) < 2 else {"same worker": noisy_worker, "other worker": None}
+    kept: dict[str, object] = {}
+    for _ in range(40):
+        before = set(connected_workers(os.getpid(), workers))
+        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        client = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
+        call(client)  # connects it
+        new = {a: w for a, w in connected_workers(os.getpid(), workers).items() if a not in before}
+        worker = next(iter(new.values()), None)
+        placement = "same worker" if worker == noisy_worker else "other worker"
+        if worker is not None and placement in wanted and placement not in kept:
+            kept[placement] = client
+        else:
+            channel.close()
+        if len(kept) == len(wanted):
+            break
+    return {placement: kept[placement] for placement in wanted if placement in kept}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=6, help="quiet/noisy window pairs")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of windows (one of each kind a round)")
     parser.add_argument("--window", type=float, default=2.5, help="seconds per window")
+    parser.add_argument("--rate", type=float, default=10.0, help="requests a second of the other client in the secondary reading")
     parser.add_argument("--workers", type=int, default=None, help="emulator processes (default: the emulator's, the cores)")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="ces-nb-isolation-")
     server = EmulatorProcess("--db", f"{folder}/emulator.db", *(["--workers", str(args.workers)] if args.workers else []))
-    print(f"store: SQLite file (the default kind), {folder}/emulator.db; workers: {args.workers or 'the default (the cores)'}")
+    print(f"store: SQLite file (the default kind), {folder}/emulator.db; workers: {args.workers or 'the default (the cores)'}; "
+          f"cores: {os.cpu_count()}")
     try:
         ctx = multiprocessing.get_context("spawn")  # its own process: its work must not hold this one's GIL
         mode = ctx.Value("i", MODES.index("quiet"))
+        sent = ctx.Value("i", 0)
         stop = ctx.Event()
         reports = ctx.Queue()
         outcomes: dict[str, str] = {}
-        neighbour = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=grpc.insecure_channel(server.address)))
         counter = itertools.count()
 
-        def neighbour_turns(seconds: float) -> list[float]:
-            times = []
-            deadline = time.perf_counter() + seconds
-            while time.perf_counter() < deadline:
-                name = f"{APP}/sessions/neighbour-{next(counter)}"
-                started = time.perf_counter()
-                neighbour.run_session(request={"config": {"session": name}, "inputs": [{"text": "What's my loyalty tier?"}]})
-                times.append(time.perf_counter() - started)
-            return times
+        def turn(client) -> float:
+            name = f"{APP}/sessions/neighbour-{next(counter)}"
+            started = time.perf_counter()
+            client.run_session(request={"config": {"session": name}, "inputs": [{"text": "What's my loyalty tier?"}]})
+            return time.perf_counter() - started
 
-        neighbour_turns(1.0)  # warm its path
-        other = ctx.Process(target=other_client, args=(server.address, mode, stop, reports), daemon=True)
+        other = ctx.Process(target=other_client, args=(server.address, mode, stop, reports, sent, args.rate), daemon=True)
         other.start()
         if reports.get(timeout=120) != "ready":
             raise RuntimeError("the other client did not start")
-        times: dict[str, list[float]] = {"quiet": [], "ordinary": [], "worst": []}
+        workers = server.workers() or [server.pid]
+        emulator_pids = [server.pid, *[w for w in workers if w != server.pid]]
+        noisy_worker = next(iter(connected_workers(other.pid, workers).values()), None)
+        neighbours = neighbour_channels(server.address, noisy_worker, workers, turn)
+        for client in neighbours.values():  # warm its path
+            for _ in range(10):
+                turn(client)
+
+        def neighbour_turns(seconds: float) -> dict[str, list[float]]:
+            times: dict[str, list[float]] = {p: [] for p in neighbours}
+            deadline = time.perf_counter() + seconds
+            for placement in itertools.cycle(neighbours):  # one turn at a time, alternating placements
+                if time.perf_counter() >= deadline:
+                    break
+                times[placement].append(turn(neighbours[placement]))
+            return times
+
+        times = {kind: {p: [] for p in neighbours} for kind in MODES}
+        # CPU seconds used during each kind of window: the other client, the emulator, this process, the machine
+        cpu = {kind: dict.fromkeys(("other client", "emulator", "neighbour", "machine", "wall", "sent"), 0.0) for kind in MODES}
+
+        def readings() -> dict[str, float]:
+            return {"other client": cpu_seconds(other.pid), "emulator": sum(map(cpu_seconds, emulator_pids)),
+                    "neighbour": cpu_seconds(os.getpid()), "machine": machine_busy_seconds(), "wall": time.perf_counter(),
+                    "sent": sent.value}
+
         for _ in range(args.rounds):
-            for kind in times:
+            for kind in MODES:
                 mode.value = MODES.index(kind)
                 time.sleep(0.3)  # let the other client's request in flight finish
-                times[kind] += neighbour_turns(args.window)
+                before = readings()
+                for placement, values in neighbour_turns(args.window).items():
+                    times[kind][placement] += values
+                after = readings()
+                for key in before:
+                    cpu[kind][key] += after[key] - before[key]
         stop.set()
         while True:
             item = reports.get(timeout=120)
@@ -148,20 +280,44 @@ def main() -> None:
                 break
             outcomes[item[0]] = item[1]
         other.join(30)
-
-        p50 = {k: statistics.median(v) for k, v in times.items()}
-        p90 = {k: statistics.quantiles(v, n=10)[-1] for k, v in times.items()}
-        print(f"isolation: a neighbour's RunSession while another client is quiet, busy, or sends its worst inputs "
-              f"({args.rounds} x {args.window:g} s windows each)")
-        for name, outcome in sorted(outcomes.items()):
-            print(f"  {name:28s} {outcome}")
-        for kind, values in times.items():
-            print(f"  neighbour, other client {kind:9s} p50 {p50[kind] * 1000:6.1f} ms  p90 {p90[kind] * 1000:6.1f} ms  ({len(values)} turns)")
-        print(f"  worst vs quiet:    p50 {p50['worst'] / p50['quiet']:.2f}x  p90 {p90['worst'] / p90['quiet']:.2f}x   (goal: p50 <= 1.5x)")
-        print(f"  worst vs ordinary: p50 {p50['worst'] / p50['ordinary']:.2f}x  p90 {p90['worst'] / p90['ordinary']:.2f}x   "
-              f"(what the worst inputs cost beyond a busy client)")
+        report(args, times, cpu, outcomes, neighbours, workers)
     finally:
         server.stop()
+
+
+def report(args, times, cpu, outcomes, neighbours, workers) -> None:
+    label = {kind: kind.replace("at rate", f"at {args.rate:g}/s") for kind in MODES}
+    print(f"isolation: a neighbour's RunSession while another client is quiet, busy, or sends its worst inputs "
+          f"({args.rounds} x {args.window:g} s windows each); {len(workers)} worker(s)")
+    if "other worker" not in neighbours and len(workers) > 1:
+        print("  (no neighbour connection landed on another worker: only the same-worker reading)")
+    for name, outcome in sorted(outcomes.items()):
+        print(f"  {name:28s} {outcome}")
+    placements = [*neighbours, "both"]
+    p50 = {}
+    for kind in MODES:
+        for placement in placements:
+            values = [v for p in neighbours for v in times[kind][p]] if placement == "both" else times[kind][placement]
+            p50[kind, placement] = statistics.median(values)
+            p90 = statistics.quantiles(values, n=10)[-1]
+            print(f"  neighbour on {placement:12s} other client {label[kind]:17s} p50 {p50[kind, placement] * 1000:6.1f} ms  "
+                  f"p90 {p90 * 1000:6.1f} ms  ({len(values)} turns)")
+    print("  CPU seconds per second in each kind of window (the machine has "
+          f"{os.cpu_count()} cores, shared with whatever else runs on it):")
+    for kind, used in cpu.items():
+        wall = used["wall"]
+        print(f"    {label[kind]:17s} other client {used['other client'] / wall:4.2f}  emulator {used['emulator'] / wall:4.2f}  "
+              f"neighbour {used['neighbour'] / wall:4.2f}  whole machine {used['machine'] / wall:4.2f}  "
+              f"(other client sends {used['sent'] / wall:5.1f} requests/s)")
+    print("  p50 ratios, neighbour on " + " / ".join(placements) + ":")
+    for kind, against, why in [("ordinary", "quiet", "any client busy as fast as it can"),
+                               ("worst", "quiet", "the goal: <= 1.5x"),
+                               ("worst", "ordinary", "what the worst inputs cost beyond a busy client"),
+                               ("ordinary at rate", "quiet", "secondary: a busy client at a fixed rate"),
+                               ("worst at rate", "quiet", "secondary: the worst inputs at the same rate"),
+                               ("worst at rate", "ordinary at rate", "secondary: the worst inputs beyond ordinary ones")]:
+        ratios = " / ".join(f"{p50[kind, p] / p50[against, p]:.2f}x" for p in placements)
+        print(f"    {label[kind] + ' vs ' + label[against]:38s} {ratios}   ({why})")
 
 
 if __name__ == "__main__":

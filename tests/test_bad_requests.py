@@ -83,6 +83,39 @@ def test_large_tool_args_are_invalid_argument(tools):
         tools.execute_tool(request=request, timeout=30)
 
 
+def test_an_oversized_input_is_refused_from_the_request_bytes(channel):
+    """input_limits.early_refusal reads an input's size from the request's bytes, before the
+    request is parsed: the refusal comes even though the rest of this one would not parse (bad
+    UTF-8 in config.session), and the 2 MiB of variables are never built."""
+    variables = ces_v1.SessionInput.serialize(ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(20_000)}))
+    inputs = ces_v1.RunSessionRequest.pb().DESCRIPTOR.fields_by_name["inputs"].number
+    data = _field(1, _field(1, f"{APP}/sessions/\xff".encode("latin-1"))) + _field(inputs, _field(1, b"Hi")) + _field(inputs, variables)
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_run_session(channel, data)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("inputs[1] is 2.16 MiB; the emulator takes at most 256 KiB of variables per input: "
+                                   "send a smaller variables")
+
+
+def test_oversized_inputs_are_refused_on_every_path_and_maximal_ones_answered(sessions, tools, session_name):
+    image = ces_v1.SessionInput(image=ces_v1.Image(mime_type="image/png", data=b"\x89PNG" + bytes(9 << 20)))
+    with pytest.raises(exceptions.InvalidArgument, match=r"inputs\[0\] is 9 MiB; the emulator takes at most 8 MiB of image"):
+        run(sessions, session_name(), image)
+    request = ces_v1.RunSessionRequest(config={"session": session_name()}, inputs=[{"variables": {f"k{i}": "v" * 100 for i in range(3_000)}}])
+    with pytest.raises(exceptions.InvalidArgument, match="at most 256 KiB of variables"):
+        list(sessions.stream_run_session(request=request, timeout=30))
+    with Bidi(sessions) as bidi:
+        bidi.send(config=ces_v1.SessionConfig(session=session_name()))
+        bidi.send(realtime_input=ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(3_000)}))
+        replies = bidi.turn()
+    error = next(r for r in replies if isinstance(r, Exception))
+    assert isinstance(error, exceptions.InvalidArgument) and "inputs[0] is 330 KiB" in error.message
+    maximal = {f"k{i}": "v" * 100 for i in range(2_300)}  # just under 256 KiB: the skeleton check lets it through
+    assert "welcome" in texts(run(sessions, session_name(), ces_v1.SessionInput(variables=maximal), "Hello"))
+    request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args={"flight_number": "x" * 250_000})
+    assert tools.execute_tool(request=request, timeout=30).tool.endswith("/tools/get_flight_status")
+
+
 def test_a_maximal_text_turn_does_not_hold_up_other_sessions(sessions, session_name):
     """Before: a 1 MB text took seconds of the event loop. The longest text allowed now answers,
     and a neighbour's turn completes while it runs."""

@@ -39,6 +39,7 @@ from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, se
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
 from .history_window import PRIOR_HISTORY, HistoryDigest, window_start
+from .input_limits import MAX_INPUT_BYTES, byte_size, input_size_error, text_length_error
 from .export import LoadedApp, slugify, toolset_tool_names
 from .toolsets import transfer_rules_plugin
 from .playback import TRANSFER_TOOL, PlaybackLlm, adk_name, fill_placeholders
@@ -85,15 +86,6 @@ TurnPb = ces_v1.Conversation.Turn.pb()
 # Live session objects kept between turns; beyond this, the least recently used is dropped
 # (the store has everything), so a long-running emulator's memory stays bounded.
 MAX_LIVE_SESSIONS = 256
-# Largest single input accepted; larger gets INVALID_ARGUMENT. Bytes (image, blob) may be large.
-MAX_INPUT_BYTES = 8 * 1024 * 1024
-# Text is read by a model: CES documents 15 000 input tokens for a whole turn, so text past
-# 64 Ki characters (about 16 000 tokens) could never run there. Fragments count together.
-MAX_TEXT_CHARS = 64 * 1024
-# Structured inputs (variables, tool responses) become session state and stored events,
-# copied and serialized with the session on the event loop: 256 KiB costs about 25 ms a turn
-# (benchmarks/isolation.py), where 8 MiB held every other session for most of a second.
-MAX_STRUCT_BYTES = 256 * 1024
 
 
 def now_iso() -> str:
@@ -733,25 +725,11 @@ def _validate_inputs(inputs: list[ces_v1.SessionInput]) -> None:
 
 def _check_size(where: str, item: ces_v1.SessionInput, kind: str) -> None:
     if kind in ("text", "dtmf"):
-        chars = len(getattr(item, kind))
-        if chars > MAX_TEXT_CHARS:
-            raise EmulatorError.invalid_argument(
-                f"{where}.{kind} is {chars} characters; a turn takes at most {MAX_TEXT_CHARS} "
-                f"(CES reads at most 15 000 input tokens a turn): send a shorter message"
-            )
-        return
-    size = ces_v1.SessionInput.pb(item).ByteSize()
-    limit = MAX_STRUCT_BYTES if kind in ("variables", "tool_responses") else MAX_INPUT_BYTES
-    if size > limit:
-        raise EmulatorError.invalid_argument(
-            f"{where} is {byte_size(size)}; the emulator takes at most {byte_size(limit)} of {kind} per input: "
-            f"send a smaller {kind}"
-        )
-
-
-def byte_size(n: int) -> str:
-    """8 MiB, 256 KiB, 1.5 MiB: a size as a limit message says it."""
-    return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n / 2**10:.3g} KiB"
+        error = text_length_error(where, kind, len(getattr(item, kind)))
+    else:
+        error = input_size_error(where, kind, ces_v1.SessionInput.pb(item).ByteSize())
+    if error is not None:
+        raise error
 
 
 def _merge_fragments(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.SessionInput]:

@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from ..errors import EmulatorError, clip
+from ..input_limits import early_refusal
 
 log = logging.getLogger("ces_nb.emulator")
 
@@ -23,11 +24,22 @@ class Undecodable:
         )
 
 
+class Refused(Undecodable):
+    """A request refused from its bytes alone (an input past its limit: input_limits.py), unparsed."""
+
+    def __init__(self, error: EmulatorError):
+        self.error = error
+
+
 def decoder(request_type):
-    """A request deserializer that never raises: bad bytes become an Undecodable."""
+    """A request deserializer that never raises: bad bytes become an Undecodable, an oversized
+    input a Refused, both answered by the handler."""
     name = request_type.pb().DESCRIPTOR.full_name
 
     def decode(data: bytes):
+        refusal = early_refusal(request_type, data)
+        if refusal is not None:
+            return Refused(refusal)
         try:
             return request_type.deserialize(data)
         except Exception as exc:  # DecodeError, RecursionError, UnicodeDecodeError...

@@ -14,7 +14,8 @@ from ..errors import EmulatorError, clip, quote
 from ..export import slugify
 from ..mocks import find_mock
 from ..registry import AppRegistry
-from ..runtime import MAX_STRUCT_BYTES, byte_size, grounding_output, to_struct
+from ..input_limits import args_size_error
+from ..runtime import grounding_output, to_struct
 from . import unary
 
 SERVICE = "google.cloud.ces.v1.ToolService"
@@ -129,11 +130,9 @@ class ToolService:
 
     @staticmethod
     def _args(request: ces_v1.ExecuteToolRequest) -> dict:
-        size = ces_v1.ExecuteToolRequest.pb(request).args.ByteSize()
-        if size > MAX_STRUCT_BYTES:
-            raise EmulatorError.invalid_argument(
-                f"args are {byte_size(size)}; a tool takes at most {byte_size(MAX_STRUCT_BYTES)} of args: send smaller args"
-            )
+        error = args_size_error(ces_v1.ExecuteToolRequest.pb(request).args.ByteSize())
+        if error is not None:  # over gRPC, refused before parsing (input_limits.early_refusal); here for REST
+            raise error
         return json_format.MessageToDict(ces_v1.ExecuteToolRequest.pb(request).args)
 
     def handler(self) -> grpc.GenericRpcHandler:
