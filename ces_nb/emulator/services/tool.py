@@ -104,7 +104,8 @@ class ToolService:
             return response
         tool = runtime.tools.get(display) or build_tool(app, display, runtime.python_runner, runtime.indexes)
         code = app.toolsets[toolset].tool_fake_config.code_block.python_code
-        body = await run_fake(runtime.python_runner, code, tool.name, display, args, tool._timeout()) if code else None
+        body = await run_fake(runtime.python_runner, code, tool.name, args, tool._timeout(),
+                              filename=tool.fake_filename()) if code else None
         if body is None:  # no fake code, or it returned None ("use the real tool")
             raise EmulatorError.failed_precondition(toolset_offline_error(app.toolsets[toolset], operation))
         response.response = to_struct(body if isinstance(body, dict) else {"result": body})
