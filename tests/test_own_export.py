@@ -131,6 +131,13 @@ def test_check_accounts_for_every_file_and_key_and_says_where_the_scripts_come_f
     assert "NOTES.md\n    ignored:" in report  # a stray file
     assert "unknown key 'shelfColour'" in report  # an unknown key
     assert "mcpToolset 'reviews_mcp'" in report and "no fake code" in report
+    # Every key of a known object says what becomes of it, not only the unknown ones.
+    tool = report.split("tools/find_book/find_book.yaml\n", 1)[1].split("\n  tools/", 1)[0]
+    assert "ignored:             executionType ASYNCHRONOUS" in tool and "runs:                timeout 5s" in tool, tool
+    late = report.split("guardrails/late_night/late_night.yaml\n", 1)[1].split("\n  guardrails/", 1)[0]
+    assert "ignored:             guardrail 'Late Night' — enabled is not true" in late, late
+    assert "guardrails/age_check/age_check.json\n    runs:                guardrail 'Age Check'" in report
+    assert "action respondImmediately" in report
     # The playback scripts: the project's golden and the instruction's few-shot block, with
     # every call in them playable (toolset tools included, by their toolId).
     assert "evals/goldens/browse.yaml\n    runs:                1 conversation(s) played back by the offline model — find_dune" in report
@@ -275,7 +282,7 @@ def test_agent_service_lists_and_gets_toolsets_guardrails_and_examples(clients):
     assert "url: https://inventory.example.com/v2" in inventory.open_api_toolset.open_api_schema  # $env_var
     assert agents.get_toolset(name=f"{APP}/toolsets/reviews_mcp").mcp_toolset.server_address == "https://reviews.example.com/mcp"
     guardrails = {g.display_name: g for g in agents.list_guardrails(parent=APP)}
-    assert set(guardrails) == {"Age Check", "No Spoilers"}
+    assert set(guardrails) == {"Age Check", "No Spoilers", "Late Night"} and not guardrails["Late Night"].enabled
     age = agents.get_guardrail(name=guardrails["Age Check"].name)
     assert "def before_agent_callback" in age.code_callback.before_agent_callback.python_code
     assert list(agents.list_examples(parent=APP)) == []
