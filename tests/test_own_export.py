@@ -303,6 +303,10 @@ def test_tool_service_runs_end_session_toolset_tools_and_tracebacks(clients):
     with pytest.raises(exceptions.BadRequest, match="MCP server https://reviews.example.com/mcp"):
         tools.execute_tool(request={"parent": APP, "args": {"isbn": "1"},
                                     "toolset_tool": {"toolset": f"{APP}/toolsets/reviews_mcp", "tool_id": "top_reviews"}})
+    flooded = tools.execute_tool(request={"parent": APP, "args": {"isbn": "boom"},
+                                          "toolset_tool": {"toolset": f"{APP}/toolsets/inventory_api", "tool_id": "getStock"}})
+    assert ('File "toolsets/inventory_api/tool_fake_config/code_block/python_code.py", line 5, in fake_tool_call'
+            in flooded.response["traceback"]), dict(flooded.response)
     exploded = tools.execute_tool(request={"parent": APP, "tool": f"{APP}/tools/find_book", "args": {"title": "explode"}})
     assert 'File "tools/find_book/python_function/python_code.py", line 8, in find_book' in exploded.response["traceback"]
 
