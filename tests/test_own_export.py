@@ -307,6 +307,11 @@ def test_tool_service_runs_end_session_toolset_tools_and_tracebacks(clients):
                                           "toolset_tool": {"toolset": f"{APP}/toolsets/inventory_api", "tool_id": "getStock"}})
     assert ('File "toolsets/inventory_api/tool_fake_config/code_block/python_code.py", line 5, in fake_tool_call'
             in flooded.response["traceback"]), dict(flooded.response)
+    # ExecuteTool's variables are the tool's session state, and come back as they end up.
+    found = tools.execute_tool(request={"parent": APP, "tool": f"{APP}/tools/find_book", "args": {"title": "Dune"},
+                                        "variables": {"member_level": "vip", "trail": "executed"}})
+    assert (found.response["level_seen"], found.response["trail"], found.response["price"]) == ("vip", "executed", 7.99)
+    assert dict(found.variables) == {"member_level": "vip", "trail": "executed", "last_title": "Dune", "priced": 1}
     exploded = tools.execute_tool(request={"parent": APP, "tool": f"{APP}/tools/find_book", "args": {"title": "explode"}})
     assert 'File "tools/find_book/python_function/python_code.py", line 8, in find_book' in exploded.response["traceback"]
 

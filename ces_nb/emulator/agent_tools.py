@@ -174,6 +174,23 @@ class PythonFunctionTool(CesTool):
             apply_state_delta(tool_context.state, reply.get("state_delta"))
         return tool_answer(reply)
 
+    async def execute_with_variables(self, args: dict[str, Any], variables: dict) -> tuple[dict, dict]:
+        """ExecuteTool: the call with the request's variables as its session state. The answer,
+        and the variables as the call left them (ExecuteToolResponse.variables)."""
+        fn = self.ces_tool.python_function
+        reply = await runner_call(
+            self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
+            filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
+            context={"state": dict(variables)}, on_tool_call=self.peer_caller(0),
+        )
+        after = dict(variables)
+        for key, value in (reply.get("state_delta") or {}).items():
+            if value is None:
+                after.pop(key, None)
+            else:
+                after[key] = value
+        return tool_answer(reply), after
+
     def peer_caller(self, depth: int, use_tool_fakes: bool = False):
         """Answers the code's `tools.<name>(args)`: the app's tool of that name (a toolset's
         tool by its CES name, `<toolset>_<toolId>`), run with the caller's state; a python
