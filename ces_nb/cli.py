@@ -19,12 +19,22 @@ def _emulator(args: argparse.Namespace) -> int:
     from .emulator.scripts import ScriptSourceError, check_script_sources
     from .emulator.store import StoreError, display_url
 
-    if args.check:  # the load report of each --app, file by file; nothing is served
+    if args.check:  # the load report of each --app, file by file, with its playback scripts; nothing is served
         from .emulator.export import check
+        from .emulator.scripts import report_scripts
 
+        try:
+            examples = check_script_sources(args.examples or [])
+        except ScriptSourceError as exc:
+            print(f"ces-nb emulator: {exc}", file=sys.stderr)
+            return 2
         results = [check(p) for p in (args.app or [str(demo_app_path())])]
-        print("\n\n".join(report.text() for report, _ in results))
-        return max(code for _, code in results)
+        for loaded, _, _ in results:
+            if loaded is not None:
+                loaded.script_sources.extend(p for p in examples if p not in loaded.script_sources)
+                report_scripts(loaded)
+        print("\n\n".join(report.text() for _, report, _ in results))
+        return max(code for _, _, code in results)
     try:
         # a `--workers` worker leaves the load report to its supervisor, which logged it once
         apps = [load_export(p, log_report=args.worker_ready_fd is None) for p in (args.app or [str(demo_app_path())])]

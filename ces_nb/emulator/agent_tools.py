@@ -33,7 +33,7 @@ from .export import LoadedApp
 from .playback import adk_name
 from .python_runner import PythonToolRunner
 from .schemas import python_function_declaration, to_genai_schema
-from .toolsets import FAKE_NONE, ToolsetOperation, fake_entry_code, json_schema_to_genai
+from .toolsets import ToolsetOperation, json_schema_to_genai
 
 # Session-state key (not a CES variable: the underscore hides it from the
 # variables the client sees) that turns tool fakes on for the session.
@@ -63,22 +63,33 @@ class CesTool(BaseTool):
         self.display_name = name
         self.runner = runner
 
-    def _fake_code(self, tool_context: ToolContext) -> str | None:
+    def fake_code(self, use_tool_fakes: bool) -> str | None:
+        """The fake code that answers instead of the tool: with the session's use_tool_fakes,
+        or toolFakeConfig.enableFakeMode."""
         if self.ces_tool is None:
             return None
         fake = self.ces_tool.tool_fake_config
         code = fake.code_block.python_code if fake else ""
-        if code and (fake.enable_fake_mode or tool_context.state.get(USE_TOOL_FAKES_KEY)):
+        if code and (fake.enable_fake_mode or use_tool_fakes):
             return code
         return None
 
     async def run_async(self, *, args: dict[str, Any], tool_context: ToolContext) -> Any:
-        code = self._fake_code(tool_context)
+        code = self.fake_code(bool(tool_context.state.get(USE_TOOL_FAKES_KEY)))
         if code is not None:
-            answer = await run_fake(self.runner, code, self.name, self.display_name, args, self._timeout())
+            answer = await run_fake(self.runner, code, self.name, args, self._timeout(),
+                                    context=session_context(tool_context, self.app), filename=self.fake_filename())
             if answer is not None:
                 return answer
         return await self.execute(args, tool_context)
+
+    # Set by build_tool: the app, for `tools.<name>()` and for naming code files in tracebacks.
+    app: LoadedApp | None = None
+
+    def fake_filename(self) -> str:
+        folder = f"toolsets/{self.ces_tool.display_name}" if isinstance(self.ces_tool, ces_v1.Toolset) else f"tools/{self.display_name}"
+        code = self.ces_tool.tool_fake_config.code_block.python_code if self.ces_tool is not None else ""
+        return code_filename(self.app, code, f"{folder}/tool_fake_config/code_block/python_code.py")
 
     async def execute(self, args: dict[str, Any], tool_context: ToolContext | None) -> Any:
         raise NotImplementedError
@@ -90,23 +101,31 @@ class CesTool(BaseTool):
         return None
 
 
-async def run_fake(runner: PythonToolRunner, code: str, name: str, display_name: str, args: dict, timeout) -> Any:
-    """Runs a tool's fake code. CES fake code defines `fake_tool_call(tool, input, callback_context)`;
-    returning None there means "use the real tool" (None here). Other code: its first function, with the args."""
-    entry = fake_entry_code(code, name, display_name)
-    if entry is None:
-        return await runner.run(code, _first_function(code) or name, args, timeout)
-    result = await runner.run(entry[0], entry[1], args, timeout)
-    return None if isinstance(result, dict) and result.get(FAKE_NONE) else result
+async def run_fake(runner: PythonToolRunner, code: str, name: str, args: dict, timeout, *,
+                   context: dict | None = None, filename: str | None = None) -> Any:
+    """Runs a tool's fake code. CES fake code defines `fake_tool_call(tool, input, callback_context)`,
+    called as a before_tool_callback is (the same arguments, the session as its CallbackContext);
+    returning None there means "use the real tool" (None here). Other code: its first function,
+    with the args. An error is the answer, as a tool's is."""
+    if "fake_tool_call" in _functions(code):
+        reply = await runner_call(runner, code, "fake_tool_call", {"tool": {"name": name}, "input": dict(args)}, timeout,
+                                  callback="before_tool_callback", context=context or {"state": {}}, filename=filename)
+    else:
+        functions = _functions(code)
+        reply = await runner_call(runner, code, functions[0] if functions else name, args, timeout,
+                                  context=context or {"state": {}}, filename=filename)
+    if "error" in reply or reply.get("result") is None:
+        return tool_answer(reply) if "error" in reply else None
+    return tool_answer(reply)
 
 
-def _first_function(code: str) -> str | None:
+def _functions(code: str) -> list[str]:
     import ast
 
     try:
-        return next((n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)), None)
+        return [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
     except SyntaxError:
-        return None
+        return []
 
 
 class ClientFunctionTool(CesTool):
@@ -136,8 +155,7 @@ class PythonFunctionTool(CesTool):
             self._declaration.name = self.name
         return self._declaration.model_copy()  # shallow: the schema inside is never changed
 
-    # Set by build_tool: what `tools.<name>()` in the code resolves against.
-    app: LoadedApp | None = None
+    # Set by build_tool: the documents `tools.<name>()` may search.
     indexes: dict | None = None
 
     async def execute(self, args, tool_context):
@@ -150,32 +168,57 @@ class PythonFunctionTool(CesTool):
         reply = await runner_call(
             self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
             filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
-            context=context, on_tool_call=self.peer_caller(0),
+            context=context, on_tool_call=self.peer_caller(0, bool(tool_context and tool_context.state.get(USE_TOOL_FAKES_KEY))),
         )
         if tool_context is not None:
             apply_state_delta(tool_context.state, reply.get("state_delta"))
         return tool_answer(reply)
 
-    def peer_caller(self, depth: int):
-        """Answers the code's `tools.<name>(args)`: the app's tool of that name, run with the
-        caller's state; a python tool runs nested, within the caller's deadline."""
+    async def execute_with_variables(self, args: dict[str, Any], variables: dict) -> tuple[dict, dict]:
+        """ExecuteTool: the call with the request's variables as its session state. The answer,
+        and the variables as the call left them (ExecuteToolResponse.variables)."""
+        fn = self.ces_tool.python_function
+        reply = await runner_call(
+            self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
+            filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
+            context={"state": dict(variables)}, on_tool_call=self.peer_caller(0),
+        )
+        after = dict(variables)
+        for key, value in (reply.get("state_delta") or {}).items():
+            if value is None:
+                after.pop(key, None)
+            else:
+                after[key] = value
+        return tool_answer(reply), after
+
+    def peer_caller(self, depth: int, use_tool_fakes: bool = False):
+        """Answers the code's `tools.<name>(args)`: the app's tool of that name (a toolset's
+        tool by its CES name, `<toolset>_<toolId>`), run with the caller's state; a python
+        tool runs nested, within the caller's deadline; a toolset's tool answers from its fake
+        code as it would in the session."""
         async def call(name: str, args: dict, state: dict) -> dict:
             if depth >= MAX_TOOL_DEPTH:
                 return {"error": f"tools.{name}(): calls nest deeper than {MAX_TOOL_DEPTH}"}
             peer = self._peer(name)
             if peer is None:
-                known = ", ".join(sorted(self.app.tools)) if self.app else ""
+                known = ", ".join(sorted([*self.app.tools, *self.app.toolset_operations])) if self.app else ""
                 return {"error": f"tools.{name}(): the app has no tool named {name!r}; tools: {known}"}
             if isinstance(peer, PythonFunctionTool):
                 fn = peer.ces_tool.python_function
                 reply = await runner_call(
                     self.runner, fn.python_code, fn.name or peer.display_name, args, peer._timeout(),
                     filename=code_filename(self.app, fn.python_code, f"tools/{peer.display_name}/python_function/python_code.py"),
-                    context={"state": state}, on_tool_call=peer.peer_caller(depth + 1), nested=True,
+                    context={"state": state}, on_tool_call=peer.peer_caller(depth + 1, use_tool_fakes), nested=True,
                 )
                 return {"result": tool_answer(reply), "state_delta": reply.get("state_delta") or {}}
             if isinstance(peer, ClientFunctionTool):
                 return {"error": f"tools.{name}(): {name} is a client function; only the client can answer it"}
+            code = peer.fake_code(use_tool_fakes)
+            if code is not None:
+                answer = await run_fake(self.runner, code, peer.name, dict(args), peer._timeout(),
+                                        context={"state": state}, filename=peer.fake_filename())
+                if answer is not None:
+                    return {"result": answer}
             return {"result": await peer.execute(dict(args), None)}
 
         return call
@@ -186,6 +229,7 @@ class PythonFunctionTool(CesTool):
         peers = self.__dict__.setdefault("_peers", {})
         if name not in peers:
             display = next((d for d, t in self.app.tools.items() if name in (d, adk_name(d), t.python_function.name)), None)
+            display = display or next((d for d in self.app.toolset_operations if name in (d, adk_name(d))), None)
             peers[name] = build_tool(self.app, display, self.runner, self.indexes if self.indexes is not None else {}) if display else None
         return peers[name]
 
@@ -347,7 +391,9 @@ def build_tool(app: LoadedApp, display_name: str, runner: PythonToolRunner, inde
         return CustomizeResponseTool(None, "customize_response", "Sends the given text as the response.", runner)
     operation = getattr(app, "toolset_operations", {}).get(display_name)
     if operation is not None and display_name not in app.tools:
-        return ToolsetTool(app.toolsets[operation.toolset], operation, runner)
+        toolset_tool = ToolsetTool(app.toolsets[operation.toolset], operation, runner)
+        toolset_tool.app = app
+        return toolset_tool
     tool = app.tools[display_name]
     kind = app.tool_kind(tool)
     if kind == "client_function":

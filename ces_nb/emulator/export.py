@@ -427,16 +427,16 @@ def toolset_tool_names(loaded: LoadedApp, agent: ces_v1.Agent) -> list[str]:
     return names
 
 
-def check(path: str) -> tuple[LoadReport, int]:
-    """`ces-nb emulator --check`: the report, and the exit status (2 when the app cannot load,
-    as `ces-nb emulator` exits for it)."""
+def check(path: str) -> tuple[LoadedApp | None, LoadReport, int]:
+    """`ces-nb emulator --check`: the app (None when it cannot load), its report, and the exit
+    status (2 when the app cannot load, as `ces-nb emulator` exits for it)."""
     logger = logging.getLogger("ces_nb.emulator")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the report is printed; its start-up log lines would repeat it
     try:
         loaded = load_export(path)
     except ExportError as exc:
-        return LoadReport(app="", source=str(path), fatal=str(exc)), 2
+        return None, LoadReport(app="", source=str(path), fatal=str(exc)), 2
     finally:
         logger.setLevel(level)
-    return loaded.report, 0
+    return loaded, loaded.report, 0

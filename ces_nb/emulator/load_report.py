@@ -172,6 +172,7 @@ def build_report(files, loaded) -> "LoadReport":
     for rel in _objects(files, "guardrails"):
         handled.add(rel)
         _report_plain(report, rel, parsed.get(rel), ces_v1.Guardrail, _guardrail_status(parsed.get(rel)))
+        _report_guardrail_action(report, rel, parsed.get(rel))
     for rel in _objects(files, "examples"):
         handled.add(rel)
         _report_plain(report, rel, parsed.get(rel), ces_v1.Example, (RUNS, "played back by the offline model"))
@@ -302,10 +303,27 @@ _LLM_GUARDRAILS = ("llmPromptSecurity", "llmPolicy", "modelSafety")
 
 
 def _guardrail_status(data: Any = None) -> tuple[str, str]:
+    if isinstance(data, dict) and data.get("enabled") is not True:
+        return IGNORED, "enabled is not true: CES does not apply it, nor does the emulator"
     kinds = [k for k in _LLM_GUARDRAILS if isinstance(data, dict) and k in data]
     if kinds:
         return IGNORED, f"{kinds[0]} is judged by a model: not evaluated offline (its Guardrail span says evaluated=false)"
     return RUNS, "checked on every turn: code callbacks in the sandbox, keyword lists, RE2 regexes"
+
+
+# What a TRIGGER does offline, by the guardrail's action (guardrails.py).
+_GUARDRAIL_ACTIONS = {
+    "respondImmediately": (RUNS, "answers its first enabled response and ends the turn"),
+    "transferAgent": (APPROX, "hands over at the model stages; at the agent stages the turn just ends"),
+    "generativeAnswer": (APPROX, "needs a model: offline the turn ends with a fixed sentence"),
+}
+
+
+def _report_guardrail_action(report: LoadReport, rel: str, data: Any) -> None:
+    action = data.get("action") if isinstance(data, dict) else None
+    for kind in action if isinstance(action, dict) else ():
+        status, why = _GUARDRAIL_ACTIONS.get(kind, (IGNORED, "an action the emulator does not know"))
+        report.add(rel, status, f"action {kind}", why)
 
 
 def transfer_rule_status(rule: ces_v1.TransferRule) -> tuple[str, str]:
@@ -350,6 +368,18 @@ def _report_tool(report: LoadReport, rel: str, data: Any, loaded) -> None:
                    "needs Google Cloud or the network; calls answer with an error (add toolFakeConfig fake code to run it offline)")
     if has_fake:
         report.add(rel, RUNS, "toolFakeConfig", "fake code runs with use_tool_fakes or enableFakeMode")
+    _report_call_settings(report, rel, data)
+
+
+def _report_call_settings(report: LoadReport, rel: str, data: dict) -> None:
+    """A tool's or toolset's `timeout` and `executionType`."""
+    if data.get("timeout"):
+        report.add(rel, RUNS, f"timeout {data['timeout']}", "each call's wall-time limit (capped by --tool-max-timeout)")
+    kind = data.get("executionType")
+    if kind and kind not in ("SYNCHRONOUS", "EXECUTION_TYPE_UNSPECIFIED"):
+        report.add(rel, IGNORED, f"executionType {kind}", "calls run synchronously offline: the turn waits for each answer")
+    elif kind:
+        report.add(rel, RUNS, f"executionType {kind}")
 
 
 def _report_toolset(report: LoadReport, rel: str, data: Any, loaded) -> None:
@@ -379,6 +409,7 @@ def _report_toolset(report: LoadReport, rel: str, data: Any, loaded) -> None:
     auth = data.get("openApiToolset", data.get("mcpToolset", {})) or {}
     if isinstance(auth, dict) and auth.get("apiAuthentication"):
         report.add(rel, IGNORED, "apiAuthentication", "no calls leave the emulator, so no credentials are used")
+    _report_call_settings(report, rel, data)
 
 
 def _report_plain(report: LoadReport, rel: str, data: Any, cls, status: tuple[str, str]) -> None:

@@ -355,7 +355,9 @@ class PlaybackLlm(BaseLlm):
                 score = match + 0.25 * context + 0.5 * in_step + 0.2 * agent_ok - 0.01 * abs(i - (user_count - 1))
                 if best is None or score > best.score:
                     best = Choice(script, i, score, match)
-        if best is None or (best.match < MATCH_THRESHOLD and not done):
+        # A weak match still plays once the turn has begun a script (its calls made), but not
+        # after a hand-over alone: a transfer rule's target has no script for "hi" either.
+        if best is None or (best.match < MATCH_THRESHOLD and not any(name != TRANSFER_TOOL for name, _ in done)):
             return None
         return best
 

@@ -39,7 +39,7 @@ from typing import Any, Iterable
 import yaml
 from google.protobuf import json_format
 
-from .export import RESERVED_TOOLS, LoadedApp
+from .export import RESERVED_TOOLS, LoadedApp, toolset_tool_names
 from .playback import PLACEHOLDER, TRANSFER_TOOL, Script, ScriptBuilder, adk_name, compile_example
 
 log = logging.getLogger("ces_nb.emulator")
@@ -70,6 +70,31 @@ def load_scripts(app: LoadedApp) -> list[Script]:
             app.app.validation_errors.append(note)
     log.info("app %s plays back %d scripts: %s", app.app_id, len(scripts), ", ".join(s.source or s.name for s in scripts))
     return scripts
+
+
+def report_scripts(app: LoadedApp) -> None:
+    """`--check`: where the playback model's scripts come from, on the app's load report: each
+    source's conversations, and what of them cannot play and why."""
+    from .load_report import APPROX, IGNORED, RUNS
+
+    report = app.report
+    before = len(app.skipped)
+    scripts = load_scripts(app)
+    by_source: dict[str, list[str]] = {}
+    for script in scripts:
+        source, _, _ = (script.source or script.name).partition("#")
+        if not source.startswith("examples/"):  # the report has examples/ already
+            by_source.setdefault(source, []).append(script.name)
+    for source, played in by_source.items():
+        named = [n for n in dict.fromkeys(played) if "#" not in n]  # few-shots are named by where they are
+        report.add(source, RUNS, f"{len(played)} conversation(s) played back by the offline model", ", ".join(named))
+    for note in app.skipped[before:]:
+        source, _, what = note.partition("#") if "#" in note.split(":", 1)[0] else note.partition(": ")
+        report.add(source, IGNORED, what or note)
+    if not scripts:
+        report.add("(playback scripts)", APPROX, "none found: the offline model answers every message by saying "
+                   "it has no script for it", "add examples/, evals/goldens/*.yaml beside cxas_app/, a few-shot "
+                   "block in an instruction, or --examples FILE")
 
 
 def script_files(source: str, notes: list[str]) -> list[tuple[str, str]]:
@@ -155,19 +180,33 @@ class _Names:
         # Agents in a fixed order, root first: the first one that has a tool owns its calls.
         self.agents = [self.root, *(a for a in app.agents if a != self.root)]
         listed = {t for a in app.agents.values() for t in a.tools}
-        self.tools = [*app.tools, *(t for t in RESERVED_TOOLS if t in listed)]
+        # Toolset tools are called `<toolset>_<toolId>` in a conversation (toolsets.py).
+        self.tools = [*app.tools, *app.toolset_operations, *(t for t in RESERVED_TOOLS if t in listed)]
+        self.agent_tools = {d: {*a.tools, *toolset_tool_names(app, a)} for d, a in app.agents.items()}
 
     def agent(self, ref: Any) -> str | None:
         return self._find(ref, self.agents, lambda d: self.app.agents[d].name)
 
     def tool(self, ref: Any) -> str | None:
-        return self._find(ref, self.tools, lambda d: self.app.tools[d].name if d in self.app.tools else "")
+        found = self._find(ref, self.tools, lambda d: self.app.tools[d].name if d in self.app.tools else "")
+        return found or self._toolset_tool(ref)
+
+    def _toolset_tool(self, ref: Any) -> str | None:
+        """A toolset's tool by its toolId alone (an OpenAPI operationId, an MCP tool's name), as
+        goldens and few-shots write it, or `toolset/toolId` (a CES Evaluation's toolsetTool,
+        whose toolset may be a resource name): the one operation with that id."""
+        toolset, _, tool_id = str(ref or "").strip().rpartition("/")
+        toolset = toolset.rsplit("/", 1)[-1]
+        matches = [d for d, op in self.app.toolset_operations.items() if op.tool_id == tool_id and (
+            not toolset or toolset == op.toolset
+            or self.app.toolsets[op.toolset].name.rsplit("/", 1)[-1] == toolset)]
+        return matches[0] if len(matches) == 1 else None
 
     def owner(self, tool: str, current: str) -> str | None:
         """The agent that makes a call: the current one if it has the tool, else the first that does."""
-        if current in self.app.agents and tool in self.app.agents[current].tools:
+        if tool in self.agent_tools.get(current, ()):
             return current
-        return next((a for a in self.agents if tool in self.app.agents[a].tools), None)
+        return next((a for a in self.agents if tool in self.agent_tools[a]), None)
 
     @staticmethod
     def _find(ref: Any, displays: list[str], resource) -> str | None:
@@ -432,7 +471,9 @@ def _transfer_target(transfer: dict) -> str:
 
 
 def _toolset_tool(call: dict) -> str:
-    return ((call.get("toolset_tool") or {}).get("tool_id")) or ""
+    ref = call.get("toolset_tool") or {}
+    toolset, tool_id = str(ref.get("toolset") or ""), str(ref.get("tool_id") or "")
+    return f"{toolset}/{tool_id}" if toolset and tool_id else tool_id
 
 
 # -- ces_nb transcripts -----------------------------------------------------------------------

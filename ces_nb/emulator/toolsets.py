@@ -258,38 +258,6 @@ def substitute_env(data: Any, overrides: Any, where: str, notes: list[str]) -> A
     return data
 
 
-FAKE_NONE = "__ces_fake_returned_none__"
-
-
-def fake_entry_code(code: str, tool_name: str, display_name: str) -> tuple[str, str] | None:
-    """CES fake code defines `fake_tool_call(tool, input, callback_context)`: code that calls it
-    with the call's args, and the function to run. None when the code defines no such function."""
-    import ast
-
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return None
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "fake_tool_call" for n in tree.body):
-        return None
-    prelude = "" if "__future__" in code else (
-        "from typing import Any, Dict, List, Optional\nTool = CallbackContext = object\n"
-    )
-    shim = f"""
-
-class _CesFakeTool:
-    name = {tool_name!r}
-    display_name = {display_name!r}
-    id = {tool_name!r}
-
-
-def __ces_fake_entry__(**kwargs):
-    result = fake_tool_call(_CesFakeTool(), kwargs, None)
-    return {{{FAKE_NONE!r}: True}} if result is None else result
-"""
-    return prelude + code + shim, "__ces_fake_entry__"
-
-
 # -- transfer rule conditions --------------------------------------------------------------
 # A deterministic transfer rule's `expressionCondition` is a CEL-like expression on the
 # session state. The emulator evaluates the simple, common subset: variables (dotted names;

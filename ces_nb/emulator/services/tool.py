@@ -9,7 +9,7 @@ from google.cloud import ces_v1
 from google.protobuf import json_format
 
 from .. import names
-from ..agent_tools import ClientFunctionTool, SearchTool, build_tool, run_fake, toolset_offline_error
+from ..agent_tools import ClientFunctionTool, PythonFunctionTool, SearchTool, build_tool, run_fake, toolset_offline_error
 from ..errors import EmulatorError, clip, quote
 from ..export import slugify
 from ..mocks import find_mock
@@ -67,7 +67,12 @@ class ToolService:
                 f"{display!r} is a client function: it runs in your client, not on the server; "
                 "answer its tool_calls with tool_responses, or pass a mock_config"
             )
-        body = await tool.execute(args, None)
+        if isinstance(tool, PythonFunctionTool):  # the request's variables are its session state
+            body, after = await tool.execute_with_variables(args, self._variables(request))
+            if after:
+                response.variables = to_struct(after)
+        else:
+            body = await tool.execute(args, None)
         response.response = to_struct(body if isinstance(body, dict) else {"result": body})
         if isinstance(tool, SearchTool):
             grounding = grounding_output(tool, body)
@@ -105,7 +110,8 @@ class ToolService:
             return response
         tool = runtime.tools.get(display) or build_tool(app, display, runtime.python_runner, runtime.indexes)
         code = app.toolsets[toolset].tool_fake_config.code_block.python_code
-        body = await run_fake(runtime.python_runner, code, tool.name, display, args, tool._timeout()) if code else None
+        body = await run_fake(runtime.python_runner, code, tool.name, args, tool._timeout(),
+                              context={"state": self._variables(request)}, filename=tool.fake_filename()) if code else None
         if body is None:  # no fake code, or it returned None ("use the real tool")
             raise EmulatorError.failed_precondition(toolset_offline_error(app.toolsets[toolset], operation))
         response.response = to_struct(body if isinstance(body, dict) else {"result": body})
@@ -127,6 +133,15 @@ class ToolService:
                 f"no mocked call to {label!r} matches args {clip(str(args), 200)}; add a mock for them or set "
                 "unmatched_tool_call_behavior=PASS_THROUGH to run the tool")
         return False
+
+    @staticmethod
+    def _variables(request: ces_v1.ExecuteToolRequest) -> dict:
+        pb = ces_v1.ExecuteToolRequest.pb(request)
+        if pb.variables.ByteSize() > MAX_STRUCT_BYTES:
+            raise EmulatorError.invalid_argument(
+                f"variables are {byte_size(pb.variables.ByteSize())}; a tool takes at most "
+                f"{byte_size(MAX_STRUCT_BYTES)} of variables: send fewer")
+        return json_format.MessageToDict(pb.variables)
 
     @staticmethod
     def _args(request: ces_v1.ExecuteToolRequest) -> dict:
