@@ -66,6 +66,14 @@ def args_size_error(size: int) -> EmulatorError | None:
     )
 
 
+def tool_variables_size_error(size: int) -> EmulatorError | None:
+    if size <= MAX_STRUCT_BYTES:
+        return None
+    return EmulatorError.invalid_argument(
+        f"variables are {byte_size(size)}; a tool takes at most {byte_size(MAX_STRUCT_BYTES)} of variables: send fewer"
+    )
+
+
 # -- the skeleton check, on wire bytes ---------------------------------------------------------
 
 _FieldType = descriptor_pb2.FieldDescriptorProto

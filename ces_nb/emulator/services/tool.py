@@ -12,9 +12,9 @@ from .. import names
 from ..agent_tools import ClientFunctionTool, PythonFunctionTool, SearchTool, build_tool, run_fake, toolset_offline_error
 from ..errors import EmulatorError, clip, quote
 from ..export import slugify
+from ..input_limits import args_size_error, tool_variables_size_error
 from ..mocks import find_mock
 from ..registry import AppRegistry
-from ..input_limits import args_size_error
 from ..runtime import grounding_output, to_struct
 from . import unary
 
@@ -137,10 +137,9 @@ class ToolService:
     @staticmethod
     def _variables(request: ces_v1.ExecuteToolRequest) -> dict:
         pb = ces_v1.ExecuteToolRequest.pb(request)
-        if pb.variables.ByteSize() > MAX_STRUCT_BYTES:
-            raise EmulatorError.invalid_argument(
-                f"variables are {byte_size(pb.variables.ByteSize())}; a tool takes at most "
-                f"{byte_size(MAX_STRUCT_BYTES)} of variables: send fewer")
+        error = tool_variables_size_error(pb.variables.ByteSize())
+        if error is not None:
+            raise error
         return json_format.MessageToDict(pb.variables)
 
     @staticmethod
