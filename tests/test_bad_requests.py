@@ -114,6 +114,10 @@ def test_oversized_inputs_are_refused_on_every_path_and_maximal_ones_answered(se
     assert "welcome" in texts(run(sessions, session_name(), ces_v1.SessionInput(variables=maximal), "Hello"))
     request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args={"flight_number": "x" * 250_000})
     assert tools.execute_tool(request=request, timeout=30).tool.endswith("/tools/get_flight_status")
+    request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args={"flight_number": "SW1"},
+                                        variables={f"k{i}": "v" * 100 for i in range(3_000)})
+    with pytest.raises(exceptions.InvalidArgument, match="a tool takes at most 256 KiB of variables: send fewer"):
+        tools.execute_tool(request=request, timeout=30)
 
 
 def test_a_maximal_text_turn_does_not_hold_up_other_sessions(sessions, session_name):
