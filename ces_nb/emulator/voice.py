@@ -3,7 +3,8 @@ out (TTS in the requested encoding and rate, paced in real time so a user can ba
 
 Endpointing: pocketsphinx's voice activity detector (`pocketsphinx.Vad`, the WebRTC VAD)
 classifies each 20 ms frame as speech or not. Speech starts after a few speech frames and
-ends after a trailing silence, the hangover, whose length depends on what was said:
+ends after a trailing silence, the hangover, counted from the VAD's last speech frame (the
+VAD itself holds on ~120 ms after the voice stops), whose length depends on what was said:
 
 - COMPLETE_HANGOVER_MS (200 ms) when the grammar search over the audio so far ends on a
   complete phrase of the app's grammar (an example user utterance or a variable value):
@@ -41,7 +42,8 @@ HANGOVER_MS = 600           # this much silence after speech ends an utterance..
 COMPLETE_HANGOVER_MS = 200  # ...or this much, when what was said is a complete phrase of the grammar
 COMPLETE_CHECK_MS = 100     # the grammar search runs after this much silence, so its answer is
                             # ready when COMPLETE_HANGOVER_MS comes (shorter gaps happen inside words)
-VAD_MODE = Vad.LOOSE        # pocketsphinx's default: keeps soft consonants (the "t" of "tier") as speech
+VAD_MODE = Vad.MEDIUM_STRICT  # the VAD holds on after the voice stops: ~160 ms in its LOOSE mode (the default),
+                              # ~120 ms in this one, which still splits no demo phrase (soft "t" of "tier" included)
 VAD_PRIMING_FRAMES = 10     # see Endpointer.__post_init__
 PARTIAL_EVERY_MS = 400      # recognition_result cadence while speaking
 OUT_CHUNK_MS = 100          # agent audio is sent in pieces this long
