@@ -12,6 +12,9 @@ VAD itself holds on ~120 ms after the voice stops), whose length depends on what
 - HANGOVER_MS (600 ms) otherwise: "I'd like to book a seat on flight ... SW123" is not a
   phrase until the flight number comes, so a pause before it does not split the utterance.
 
+(pocketsphinx's own `Endpointer` ends speech on a fixed window of frames, so it cannot wait
+longer or shorter by what was said: the hangover is counted here, on its `Vad`.)
+
 CES's v1 API has no end-of-speech sensitivity setting to honour: AudioProcessingConfig
 carries synthesize_speech_configs, barge_in_config, inactivity_timeout and
 ambient_sound_config only (google-cloud-ces 0.7.2 and the REST reference), and
