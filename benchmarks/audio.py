@@ -17,8 +17,10 @@ second emulator and the two are measured turn by turn, interleaved (the machine 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,6 +152,7 @@ def one_turn(server: EmulatorProcess, text: str, samples: np.ndarray, speech_end
 def baseline_tree(ref: str) -> str:
     """`git archive REF ces_nb` in a temp folder, for PYTHONPATH."""
     folder = tempfile.mkdtemp(prefix="ces-nb-baseline-")
+    atexit.register(shutil.rmtree, folder, True)
     archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", ref, "ces_nb"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
     return folder
