@@ -221,3 +221,57 @@ def _wer(server, encoding: str, rate: int) -> None:
 def test_word_error_rate_over_every_demo_utterance(fast_voice, encoding, rate):
     """TTS -> bidi -> transcript, over every demo-app utterance: WER <= 20% in the formats callers send."""
     _wer(fast_voice, encoding, rate)
+
+
+def _spoken_turn(server, name: str, parts: list[tuple[str, int]]) -> tuple[list, list]:
+    """Say `parts` ((text, silence after it in ms) each) in one stream, sent as fast as the socket
+    takes it (the endpointer counts frames, not wall time); (the first turn's messages,
+    everything after it until the stream ends)."""
+    rate, encoding = 16000, "LINEAR16"
+    config = {"session": f"{APP}/sessions/{name}", "input_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate},
+              "output_audio_config": {"audio_encoding": encoding, "sample_rate_hertz": rate}}
+    stream = Stream(client_for(server), config)
+    try:
+        for text, silence_ms in parts:
+            stream.send_audio(speech(text, encoding, rate, silence_ms=silence_ms), encoding, rate)
+        got = stream.until_completed()
+    finally:
+        stream.close()
+    rest = []
+    while (m := stream.replies.get(timeout=60)) is not None:
+        rest.append(m)
+    return got, rest
+
+
+def _vad(got) -> dict:
+    root = got[-1].session_output.diagnostic_info.root_span
+    return dict(next(c for c in root.child_spans if c.name == "VAD").attributes)
+
+
+def test_a_complete_phrase_ends_the_turn_sooner_than_an_incomplete_one(fast_voice):
+    from ces_nb.emulator.voice import COMPLETE_HANGOVER_MS, HANGOVER_MS
+
+    complete, _ = _spoken_turn(fast_voice, "eos-complete", [("What is my loyalty tier?", 900)])
+    incomplete, _ = _spoken_turn(fast_voice, "eos-incomplete", [("I'd like to book a seat on flight", 900)])
+    done, cut = _vad(complete), _vad(incomplete)
+    assert done["ended by"] == "complete phrase" and done["trailing silence (ms)"] == COMPLETE_HANGOVER_MS
+    assert cut["ended by"] == "silence" and cut["trailing silence (ms)"] == HANGOVER_MS
+    # The server counts the silence in (perceived latency is from the user's real end of speech).
+    root = complete[-1].session_output.diagnostic_info.root_span
+    assert root.attributes["perceived latency (ms)"] > COMPLETE_HANGOVER_MS
+
+
+def test_a_pause_mid_sentence_does_not_split_the_utterance(fast_voice):
+    from ces_nb.emulator.voice import COMPLETE_HANGOVER_MS, HANGOVER_MS
+
+    pause_ms = 450  # longer than a complete phrase's hangover, shorter than the normal one
+    assert COMPLETE_HANGOVER_MS < pause_ms < HANGOVER_MS
+    got, rest = _spoken_turn(fast_voice, "eos-pause", [("I'd like to book a seat on flight", pause_ms), ("SW123", 900)])
+    transcripts = [m.recognition_result.transcript for m in got if kind(m) == "recognition_result"]
+    said = normalize("I'd like to book a seat on flight SW123")
+    assert jiwer.wer(said, transcripts[-1]) <= 0.2, transcripts
+    vad = _vad(got)
+    assert vad["ended by"] == "complete phrase"
+    first = synthesize(normalize("I'd like to book a seat on flight"))
+    assert vad["audio duration (ms)"] > first.duration_ms + pause_ms  # one utterance over both parts
+    assert not [m for m in rest if kind(m) == "session_output" and m.session_output.turn_completed]  # and no second turn

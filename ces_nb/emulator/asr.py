@@ -67,9 +67,14 @@ class Recognizer:
         with _lock:
             Recognizer._count += 1
             self.search = f"app{Recognizer._count}" if alternatives else None
+            self.prefix_search = f"{self.search}_prefix" if self.search else None
             if self.search:
                 body = " | ".join(alternatives)
                 decoder.add_jsgf_string(self.search, f"#JSGF V1.0;\ngrammar {self.search};\npublic <utt> = {body} ;\n")
+                # Every start of a phrase, for partial results: the phrase grammar only answers once a
+                # phrase is complete, and the language model is ~20x slower on the growing audio.
+                body = " | ".join(_prefixes(a.split()) for a in alternatives)
+                decoder.add_jsgf_string(self.prefix_search, f"#JSGF V1.0;\ngrammar {self.prefix_search};\npublic <utt> = {body} ;\n")
         self.phrases = alternatives
 
     def recognize(self, samples: np.ndarray, snap: bool = True) -> Recognition:
@@ -122,9 +127,33 @@ class Recognizer:
         hyp = decoder.hyp()
         return hyp.hypstr.strip() if hyp is not None else ""
 
+    def complete_phrase(self, samples: np.ndarray) -> Recognition:
+        """The grammar phrase the audio so far says in full, or Recognition("", "") when it
+        says none (or only the start of one): the endpointer ends the turn sooner on a
+        complete phrase. Only the grammar search runs, so this costs one short decode."""
+        samples = np.asarray(samples, dtype=np.int16)
+        if not self.search or not len(samples) or float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) < SILENCE_RMS:
+            return Recognition("", "")
+        with _lock:
+            text = self._run(_decoder(), self.search, samples.tobytes())
+        return Recognition(text, "grammar") if text in self.phrases else Recognition("", "")
+
     def partial(self, samples: np.ndarray) -> str:
-        """The transcript so far of an utterance still being spoken (for recognition_result)."""
-        return self.recognize(samples, snap=False).transcript
+        """The transcript so far of an utterance still being spoken (for recognition_result): the
+        start of a grammar phrase it matches best. Off the grammar that is a guess; the final
+        transcript (recognize) falls back to the language model."""
+        samples = np.asarray(samples, dtype=np.int16)
+        if not len(samples) or float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))) < SILENCE_RMS:
+            return ""
+        if not self.prefix_search:
+            return self.recognize(samples, snap=False).transcript
+        with _lock:
+            return self._run(_decoder(), self.prefix_search, samples.tobytes())
+
+
+def _prefixes(words: list[str]) -> str:
+    """JSGF for every start of a phrase: "a [b [c]]"."""
+    return words[0] + "".join(f" [{w}" for w in words[1:]) + "]" * (len(words) - 1)
 
 
 def app_phrases(app) -> list[str]:

@@ -1,9 +1,27 @@
 """Voice for BidiRunSession: audio in (endpointing on the audio itself, recognition), audio
 out (TTS in the requested encoding and rate, paced in real time so a user can barge in).
 
-Endpointing is an energy gate on 20 ms frames: speech starts after a few loud frames and
-ends after a trailing silence. While the user speaks, the growing transcript goes out as
-recognition_result; at the end of speech the final transcript drives the agent's turn.
+Endpointing: pocketsphinx's voice activity detector (`pocketsphinx.Vad`, the WebRTC VAD)
+classifies each 20 ms frame as speech or not. Speech starts after a few speech frames and
+ends after a trailing silence, the hangover, counted from the VAD's last speech frame (the
+VAD itself holds on ~120 ms after the voice stops), whose length depends on what was said:
+
+- COMPLETE_HANGOVER_MS (200 ms) when the grammar search over the audio so far ends on a
+  complete phrase of the app's grammar (an example user utterance or a variable value):
+  the user said something the agent can answer, so the turn ends soon.
+- HANGOVER_MS (600 ms) otherwise: "I'd like to book a seat on flight ... SW123" is not a
+  phrase until the flight number comes, so a pause before it does not split the utterance.
+
+(pocketsphinx's own `Endpointer` ends speech on a fixed window of frames, so it cannot wait
+longer or shorter by what was said: the hangover is counted here, on its `Vad`.)
+
+CES's v1 API has no end-of-speech sensitivity setting to honour: AudioProcessingConfig
+carries synthesize_speech_configs, barge_in_config, inactivity_timeout and
+ambient_sound_config only (google-cloud-ces 0.7.2 and the REST reference), and
+InputAudioConfig only noise_suppression_level.
+
+While the user speaks, the growing transcript goes out as recognition_result; at the end of
+speech the final transcript drives the agent's turn.
 """
 
 from __future__ import annotations
@@ -14,21 +32,25 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.cloud import ces_v1
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from pocketsphinx import Vad
 
 from .. import audio
 from ..tts import synthesize, voice_for
-from .asr import SAMPLE_RATE, Recognizer, app_phrases
+from .asr import SAMPLE_RATE, Recognition, Recognizer, app_phrases
 from .errors import EmulatorError
 
-FRAME_MS = 20
-START_FRAMES = 3          # 60 ms of sound starts an utterance
-END_SILENCE_MS = 600      # this much quiet after speech ends it
-SPEECH_RMS = 500.0        # frame level that starts speech (int16 scale)
-QUIET_RMS = 120.0         # once speaking, only frames below this count as silence (hysteresis:
-                          # soft consonants like the "t" of "tier" must not end an utterance)
-PARTIAL_EVERY_MS = 400    # recognition_result cadence while speaking
-OUT_CHUNK_MS = 100        # agent audio is sent in pieces this long
-NOISE_FLOOR_RMS = 30.0    # see decode_input
+FRAME_MS = 20               # the VAD takes 10, 20 or 30 ms frames
+START_FRAMES = 3            # 60 ms of speech starts an utterance
+HANGOVER_MS = 600           # this much silence after speech ends an utterance...
+COMPLETE_HANGOVER_MS = 200  # ...or this much, when what was said is a complete phrase of the grammar
+COMPLETE_CHECK_MS = 100     # the grammar search runs after this much silence, so its answer is
+                            # ready when COMPLETE_HANGOVER_MS comes (shorter gaps happen inside words)
+VAD_MODE = Vad.MEDIUM_STRICT  # the VAD holds on after the voice stops: ~160 ms in its LOOSE mode (the default),
+                              # ~120 ms in this one, which still splits no demo phrase (soft "t" of "tier" included)
+VAD_PRIMING_FRAMES = 10     # see Endpointer.__post_init__
+PARTIAL_EVERY_MS = 400      # recognition_result cadence while speaking
+OUT_CHUNK_MS = 100          # agent audio is sent in pieces this long
+NOISE_FLOOR_RMS = 30.0      # see decode_input
 
 
 @dataclass
@@ -63,6 +85,8 @@ class Utterance:
     speech_ended_ns: int      # when endpointing decided the user was done
     asr_ms: float
     samples: np.ndarray
+    trailing_silence_ms: int = 0  # the hangover heard before the decision (0 on half-close)
+    ended_by: str = "half-close"  # "complete phrase", "silence" or "half-close"
 
 
 @dataclass
@@ -73,13 +97,24 @@ class Endpointer:
     fmt: AudioFormat | None = None  # the client's input format
     resampler: object = None        # soxr.ResampleStream from fmt's rate to 16 kHz, kept across chunks
     noise: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))  # seeded: same audio, same words
+    vad: Vad = field(default_factory=lambda: Vad(VAD_MODE, SAMPLE_RATE, FRAME_MS / 1000))
     buffer: list[np.ndarray] = field(default_factory=list)
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
-    loud_run: int = 0
-    quiet_ms: int = 0
+    speech_run: int = 0
+    silence_ms: int = 0
     speaking: bool = False
     started_ns: int = 0
     since_partial_ms: int = 0
+    complete: Recognition | None = None  # the grammar's answer for the current silence, once asked
+    complete_ms: float = 0.0             # how long asking took
+
+    def __post_init__(self):
+        # A fresh VAD calls its first ~100 ms speech whatever they hold, until it has a noise
+        # estimate: teach it the noise floor decode_input adds, so stream start is not speech.
+        rng = np.random.default_rng(1)
+        frame = SAMPLE_RATE * FRAME_MS // 1000
+        for _ in range(VAD_PRIMING_FRAMES):
+            self.vad.is_speech(rng.normal(0.0, NOISE_FLOOR_RMS, frame).astype(np.int16).tobytes())
 
     def decode(self, data: bytes) -> np.ndarray:
         """A chunk from the client -> 16 kHz samples, through this stream's resampler and noise floor."""
@@ -95,42 +130,55 @@ class Endpointer:
         usable = len(data) - len(data) % frame
         for start in range(0, usable, frame):
             chunk = data[start:start + frame]
-            level = audio.rms(chunk)
-            loud = level >= SPEECH_RMS
+            speech = self.vad.is_speech(chunk.tobytes())
             if not self.speaking:
-                self.loud_run = self.loud_run + 1 if loud else 0
+                self.speech_run = self.speech_run + 1 if speech else 0
                 self.buffer.append(chunk)
                 self.buffer = self.buffer[-START_FRAMES - 5:]  # a little lead-in, no more
-                if self.loud_run >= START_FRAMES:
-                    self.speaking, started, self.quiet_ms, self.since_partial_ms = True, True, 0, 0
+                if self.speech_run >= START_FRAMES:
+                    self.speaking, started, self.silence_ms, self.since_partial_ms = True, True, 0, 0
                     self.started_ns = time.time_ns() - START_FRAMES * FRAME_MS * 1_000_000
                 continue
             self.buffer.append(chunk)
-            self.quiet_ms = 0 if level >= QUIET_RMS else self.quiet_ms + FRAME_MS
+            if speech:
+                self.silence_ms, self.complete = 0, None
+            else:
+                self.silence_ms += FRAME_MS
             self.since_partial_ms += FRAME_MS
-            if self.since_partial_ms >= PARTIAL_EVERY_MS and self.quiet_ms == 0:
+            if self.since_partial_ms >= PARTIAL_EVERY_MS and self.silence_ms == 0:
                 self.since_partial_ms = 0
                 text = self.recognizer.partial(np.concatenate(self.buffer))
                 if text:
                     partials.append(text)
-            if self.quiet_ms >= END_SILENCE_MS and done is None:
-                done = self._finish()
+            if self.silence_ms >= COMPLETE_CHECK_MS and self.complete is None:
+                t0 = time.perf_counter()
+                self.complete = self.recognizer.complete_phrase(np.concatenate(self.buffer))
+                self.complete_ms = (time.perf_counter() - t0) * 1000
+            if done is None:
+                if self.complete is not None and self.complete.transcript and self.silence_ms >= COMPLETE_HANGOVER_MS:
+                    done = self._finish("complete phrase")
+                elif self.silence_ms >= HANGOVER_MS:
+                    done = self._finish("silence")
         self.pending = data[usable:]
         return partials, done, started
 
-    def _finish(self) -> Utterance:
+    def _finish(self, ended_by: str) -> Utterance:
         ended = time.time_ns()
         speech = np.concatenate(self.buffer) if self.buffer else np.zeros(0, dtype=np.int16)
-        t0 = time.perf_counter()
-        result = self.recognizer.recognize(speech)
-        asr_ms = (time.perf_counter() - t0) * 1000
-        utterance = Utterance(result.transcript, self.started_ns, ended, asr_ms, speech)
-        self.buffer, self.speaking, self.loud_run, self.quiet_ms = [], False, 0, 0
+        if ended_by == "complete phrase":  # the grammar already heard the phrase: no second search
+            result, asr_ms = self.complete, self.complete_ms
+        else:
+            t0 = time.perf_counter()
+            result = self.recognizer.recognize(speech)
+            asr_ms = (time.perf_counter() - t0) * 1000
+        utterance = Utterance(result.transcript, self.started_ns, ended, asr_ms, speech,
+                              self.silence_ms if ended_by != "half-close" else 0, ended_by)
+        self.buffer, self.speaking, self.speech_run, self.silence_ms, self.complete = [], False, 0, 0, None
         return utterance
 
     def flush(self) -> Utterance | None:
         """Half-close while speaking: what was said so far is the utterance."""
-        return self._finish() if self.speaking else None
+        return self._finish("half-close") if self.speaking else None
 
 
 class Voice:

@@ -208,7 +208,9 @@ class SessionService:
         root = diagnostic.root_span
         _report_warnings(root, warnings)
         if utterance is not None:
-            root.child_spans.append(voice_span("VAD", utterance.speech_started_ns, utterance.speech_ended_ns, {"audio duration (ms)": len(utterance.samples) / 16}))
+            root.child_spans.append(voice_span("VAD", utterance.speech_started_ns, utterance.speech_ended_ns, {
+                "audio duration (ms)": len(utterance.samples) / 16, "trailing silence (ms)": utterance.trailing_silence_ms,
+                "ended by": utterance.ended_by}))
             asr_end = utterance.speech_ended_ns + int(utterance.asr_ms * 1e6)
             root.child_spans.append(voice_span("ASR", utterance.speech_ended_ns, asr_end, {"transcript": utterance.transcript}))
         spoken = " ".join(t.strip() for t in texts if t.strip())
@@ -218,7 +220,9 @@ class SessionService:
             first_audio_ns = time.time_ns()
             root.child_spans.append(voice_span("TTS", tts_start, tts_start + int(synth_ms * 1e6), {
                 "voice": voice.voice, "time to first audio (ms)": (first_audio_ns - started) / 1e6, "audio duration (ms)": audio_ms}))
-            root.attributes["perceived latency (ms)"] = (first_audio_ns - started) / 1e6
+            # From the user's real end of speech: the trailing silence the endpointer waited through comes first.
+            hangover_ms = utterance.trailing_silence_ms if utterance else 0
+            root.attributes["perceived latency (ms)"] = (first_audio_ns - started) / 1e6 + hangover_ms
             root.attributes["audio duration (ms)"] = audio_ms
             for piece in audio.chunks(data, out_fmt.encoding, out_fmt.sample_rate, OUT_CHUNK_MS):
                 yield ces_v1.BidiSessionServerMessage(session_output=ces_v1.SessionOutput(audio=piece, turn_index=turn_index))
