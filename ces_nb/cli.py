@@ -14,14 +14,9 @@ import sys
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from .emulator.export import ExportError, demo_app_path, load_export
-    from .emulator.sandbox import SandboxLimits
-    from .emulator.scripts import ScriptSourceError, check_script_sources
-    from .emulator.store import StoreError, display_url
-
     if args.check:  # the load report of each --app, file by file, with its playback scripts; nothing is served
-        from .emulator.export import check
-        from .emulator.scripts import report_scripts
+        from .emulator.export import check, demo_app_path
+        from .emulator.scripts import ScriptSourceError, check_script_sources, report_scripts
 
         try:
             examples = check_script_sources(args.examples or [])
@@ -35,48 +30,7 @@ def _emulator(args: argparse.Namespace) -> int:
                 report_scripts(loaded)
         print("\n\n".join(report.text() for _, report, _ in results))
         return max(code for _, _, code in results)
-    try:
-        # a `--workers` worker leaves the load report to its supervisor, which logged it once
-        apps = [load_export(p, log_report=args.worker_ready_fd is None) for p in (args.app or [str(demo_app_path())])]
-        examples = check_script_sources(args.examples or [])
-    except ExportError as exc:
-        print(f"ces-nb emulator: cannot load app: {exc}", file=sys.stderr)
-        return 2
-    except ScriptSourceError as exc:  # an --examples path that is not there
-        print(f"ces-nb emulator: {exc}", file=sys.stderr)
-        return 2
-
-    try:
-        tool_limits = SandboxLimits(
-            timeout_s=args.tool_timeout, max_timeout_s=args.tool_max_timeout, cpu_s=args.tool_cpu_s,
-            memory_mb=args.tool_memory_mb, max_result_mb=args.tool_max_result_mb, max_file_mb=args.tool_max_file_mb,
-            max_open_files=args.tool_max_open_files, max_procs=args.tool_max_procs, user=args.tool_user or None)
-    except ValueError as exc:
-        print(f"ces-nb emulator: {exc}", file=sys.stderr)
-        return 2
-
-    if (args.model_base_url or args.model_api_key_env) and not args.model:
-        print("ces-nb emulator: --model-base-url and --model-api-key-env go with --model, e.g. "
-              "--model openai/llama3.2 --model-base-url http://localhost:11434/v1", file=sys.stderr)
-        return 2
-    if args.model:  # a model nothing can run exits now, not at the first turn
-        from .emulator.registry import ModelError, build_model
-
-        try:
-            build_model(args.model, args.model_base_url, args.model_api_key_env)
-        except ModelError as exc:
-            print(f"ces-nb emulator: {exc}", file=sys.stderr)
-            return 2
-
     tls_port = _tls_port(args)
-    if args.require_token is not None:
-        from .emulator.auth import TokenCheck
-
-        try:
-            TokenCheck(args.require_token)
-        except ValueError as exc:
-            print(f"ces-nb emulator: {exc}", file=sys.stderr)
-            return 2
     # --tls serves from one process (its front pipes to that process's ports), so it defaults to one worker
     workers = args.workers if args.workers is not None else (1 if args.db == ":memory:" or tls_port is not None
                                                              else os.cpu_count() or 1)
@@ -91,13 +45,21 @@ def _emulator(args: argparse.Namespace) -> int:
         print("ces-nb emulator: --tls serves from one process; use --workers 1 with --tls (or leave --workers out)",
               file=sys.stderr)
         return 2
-    if workers > 1:  # a supervisor of `workers` emulators on one port and one store (workers.py); the
-        # apps and options were checked above, so a mistake exits 2 here, before any worker starts
+    if workers > 1:  # a supervisor of `workers` emulators on one port and one store (workers.py). It
+        # checks the apps and options while its workers start (each loads them anyway), and stops
+        # them with exit 2 on a mistake; the workers leave the message to it.
         from .emulator.store import default_db_path, display_url
         from .emulator.workers import run_supervisor
 
         return run_supervisor(_emulator_argv(args.raw_argv), workers, args.host, args.port, args.rest_port, args.db or default_db_path(),
-                              display_url)
+                              display_url, check_inputs=lambda: _serving_inputs(args, say=_say)[0])
+
+    # a `--workers` worker: its supervisor checked the same inputs and says what is wrong with them
+    code, inputs = _serving_inputs(args, say=_say if args.worker_ready_fd is None else (lambda message: None))
+    if code:
+        return code
+    apps, examples, tool_limits = inputs
+    from .emulator.store import StoreError, display_url
 
     async def serve() -> int:
         from .emulator.server import EmulatorServer
@@ -156,6 +118,58 @@ def _emulator(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(serve())
+
+
+def _say(message: str) -> None:
+    print(f"ces-nb emulator: {message}", file=sys.stderr)
+
+
+def _serving_inputs(args: argparse.Namespace, say) -> tuple[int, tuple | None]:
+    """(0, (apps, examples, tool limits)) when the apps and options can serve; else (2, None),
+    having said what is wrong through `say`."""
+    from .emulator.export import ExportError, demo_app_path, load_export
+    from .emulator.sandbox import SandboxLimits
+    from .emulator.scripts import ScriptSourceError, check_script_sources
+
+    try:
+        # a `--workers` worker leaves the load report to its supervisor, which logged it once
+        apps = [load_export(p, log_report=args.worker_ready_fd is None) for p in (args.app or [str(demo_app_path())])]
+        examples = check_script_sources(args.examples or [])
+    except ExportError as exc:
+        say(f"cannot load app: {exc}")
+        return 2, None
+    except ScriptSourceError as exc:  # an --examples path that is not there
+        say(str(exc))
+        return 2, None
+    try:
+        tool_limits = SandboxLimits(
+            timeout_s=args.tool_timeout, max_timeout_s=args.tool_max_timeout, cpu_s=args.tool_cpu_s,
+            memory_mb=args.tool_memory_mb, max_result_mb=args.tool_max_result_mb, max_file_mb=args.tool_max_file_mb,
+            max_open_files=args.tool_max_open_files, max_procs=args.tool_max_procs, user=args.tool_user or None)
+    except ValueError as exc:
+        say(str(exc))
+        return 2, None
+    if (args.model_base_url or args.model_api_key_env) and not args.model:
+        say("--model-base-url and --model-api-key-env go with --model, e.g. "
+            "--model openai/llama3.2 --model-base-url http://localhost:11434/v1")
+        return 2, None
+    if args.model:  # a model nothing can run exits now, not at the first turn
+        from .emulator.registry import ModelError, build_model
+
+        try:
+            build_model(args.model, args.model_base_url, args.model_api_key_env)
+        except ModelError as exc:
+            say(str(exc))
+            return 2, None
+    if args.require_token is not None:
+        from .emulator.auth import TokenCheck
+
+        try:
+            TokenCheck(args.require_token)
+        except ValueError as exc:
+            say(str(exc))
+            return 2, None
+    return 0, (apps, examples, tool_limits)
 
 
 DEFAULT_TLS_PORT = 50553

@@ -121,6 +121,19 @@ def test_memory_store_takes_one_worker():
     assert ":memory: lives in one process" in out.stderr and "--workers 1" in out.stderr
 
 
+def test_an_app_that_cannot_load_stops_the_workers_with_one_message(tmp_path):
+    """The supervisor checks the apps while its workers start; a broken one exits 2, said once."""
+    app = tmp_path / "broken"
+    app.mkdir()
+    (app / "app.yaml").write_text("displayName: [\n")
+    out = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--app", str(app),
+                          "--db", str(tmp_path / "s.db"), "--workers", "2"],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("cannot load app: app.yaml: not valid YAML") == 1, out.stderr
+    assert "listening" not in out.stdout
+
+
 def test_tls_serves_from_one_process(tmp_path):
     """--tls's front pipes to one process's ports: more workers are refused with what to type."""
     out = subprocess.run([sys.executable, "-m", "ces_nb", "emulator", "--port", "0", "--db", str(tmp_path / "s.db"),

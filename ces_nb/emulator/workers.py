@@ -89,8 +89,10 @@ def _die_with_parent() -> None:
 
 
 def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_port: int | None, db: str,
-                   describe_db) -> int:
-    """Serve `ces-nb emulator ARGV` from `workers` processes until SIGTERM / SIGINT; the exit code."""
+                   describe_db, check_inputs=lambda: 0) -> int:
+    """Serve `ces-nb emulator ARGV` from `workers` processes until SIGTERM / SIGINT; the exit code.
+    `check_inputs()` checks the apps and options (0, or the exit code, having said why); it runs
+    while the workers start, which each take as long to load them, and a mistake stops them."""
     path = sqlite_file(db)
     held: list = []
     try:
@@ -113,6 +115,10 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(True))
+    # a signal also writes to this pipe, so waits below end at once instead of at their timeout
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
     inherited = [lock.fd for lock in held if getattr(lock, "fd", None) is not None]
     if store_lock is not None:
         inherited.append(store_lock._fd)
@@ -133,11 +139,15 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
             os.close(go_read)
             ready_pipes.append(read_fd)
             go_pipes.append(go_write)
+        code = check_inputs()
+        if code:
+            _stop_all(procs, at_once=True)
+            return code
         if not _wait_ready(procs, ready_pipes, stop):
             if stop:
                 return 0
             failed = [p.returncode for p in procs if p.poll() is not None and p.returncode]
-            print("ces-nb emulator: a worker did not start (its message is above); stopping", file=sys.stderr)
+            print(f"ces-nb emulator: a worker did not start (exit {failed[0] if failed else 'none'}; its message, if any, is above); stopping", file=sys.stderr)
             return failed[0] if failed else 1  # 2 for an app or an option it cannot use, as one process says
         for fd in go_pipes:
             os.write(fd, b"g")
@@ -152,13 +162,14 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
                       file=sys.stderr, flush=True)
                 code = 1
                 break
-            time.sleep(0.2)
+            select.select([wake_read], [], [], 0.2)
         if stop:
             print("CES emulator: shutting down (go_away sent to open streams)", flush=True)
         return code
     finally:
         _stop_all(procs)
-        for fd in ready_pipes + go_pipes:
+        signal.set_wakeup_fd(-1)
+        for fd in ready_pipes + go_pipes + [wake_read, wake_write]:
             os.close(fd)
         for item in reversed(held):
             item.release()
@@ -180,10 +191,12 @@ def _wait_ready(procs, pipes, stop) -> bool:
     return not waiting
 
 
-def _stop_all(procs: list[subprocess.Popen]) -> None:
+def _stop_all(procs: list[subprocess.Popen], at_once: bool = False) -> None:
+    """SIGTERM, and SIGKILL for any still running after STOP_TIMEOUT_S; `at_once`: SIGKILL (workers
+    still starting, with nothing to close)."""
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if at_once else signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for proc in procs:
         try:
