@@ -133,17 +133,21 @@ def spans_frame(obj: Any):
 
     Saved transcripts and Conversation exports (JSON dicts, files, lists of them) are read
     straight into rows, with no Turn built; the frame is the same as from their records."""
+    with _gc_paused():
+        return _spans_frame(obj)
+
+
+def _spans_frame(obj: Any):
     import pandas as pd
 
     cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
     attrs: list[dict] = []
-    with _gc_paused():
-        for conversation, trees in _span_trees(obj):
-            if isinstance(trees, _JsonSpans):
-                trees.rows(conversation, cols, attrs)
-            else:
-                for index, root in trees:
-                    _span_rows(conversation, index, root, cols, attrs)
+    for conversation, trees in _span_trees(obj):
+        if isinstance(trees, _JsonSpans):
+            trees.rows(conversation, cols, attrs)
+        else:
+            for index, root in trees:
+                _span_rows(conversation, index, root, cols, attrs)
     frame = pd.DataFrame(cols)
     frame["parent"] = frame["parent"].astype("Int64")  # the root has none
     keys: dict[str, None] = {}
@@ -238,7 +242,7 @@ class _JsonSpans:
             starts += [d["start_time"] if "start_time" in d else d.get("startTime") for d in level]
             ends += [d["end_time"] if "end_time" in d else d.get("endTime") for d in level]
             durations += [d.get("duration") for d in level]
-            counts = np.fromiter((len(c) if c else 0 for c in children), dtype=np.intp, count=len(level))
+            counts = np.array([len(c) if c else 0 for c in children], dtype=np.intp)
             level = [child for c in children if c for child in c]
             if level:
                 parents.append(np.repeat(np.arange(first, first + len(counts), dtype=np.intp), counts))
@@ -440,9 +444,10 @@ def _load_json(path) -> Any:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """The cyclic GC off while a frame's rows are read: parsing a saved transcript makes a few
-    million dicts and lists, and each GC pass they set off rescans every one of them (and all the
-    session's records) to find no cycle, since JSON has none. That was over half the parse time."""
+    """The cyclic GC off while a frame is built: parsing a saved transcript makes a few million
+    dicts and lists, and each GC pass they set off rescans every one of them (and all the
+    session's records) to find no cycle, since JSON has none: over half the parse time. Back on
+    once the parse is freed, the first pass has only the attribute values the frame keeps to scan."""
     enabled = gc.isenabled()
     gc.disable()
     try:
