@@ -110,28 +110,35 @@ def main() -> None:
         same = exported.columns.drop(["conversation", "turn"])  # a Conversation numbers its turns 1, 2, ...
         assert exported[same].equals(from_file[same])
         del from_file, exported
-        # Interleaved rounds, medians: on a shared machine one run of each says little.
-        runs: dict[str, list[float]] = {k: [] for k in ("records", "file", "export", "loaded")}
+        # Interleaved rounds, medians: on a shared machine one run of each says little. CPU time
+        # (all threads) next to wall time: other processes' load moves it much less.
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("records", "file", "export", "loaded")}
         for _ in range(args.rounds):
             for key, build in (("records", lambda: frames.spans_frame(data)),  # Turn objects already in memory
                                ("file", lambda: frames.spans_frame(saved)),  # reading and parsing the file included
                                ("export", lambda: frames.spans_frame(export)),
                                ("loaded", lambda: frames.spans_frame(Transcript.load(saved)))):  # load Turn objects, then frame
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 build()
                 # spans_frame pauses the cyclic GC; the pass it owes for what it made is counted here.
                 gc.collect(0)
-                runs[key].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in runs.items()}
-        spread = {k: f"{min(v):.2f}-{max(v):.2f}" for k, v in runs.items()}
-        print(f"spans_frame, {args.turns} turns x 10 spans, medians of {args.rounds} interleaved rounds (range in s):")
-        print(f"  from Turn objects in memory:                {med['records']:6.2f} s ({spread['records']})")
-        print(f"  from the saved transcript file ({saved.stat().st_size / 1e6:.0f} MB):      {med['file']:6.2f} s ({spread['file']}) "
-              f"= {med['file'] / med['records']:.2f}x from Turn objects (goal <= 1.2x)")
-        print(f"  from a Conversation export file ({export.stat().st_size / 1e6:.0f} MB):     {med['export']:6.2f} s ({spread['export']}) "
-              f"= {med['export'] / med['records']:.2f}x from Turn objects (goal <= 1.2x)")
-        print(f"  Transcript.load, then from its Turn objects: {med['loaded']:6.2f} s ({spread['loaded']}) "
-              f"= {med['loaded'] / med['records']:.2f}x; the file straight is {med['file'] / med['loaded']:.2f}x that")
+                runs[key].append((time.perf_counter() - t0, time.process_time() - c0))
+        wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+        spread = {k: f"{min(w for w, _ in v):.2f}-{max(w for w, _ in v):.2f}" for k, v in runs.items()}
+
+        def line(key: str, label: str) -> str:
+            out = f"  {label:46s} wall {wall[key]:6.2f} s ({spread[key]}), cpu {cpu[key]:6.2f} s"
+            if key != "records":
+                out += f" = {wall[key] / wall['records']:.2f}x wall, {cpu[key] / cpu['records']:.2f}x cpu"
+            return out
+
+        print(f"spans_frame, {args.turns} turns x 10 spans, medians of {args.rounds} interleaved rounds (wall range):")
+        print(line("records", "from Turn objects in memory:"))
+        print(line("file", f"from the saved transcript file ({saved.stat().st_size / 1e6:.0f} MB):") + "  (goal <= 1.2x)")
+        print(line("export", f"from a Conversation export file ({export.stat().st_size / 1e6:.0f} MB):") + "  (goal <= 1.2x)")
+        print(line("loaded", "Transcript.load, then from its Turn objects:")
+              + f"; the file straight is {cpu['file'] / cpu['loaded']:.2f}x that (cpu)")
 
         dataset = folder / "history"
         t0 = time.perf_counter()
