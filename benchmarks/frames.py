@@ -2,20 +2,24 @@
 
 1. 100 000 synthetic turns with 10 spans each -> spans_frame (goal <= 5 s), next to the
    naive build (a dict per row, then pd.DataFrame) of the same table;
-2. the same turns as a saved transcript (JSON): spans_frame straight from the JSON next to
-   spans_frame from the Turn objects (goal <= 1.2x), and next to building the records first;
+2. the same turns as a saved transcript file and as a Conversation export file: spans_frame
+   straight from the file (reading and parsing it included) next to spans_frame from the Turn
+   objects in memory (goal <= 1.2x), and next to Transcript.load then spans_frame; interleaved
+   rounds, medians;
 3. Parquet: frames.to_parquet (spans) and frames.read_parquet throughput, in rows/s;
 4. listing 1 000 conversations from the emulator: client.conversations() throughput,
    next to paging ListConversations with the raw official client.
 
-    python benchmarks/frames.py [--turns 100000] [--conversations 1000] [--no-emulator]
+    python benchmarks/frames.py [--turns 100000] [--rounds 3] [--conversations 1000] [--no-emulator]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +52,18 @@ def synthetic(turns: int) -> Transcript:
     return Transcript(out, session="bench")
 
 
+def conversation_export(transcript: Transcript) -> dict:
+    """The turns as GetConversation's JSON (what client.conversations() saves): camelCase, a rootSpan per turn."""
+    def camel(span: dict) -> dict:
+        out = {{"start_time": "startTime", "end_time": "endTime"}.get(k, k): v for k, v in span.items() if k != "child_spans"}
+        if "child_spans" in span:
+            out["childSpans"] = [camel(c) for c in span["child_spans"]]
+        return out
+
+    return {"name": f"{APP}/conversations/bench", "startTime": "2025-11-22T08:26:40Z",
+            "turns": [{"messages": [], "rootSpan": camel(t.root_span.to_dict())} for t in transcript.turns]}
+
+
 def naive_spans_frame(transcript: Transcript):
     import pandas as pd
 
@@ -65,10 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=100_000)
     parser.add_argument("--conversations", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the JSON comparison (part 2)")
     parser.add_argument("--no-emulator", action="store_true", help="skip the conversation listing (part 4)")
     args = parser.parse_args()
 
     data = synthetic(args.turns)
+    frames.spans_frame(synthetic(10))  # pandas imported, not timed
     t0 = time.perf_counter()
     frame = frames.spans_frame(data)
     t1 = time.perf_counter()
@@ -82,23 +100,45 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ces-frames-bench-"))
     try:
         saved = data.save(folder / "bench.json")
-        t0 = time.perf_counter()
-        with open(saved, encoding="utf-8") as f:
-            raw = json.load(f)
-        t1 = time.perf_counter()
-        from_json = frames.spans_frame(raw)
-        t2 = time.perf_counter()
-        from_records = frames.spans_frame(data)
-        t3 = time.perf_counter()
-        via_records = frames.spans_frame(Transcript.from_dict(raw))
-        t4 = time.perf_counter()
+        export = folder / "conversation.json"  # the same turns as a Conversation export (camelCase, rootSpan per turn)
+        export.write_text(json.dumps(conversation_export(data)), encoding="utf-8")
         # The same frame (the file's keys are sorted, so its attribute columns come in another order).
-        assert from_json.equals(via_records) and from_json.equals(from_records[from_json.columns])
-        del via_records
-        load, direct, records, rebuilt = t1 - t0, t2 - t1, t3 - t2, t4 - t3
-        print(f"spans_frame from saved JSON: {args.turns} turns in {direct:.2f} s = {direct / records:.2f}x from Turn objects "
-              f"({records:.2f} s; goal <= 1.2x); building the records first: {rebuilt:.2f} s = {rebuilt / records:.2f}x; "
-              f"json.load of the {saved.stat().st_size / 1e6:.0f} MB file: {load:.2f} s")
+        from_file = frames.spans_frame(saved)
+        assert from_file.equals(frames.spans_frame(Transcript.load(saved)))
+        assert from_file.equals(frames.spans_frame(data)[from_file.columns])
+        exported = frames.spans_frame(export)
+        same = exported.columns.drop(["conversation", "turn"])  # a Conversation numbers its turns 1, 2, ...
+        assert exported[same].equals(from_file[same])
+        del from_file, exported
+        # Interleaved rounds, medians: on a shared machine one run of each says little. CPU time
+        # (all threads) next to wall time: other processes' load moves it much less.
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("records", "file", "export", "loaded")}
+        for _ in range(args.rounds):
+            for key, build in (("records", lambda: frames.spans_frame(data)),  # Turn objects already in memory
+                               ("file", lambda: frames.spans_frame(saved)),  # reading and parsing the file included
+                               ("export", lambda: frames.spans_frame(export)),
+                               ("loaded", lambda: frames.spans_frame(Transcript.load(saved)))):  # load Turn objects, then frame
+                t0, c0 = time.perf_counter(), time.process_time()
+                build()
+                # spans_frame pauses the cyclic GC; the pass it owes for what it made is counted here.
+                gc.collect(0)
+                runs[key].append((time.perf_counter() - t0, time.process_time() - c0))
+        wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+        spread = {k: f"{min(w for w, _ in v):.2f}-{max(w for w, _ in v):.2f}" for k, v in runs.items()}
+
+        def line(key: str, label: str) -> str:
+            out = f"  {label:46s} wall {wall[key]:6.2f} s ({spread[key]}), cpu {cpu[key]:6.2f} s"
+            if key != "records":
+                out += f" = {wall[key] / wall['records']:.2f}x wall, {cpu[key] / cpu['records']:.2f}x cpu"
+            return out
+
+        print(f"spans_frame, {args.turns} turns x 10 spans, medians of {args.rounds} interleaved rounds (wall range):")
+        print(line("records", "from Turn objects in memory:"))
+        print(line("file", f"from the saved transcript file ({saved.stat().st_size / 1e6:.0f} MB):") + "  (goal <= 1.2x)")
+        print(line("export", f"from a Conversation export file ({export.stat().st_size / 1e6:.0f} MB):") + "  (goal <= 1.2x)")
+        print(line("loaded", "Transcript.load, then from its Turn objects:")
+              + f"; the file straight is {cpu['file'] / cpu['loaded']:.2f}x that (cpu)")
 
         dataset = folder / "history"
         t0 = time.perf_counter()

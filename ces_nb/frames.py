@@ -7,10 +7,12 @@ a Conversation dump), as dicts or as files. Conversations are named by `Transcri
 
 from __future__ import annotations
 
+import gc
 import os
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from .model import _SPAN_KIND_BY_WORD, _At, _check_output, _duration_ns, _seconds_at, get_field, has_field, timestamp_ns
+from .model import _SPAN_KIND_BY_WORD, _At, _check_output, get_field, has_field
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
 from .render.text import integral
 
@@ -131,16 +133,21 @@ def spans_frame(obj: Any):
 
     Saved transcripts and Conversation exports (JSON dicts, files, lists of them) are read
     straight into rows, with no Turn built; the frame is the same as from their records."""
+    with _gc_paused():
+        return _spans_frame(obj)
+
+
+def _spans_frame(obj: Any):
     import pandas as pd
 
     cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
     attrs: list[dict] = []
     for conversation, trees in _span_trees(obj):
-        for index, root in trees:
-            if isinstance(root, Span):
+        if isinstance(trees, _JsonSpans):
+            trees.rows(conversation, cols, attrs)
+        else:
+            for index, root in trees:
                 _span_rows(conversation, index, root, cols, attrs)
-            else:
-                _json_span_rows(conversation, index, root, cols, attrs)  # read by _json_trees
     frame = pd.DataFrame(cols)
     frame["parent"] = frame["parent"].astype("Int64")  # the root has none
     keys: dict[str, None] = {}
@@ -185,94 +192,160 @@ class _NotPlain(Exception):
     load_errors) decide what it holds."""
 
 
-def _json_time(value: Any, parse) -> int | None:
-    """timestamp_ns / _duration_ns, with their commonest case inlined (this runs twice per span)."""
-    if type(value) is str:
-        if parse is timestamp_ns:
-            seconds = _seconds_at.get(value[:19])
-            if seconds is not None:
-                tail = value[19:]
-                if tail == "Z":
-                    return seconds * 1_000_000_000
-                digits = tail[1:-1]
-                if tail[:1] == "." and tail[-1:] == "Z" and 0 < len(digits) <= 9 and digits.isascii() and digits.isdigit():
-                    return seconds * 1_000_000_000 + int(digits.ljust(9, "0"))
-        else:
-            whole, dot, frac = value[:-1].partition(".")
-            if value[-1:] == "s" and 0 < len(whole) <= 11 and whole.isascii() and whole.isdigit() and (
-                    not dot or 0 < len(frac) <= 9 and frac.isascii() and frac.isdigit()):
-                return int(whole) * 1_000_000_000 + (int(frac.ljust(9, "0")) if dot else 0)
-    elif value is None:
-        return None
-    try:
-        return parse(value)
-    except Exception:
-        raise _NotPlain from None
-
-
 _MISSING = object()
-_KIND_OF: dict[str, str] = {}
 
 
-def _json_spans(raw: Any) -> list[tuple]:
-    """A span tree's JSON as (row offset, parent offset, depth, name, kind, start, duration, attributes),
-    pre-order: what Span.from_dict and spans_frame read from well-formed JSON (else _NotPlain)."""
-    spans: list[tuple] = []
-    stack: list[tuple[Any, int, int | None]] = [(raw, 0, None)]
-    pop, push, add = stack.pop, stack.append, spans.append
-    kinds = _KIND_OF
-    while stack:
-        d, depth, parent = pop()
-        if type(d) is not dict:
-            raise _NotPlain
-        get = d.get
-        name = get("name", "")
-        attributes = get("attributes")
-        children = get("child_spans", _MISSING)
-        if children is _MISSING:
-            children = get("childSpans")
-        if type(name) is not str or not (attributes is None or type(attributes) is dict) or not (children is None or type(children) is list):
-            raise _NotPlain
-        start, end = get("start_time", _MISSING), get("end_time", _MISSING)
-        if start is _MISSING:
-            start = get("startTime")
-        if end is _MISSING:
-            end = get("endTime")
-        start, end, duration = (_json_time(start, timestamp_ns), _json_time(end, timestamp_ns),
-                                _json_time(get("duration"), _duration_ns))
-        if duration is None and start is not None and end is not None:
-            duration = end - start
-        kind = kinds.get(name)
-        if kind is None:
-            kind = _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)
-            if len(kinds) < 10_000:
-                kinds[name] = kind
-        me = len(spans)
-        add((me, parent, depth, name, kind, start, duration, attributes or {}))
-        if children:
-            for child in reversed(children):
-                push((child, depth + 1, me))
-    return spans
+
+class _JsonSpans:
+    """One transcript's span trees read from JSON into spans_frame's rows.
+
+    The trees are read a level at a time across all of them (every root, then every child of a
+    root, ...), a column at a time with list comprehensions, and the times a column at a time by
+    time_columns: no Python step per span. The rows are then put in pre-order, as the records
+    walk them."""
+
+    def __init__(self) -> None:
+        self.turn_of_tree: list[int] = []
+        self.trees: list[Any] = []
+
+    def add(self, turn: int, raw: Any) -> None:
+        self.turn_of_tree.append(turn)
+        self.trees.append(raw)
+
+    def read(self) -> None:
+        """Read the trees as Span.from_dict reads well-formed JSON (else _NotPlain)."""
+        import numpy as np
+
+        from .time_columns import durations_ns, timestamps_ns
+
+        names: list[str] = []
+        attributes: list[dict] = []
+        starts: list[Any] = []
+        ends: list[Any] = []
+        durations: list[Any] = []
+        # Per level, in breadth-first order: the parent (its breadth-first number) and tree of each span.
+        parents = [np.full(len(self.trees), -1, dtype=np.intp)]
+        tree_of = [np.arange(len(self.trees), dtype=np.intp)]
+        level = self.trees
+        while level:
+            if set(map(type, level)) != {dict}:
+                raise _NotPlain
+            level_names = [d.get("name", "") for d in level]
+            level_attributes = [d.get("attributes") for d in level]
+            children = [d["child_spans"] if "child_spans" in d else d.get("childSpans") for d in level]
+            if (set(map(type, level_names)) != {str} or not set(map(type, level_attributes)) <= {dict, type(None)}
+                    or not set(map(type, children)) <= {list, type(None)}):
+                raise _NotPlain
+            first = len(names)
+            names += level_names
+            attributes += [a if a is not None else {} for a in level_attributes]
+            starts += [d["start_time"] if "start_time" in d else d.get("startTime") for d in level]
+            ends += [d["end_time"] if "end_time" in d else d.get("endTime") for d in level]
+            durations += [d.get("duration") for d in level]
+            counts = np.array([len(c) if c else 0 for c in children], dtype=np.intp)
+            level = [child for c in children if c for child in c]
+            if level:
+                parents.append(np.repeat(np.arange(first, first + len(counts), dtype=np.intp), counts))
+                tree_of.append(np.repeat(tree_of[-1], counts))
+        depth = np.repeat(np.arange(len(parents)), [len(p) for p in parents])
+        parent, tree = np.concatenate(parents), np.concatenate(tree_of)
+        order = _preorder(parent, [len(p) for p in parents])
+
+        try:
+            start, no_start = timestamps_ns(starts)
+            end, no_end = timestamps_ns(ends)
+            duration, no_duration = durations_ns(durations)
+        except Exception:  # a time the records refuse: they leave its span out, and say so
+            raise _NotPlain from None
+        # Span.from_dict: the duration given, else end - start.
+        measured = no_duration & ~no_start & ~no_end
+        if measured.any():
+            duration = np.where(measured, end - start, duration)
+            no_duration = no_duration & ~measured
+        # The roots are the first spans breadth-first, so a span's tree number is its root's.
+        start_ms, no_start_ms = (start - start[tree]) / 1e6, no_start | no_start[tree]
+
+        row = np.empty_like(order)
+        row[order] = np.arange(len(order))
+        self.turns = np.asarray(self.turn_of_tree, dtype=object)[tree[order]].tolist() if len(order) else []
+        parent_row = np.where(parent >= 0, row[parent], -1)[order]
+        self.parents = [None if p < 0 else p for p in parent_row.tolist()]
+        self.depths = depth[order].tolist()
+        self.names = _reordered(names, order)
+        self.attributes = _reordered(attributes, order)
+        self.start_ms = _with_none(start_ms[order].tolist(), no_start_ms[order])
+        self.duration_ms = _with_none((duration / 1e6)[order].tolist(), no_duration[order])
+
+    def rows(self, conversation: str, cols: dict[str, list], attrs: list[dict]) -> None:
+        """Append the rows (after read) to spans_frame's columns."""
+        base = len(cols["index"])
+        n = len(self.names)
+        cols["conversation"].extend([conversation] * n)
+        cols["turn"].extend(self.turns)
+        cols["index"].extend(range(base, base + n))
+        cols["parent"].extend(self.parents if not base else [None if p is None else base + p for p in self.parents])
+        cols["depth"].extend(self.depths)
+        cols["span"].extend(self.names)
+        kinds = {name: _kind(name) for name in set(self.names)}
+        cols["kind"].extend(map(kinds.__getitem__, self.names))
+        cols["start_ms"].extend(self.start_ms)
+        cols["duration_ms"].extend(self.duration_ms)
+        attrs.extend(self.attributes)
 
 
-def _json_span_rows(conversation: str, turn: int, spans: list[tuple], cols: dict[str, list], attrs: list[dict]) -> None:
-    base = len(cols["index"])
-    origin = spans[0][5]
-    n = len(spans)
-    cols["conversation"].extend([conversation] * n)
-    cols["turn"].extend([turn] * n)
-    cols["index"].extend(range(base, base + n))
-    cols["parent"].extend([None if s[1] is None else base + s[1] for s in spans])
-    cols["depth"].extend([s[2] for s in spans])
-    cols["span"].extend([s[3] for s in spans])
-    cols["kind"].extend([s[4] for s in spans])
-    cols["start_ms"].extend([(s[5] - origin) / 1e6 if s[5] is not None and origin is not None else None for s in spans])
-    cols["duration_ms"].extend([s[6] / 1e6 if s[6] is not None else None for s in spans])
-    attrs.extend([s[7] for s in spans])
+def _preorder(parent, level_sizes: list[int]):
+    """The breadth-first numbers of a forest's nodes in pre-order, given each node's parent (-1 for
+    a root) in breadth-first order, siblings in order, and how many nodes each level holds."""
+    import numpy as np
+
+    n = len(parent)
+    size = np.ones(n, dtype=np.intp)  # subtree sizes, the deepest level first
+    ends = np.cumsum(level_sizes)
+    for lo, hi in zip(ends[:0:-1] - level_sizes[:0:-1], ends[:0:-1]):
+        np.add.at(size, parent[lo:hi], size[lo:hi])
+    position = np.empty(n, dtype=np.intp)
+    lo = 0
+    for count in level_sizes:
+        hi = lo + count
+        s = size[lo:hi]
+        before = np.cumsum(s) - s  # the nodes of earlier siblings' subtrees (and earlier groups')
+        p = parent[lo:hi]
+        if lo == 0:
+            position[lo:hi] = before
+        else:
+            # Siblings are contiguous: subtract what the group's earlier members of this level hold.
+            group_start = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+            group_before = np.repeat(before[group_start], np.diff(np.r_[group_start, count]))
+            position[lo:hi] = position[p] + 1 + before - group_before
+        lo = hi
+    order = np.empty(n, dtype=np.intp)
+    order[position] = np.arange(n)
+    return order
 
 
-def _span_trees(obj: Any) -> Iterator[tuple[str, list[tuple[int, Any]]]]:
-    """(conversation, [(turn index, root span or its JSON)]) for each transcript in obj. JSON in
+def _reordered(values: list, order) -> list:
+    import numpy as np
+
+    box = np.empty(len(values), dtype=object)
+    box[:] = values
+    return box[order].tolist()
+
+
+def _with_none(values: list, missing) -> list:
+    """values (floats, as the records path divides) with None where missing."""
+    import numpy as np
+
+    for i in np.flatnonzero(missing).tolist():
+        values[i] = None
+    return values
+
+
+def _kind(name: str) -> str:
+    return _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)  # as Span.kind
+
+
+def _span_trees(obj: Any) -> Iterator[tuple[str, "list[tuple[int, Span]] | _JsonSpans"]]:
+    """(conversation, [(turn index, root span)] or the rows read from its JSON) for each transcript in obj. JSON in
     the saved-transcript or Conversation layout is read without building records; JSON in any
     other shape, or with a value the records would check, goes through `transcripts`."""
     if isinstance(obj, (str, os.PathLike)):
@@ -292,13 +365,19 @@ def _span_trees(obj: Any) -> Iterator[tuple[str, list[tuple[int, Any]]]]:
         yield t.session, [(turn.index, turn.root_span) for turn in t.turns if turn.root_span is not None]
 
 
-def _json_trees(d: dict) -> tuple[str, list[tuple[int, Any]]]:
+def _json_trees(d: dict) -> tuple[str, _JsonSpans]:
+    session, out = _json_turns(d)
+    out.read()
+    return session, out
+
+
+def _json_turns(d: dict) -> tuple[str, _JsonSpans]:
     from .model import FORMAT
 
     raw_turns = get_field(d, "turns")
     if not (raw_turns is None or type(raw_turns) is list):
         raise _NotPlain
-    out = []
+    out = _JsonSpans()
     if get_field(d, "format") != FORMAT:  # a Conversation
         if not has_field(d, "turns") or not isinstance(get_field(d, "name", ""), str):
             raise _NotPlain
@@ -307,7 +386,7 @@ def _json_trees(d: dict) -> tuple[str, list[tuple[int, Any]]]:
                 raise _NotPlain
             root = get_field(raw, "root_span")
             if root:
-                out.append((i + 1, _json_spans(root)))
+                out.add(i + 1, root)
         return get_field(d, "name") or "", out
     version, session = get_field(d, "version", 1), get_field(d, "session")
     if type(version) is not int or version > 1 or not (session is None or type(session) is str):
@@ -343,15 +422,39 @@ def _json_trees(d: dict) -> tuple[str, list[tuple[int, Any]]]:
         if root is None:
             root = get_field(raw, "root_span") or None
         if root is not None:
-            out.append((index, _json_spans(root)))
+            out.add(index, root)
     return session or "", out
 
 
 def _load_json(path) -> Any:
+    """A JSON file as json.load reads it. msgspec parses it faster and either gives the same values
+    (ints past 64 bits included, where orjson gives floats) or refuses; what it refuses (NaN,
+    1e400, lone surrogates, a BOM) the standard library reads, or refuses with its own error."""
     import json
 
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    import msgspec
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return json.loads(data.decode("utf-8"))
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC off while a frame is built: parsing a saved transcript makes a few million
+    dicts and lists, and each GC pass they set off rescans every one of them (and all the
+    session's records) to find no cycle, since JSON has none: over half the parse time. Back on
+    once the parse is freed, the first pass has only the attribute values the frame keeps to scan."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def to_parquet(obj: Any, path, kinds=("turns", "spans", "tool_calls")):

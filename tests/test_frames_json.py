@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -146,3 +147,144 @@ def test_fast_durations_read_what_protobuf_writes(ns):
     except ValueError:
         return
     assert _duration_ns(text) == ns
+
+
+# -- times a column at a time (ces_nb.time_columns), against the per-value readers -----------------
+
+from ces_nb import time_columns  # noqa: E402
+
+
+def _per_value(values, one):
+    """What time_columns must give: one(v) per value, None as missing; or one's error."""
+    out = [one(v) for v in values]
+    return [0 if v is None else v for v in out], [v is None for v in out]
+
+
+def _check_column(values, column, one):
+    try:
+        expected = _per_value(values, one)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            column(values)
+        return
+    ns, missing = column(values)
+    assert ns.tolist() == expected[0] and missing.tolist() == expected[1]
+
+
+def _timestamp_text(ns: int) -> str:
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts.ToJsonString()
+
+
+TIMESTAMP_VALUES = st.one_of(
+    st.integers(min_value=-62135596800 * 10**9, max_value=253402300799 * 10**9 + 999_999_999).map(_timestamp_text),
+    st.from_regex(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)\Z"),  # days the month lacks, offsets
+    st.sampled_from([None, "", "2026-11-22T10:00:00Z", "2026-11-22T10:00:00.5Z", "2026-11-22T12:00:00+02:00",
+                     "2026-11-22T10:00:00.123456789Z", "2026-11-22 10:00:00Z", "2026-11-22", {"seconds": 5, "nanos": 7}]),
+)
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "per value"])
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(TIMESTAMP_VALUES, max_size=12))
+def test_timestamp_columns_are_timestamp_ns_per_value(arrow, values):
+    with arrow_or_not(arrow):
+        _check_column(values, time_columns.timestamps_ns, timestamp_ns)
+
+
+DURATION_VALUES = st.one_of(
+    st.from_regex(r"\A-?\d{1,12}(\.\d{1,10})?s\Z"),
+    st.integers(min_value=0, max_value=10**18).map(lambda ns: f"{ns // 10**9}.{ns % 10**9:09d}s"),
+    st.sampled_from([None, "", "0s", "0.030000001s", "8s", "1.5", "s", "1.s", {"seconds": 1, "nanos": 2}, 2, "١s"]),
+)
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["pyarrow", "per value"])
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(DURATION_VALUES, max_size=12))
+def test_duration_columns_are_duration_ns_per_value(arrow, values):
+    with arrow_or_not(arrow):
+        _check_column(values, time_columns.durations_ns, _duration_ns)
+
+
+@contextmanager
+def arrow_or_not(arrow: bool):
+    """arrow=False: time_columns as without pyarrow installed (every value read one by one)."""
+    original = time_columns._strings
+    if not arrow:
+        time_columns._strings = lambda values: None
+    try:
+        yield
+    finally:
+        time_columns._strings = original
+
+
+def test_years_past_datetime64_keep_their_nanoseconds():
+    ns, missing = time_columns.timestamps_ns(["9999-12-31T23:59:59.999999999Z", "2026-11-22T10:00:00Z", "0001-01-01T00:00:00Z"])
+    assert ns.tolist() == [253402300799999999999, 1795341600000000000, -62135596800000000000] and not missing.any()
+
+
+# -- frames from JSON with the shapes the column readers see -----------------------------------------
+
+def _tree(draw, depth: int, at_ms: int) -> dict:
+    span = {"name": draw(st.sampled_from(["LLM", "Tool", "Callback", "root", "guardrail check"])),
+            "start_time": draw(st.sampled_from([f"2026-11-22T10:00:00.{at_ms:03d}Z", f"2026-11-22T10:00:{at_ms % 60:02d}Z",
+                                                f"2026-11-22T12:00:00.{at_ms:03d}+02:00", None]))}
+    ending = draw(st.sampled_from(["end", "duration", "both", "none"]))
+    if ending in ("end", "both"):
+        span["end_time"] = f"2026-11-22T10:00:01.{at_ms:03d}000001Z"
+    if ending in ("duration", "both"):
+        span["duration"] = draw(st.sampled_from(["0.008s", "3s", "0.000000001s"]))
+    span["attributes"] = draw(st.sampled_from([{}, {"agent": "A"}, {"args": {"q": [1, {"deep": 2.0}]}, "n": 2.0}, {"n": 3}]))
+    if depth < 3:
+        kids = draw(st.integers(min_value=0, max_value=3))
+        if kids:
+            span["child_spans"] = [_tree(draw, depth + 1, at_ms + i + 1) for i in range(kids)]
+    return span
+
+
+@st.composite
+def span_forests(draw) -> dict:
+    return {"format": "ces_nb.transcript", "version": 1, "session": "s",
+            "turns": [{"turn_index": i + 1, "outputs": [], "root_span": _tree(draw, 0, 10 * i)}
+                      for i in range(draw(st.integers(min_value=0, max_value=4)))]}
+
+
+@settings(max_examples=60, deadline=None)
+@given(span_forests())
+def test_any_tree_shape_gives_the_records_frame(data):
+    """Pre-order rows, parents, depths, offsets from each root, durations given or measured, times
+    with and without fractions, with Z or an offset or none, nested and integral-double attributes."""
+    same(frames.spans_frame(copy.deepcopy(data)), frames.spans_frame(Transcript.from_dict(copy.deepcopy(data))))
+
+
+def test_integral_doubles_and_nested_attributes_stay_as_written(tmp_path):
+    t = transcript(n=1)
+    t["turns"][0]["root_span"]["attributes"] = {"n": 2.0, "args": {"q": [1, 2.0, {"x": None}]}}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(t))
+    frame = frames.spans_frame(path)
+    same(frame, frames.spans_frame(Transcript.load(path)))
+    assert frame["n"].dtype == "float64" and frame["n"][0] == 2.0
+    assert frame["args"][0] == {"q": [1, 2.0, {"x": None}]} and type(frame["args"][0]["q"][1]) is float
+
+
+@pytest.mark.parametrize("text", ['{"turns": [], "n": 18446744073709551616}', '{"turns": [], "n": -9223372036854775809}',
+                                  '{"turns": [], "n": NaN}', '{"turns": [], "n": 1e400}', '{"turns": [], "s": "\\ud800"}'])
+def test_files_read_as_the_standard_library_reads_them(tmp_path, text):
+    """msgspec's values, or the standard library's where msgspec refuses (orjson would turn the big
+    ints into floats)."""
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    got, expected = frames._load_json(path), json.loads(text)
+    assert repr(got) == repr(expected) and type(got["n" if "n" in got else "s"]) is type(expected["n" if "n" in expected else "s"])
+
+
+def test_a_file_that_is_no_json_fails_as_json_load_does(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b"\xef\xbb\xbf{}")
+    with pytest.raises(json.JSONDecodeError):
+        frames._load_json(path)

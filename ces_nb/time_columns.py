@@ -1,0 +1,108 @@
+"""RFC 3339 timestamps and protobuf JSON durations read a column at a time, as nanoseconds.
+
+A saved transcript holds two times and a duration per span; read one by one in Python they cost
+more than the rest of a spans frame. Text in the shape protobuf's ToJsonString writes is parsed by
+Arrow's compute kernels (pyarrow, in the `frames` extra) in a few calls per column. Every other
+value (offsets, {seconds, nanos}, years outside datetime64[ns], text protobuf refuses) goes through
+model.timestamp_ns / _duration_ns one at a time, and so does everything when pyarrow is missing:
+the values are theirs, and so are the errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .model import _duration_ns, timestamp_ns
+
+# What protobuf writes (UTC, 0-9 fraction digits), with model._RFC3339_SECOND's field ranges and
+# years that datetime64[ns] holds. A day the month lacks (02-30) makes Arrow's cast fail: the
+# column is then read value by value, so protobuf says what is wrong.
+_TIMESTAMP = r"^(?:1[7-9]|2[01])\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?Z$"
+# At most 9 whole digits, so whole * 10**9 fits an int64.
+_DURATION = r"^(?P<whole>\d{1,9})(?:\.(?P<frac>\d{1,9}))?s$"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def timestamps_ns(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """(ns since the epoch, missing) for timestamp values as timestamp_ns reads them (it raises
+    for what it refuses). The ns are int64, or Python ints in an object array if one does not fit."""
+    return _column(values, timestamp_ns, _arrow_timestamps)
+
+
+def durations_ns(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """(ns, missing) for duration values as model._duration_ns reads them."""
+    return _column(values, _duration_ns, _arrow_durations)
+
+
+def _column(values: list, one: Callable[[Any], int | None], vectorized) -> tuple[np.ndarray, np.ndarray]:
+    n = len(values)
+    ns = np.zeros(n, dtype=np.int64)
+    missing = np.zeros(n, dtype=bool)
+    if not n:
+        return ns, missing
+    parsed = vectorized(values)
+    if parsed is None:
+        rest = range(n)
+    else:
+        done, ns, missing = parsed
+        rest = np.flatnonzero(~(done | missing)).tolist()
+    for i in rest:
+        value = one(values[i])
+        if value is None:
+            missing[i] = True
+        elif ns.dtype != object and not _INT64[0] <= value <= _INT64[1]:
+            ns = ns.astype(object)  # Python ints from here on: year 9999 in ns needs 68 bits
+            ns[i] = value
+        else:
+            ns[i] = value
+    return ns, missing
+
+
+def _strings(values: list):
+    """(values as an Arrow string array, None for each value that is no str; which values are
+    None), or None without pyarrow."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
+    if set(map(type, values)) <= {str, type(None)}:
+        strings = pa.array(values, type=pa.string())
+        return strings, strings.is_null().to_numpy(zero_copy_only=False)
+    # Arrow would take bytes as text, and fail on the rest: those go value by value.
+    strings = pa.array([v if type(v) is str else None for v in values], type=pa.string())
+    return strings, np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+
+
+def _arrow_timestamps(values: list) -> tuple[np.ndarray, np.ndarray] | None:
+    read = _strings(values)
+    if read is None:
+        return None
+    strings, missing = read
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    done = pc.fill_null(pc.match_substring_regex(strings, _TIMESTAMP), False)
+    try:
+        ns = pc.cast(pc.if_else(done, strings, None), pa.timestamp("ns", "UTC")).cast(pa.int64())
+    except pa.ArrowInvalid:  # a day the month lacks: value by value, so protobuf says so
+        return None
+    return done.to_numpy(zero_copy_only=False), pc.fill_null(ns, 0).to_numpy(zero_copy_only=False, writable=True), missing
+
+
+def _arrow_durations(values: list) -> tuple[np.ndarray, np.ndarray] | None:
+    read = _strings(values)
+    if read is None:
+        return None
+    strings, missing = read
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = pc.extract_regex(strings, _DURATION)  # null where the text has another shape
+    done = parts.is_valid()
+    # A row that did not match has a null struct over whatever its fields hold.
+    whole = pc.cast(pc.if_else(done, parts.field("whole"), "0"), pa.int64())
+    frac = pc.cast(pc.utf8_rpad(pc.if_else(done, parts.field("frac"), ""), 9, "0"), pa.int64())
+    ns = pc.add(pc.multiply(whole, 1_000_000_000), frac)
+    return done.to_numpy(zero_copy_only=False), ns.to_numpy(zero_copy_only=False, writable=True), missing
