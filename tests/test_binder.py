@@ -37,7 +37,7 @@ def test_start_script_ends_with_exec():
 @pytest.mark.timeout(600)  # a fresh venv pip-installs every dependency: about 90 s here, more on a busy CI machine
 def test_emulated_binder_build_runs_the_notebooks(tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".venv", ".venv-*", ".*.lock", ".scrapi-env.log", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache",
                                                                "quickstart-transcript.json"))
     env_file = yaml.safe_load((repo / "binder/environment.yml").read_text())
     deps = [d for d in env_file["dependencies"] if isinstance(d, dict)][0]["pip"]
