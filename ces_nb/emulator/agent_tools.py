@@ -107,15 +107,15 @@ async def run_fake(runner: PythonToolRunner, code: str, name: str, args: dict, t
     called as a before_tool_callback is (the same arguments, the session as its CallbackContext);
     returning None there means "use the real tool" (None here). Other code: its first function,
     with the args. An error is the answer, as a tool's is."""
-    if "fake_tool_call" in _functions(code):
+    functions = _functions(code)
+    if "fake_tool_call" in functions:
         reply = await runner_call(runner, code, "fake_tool_call", {"tool": {"name": name}, "input": dict(args)}, timeout,
                                   callback="before_tool_callback", context=context or {"state": {}}, filename=filename)
     else:
-        functions = _functions(code)
         reply = await runner_call(runner, code, functions[0] if functions else name, args, timeout,
                                   context=context or {"state": {}}, filename=filename)
-    if "error" in reply or reply.get("result") is None:
-        return tool_answer(reply) if "error" in reply else None
+    if "error" not in reply and reply.get("result") is None:
+        return None
     return tool_answer(reply)
 
 
@@ -165,11 +165,7 @@ class PythonFunctionTool(CesTool):
         context = session_context(tool_context, self.app) if tool_context is not None else {"state": {}}
         if tool_context is not None:
             context["function_call_id"] = tool_context.function_call_id or ""
-        reply = await runner_call(
-            self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
-            filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
-            context=context, on_tool_call=self.peer_caller(0, bool(tool_context and tool_context.state.get(USE_TOOL_FAKES_KEY))),
-        )
+        reply = await self.run_code(args, context, self.peer_caller(0, bool(tool_context and tool_context.state.get(USE_TOOL_FAKES_KEY))))
         if tool_context is not None:
             apply_state_delta(tool_context.state, reply.get("state_delta"))
         return tool_answer(reply)
@@ -177,12 +173,7 @@ class PythonFunctionTool(CesTool):
     async def execute_with_variables(self, args: dict[str, Any], variables: dict) -> tuple[dict, dict]:
         """ExecuteTool: the call with the request's variables as its session state. The answer,
         and the variables as the call left them (ExecuteToolResponse.variables)."""
-        fn = self.ces_tool.python_function
-        reply = await runner_call(
-            self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
-            filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
-            context={"state": dict(variables)}, on_tool_call=self.peer_caller(0),
-        )
+        reply = await self.run_code(args, {"state": dict(variables)}, self.peer_caller(0))
         after = dict(variables)
         for key, value in (reply.get("state_delta") or {}).items():
             if value is None:
@@ -190,6 +181,15 @@ class PythonFunctionTool(CesTool):
             else:
                 after[key] = value
         return tool_answer(reply), after
+
+    async def run_code(self, args: dict, context: dict, on_tool_call, nested: bool = False) -> dict:
+        """The worker's reply to this tool's code called with `args`, under CES's globals."""
+        fn = self.ces_tool.python_function
+        return await runner_call(
+            self.runner, fn.python_code, fn.name or self.display_name, args, self._timeout(),
+            filename=code_filename(self.app, fn.python_code, f"tools/{self.display_name}/python_function/python_code.py"),
+            context=context, on_tool_call=on_tool_call, nested=nested,
+        )
 
     def peer_caller(self, depth: int, use_tool_fakes: bool = False):
         """Answers the code's `tools.<name>(args)`: the app's tool of that name (a toolset's
@@ -204,12 +204,7 @@ class PythonFunctionTool(CesTool):
                 known = ", ".join(sorted([*self.app.tools, *self.app.toolset_operations])) if self.app else ""
                 return {"error": f"tools.{name}(): the app has no tool named {name!r}; tools: {known}"}
             if isinstance(peer, PythonFunctionTool):
-                fn = peer.ces_tool.python_function
-                reply = await runner_call(
-                    self.runner, fn.python_code, fn.name or peer.display_name, args, peer._timeout(),
-                    filename=code_filename(self.app, fn.python_code, f"tools/{peer.display_name}/python_function/python_code.py"),
-                    context={"state": state}, on_tool_call=peer.peer_caller(depth + 1, use_tool_fakes), nested=True,
-                )
+                reply = await peer.run_code(args, {"state": state}, peer.peer_caller(depth + 1, use_tool_fakes), nested=True)
                 return {"result": tool_answer(reply), "state_delta": reply.get("state_delta") or {}}
             if isinstance(peer, ClientFunctionTool):
                 return {"error": f"tools.{name}(): {name} is a client function; only the client can answer it"}
