@@ -86,7 +86,7 @@ def cpu_s(pid: int) -> float:
 async def one_level(address: str, sessions: int, turns: int, official: bool = False) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
-    channels = [grpc.aio.insecure_channel(address) for _ in range(sessions)]
+    channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(sessions)]
 
     async def converse(channel) -> None:
         name = f"{APP}/sessions/load-{uuid.uuid4().hex[:12]}"
