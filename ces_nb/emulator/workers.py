@@ -4,8 +4,9 @@ A turn runs on one core (one event loop, and Python's GIL), so one process serve
 turns a second with 100 sessions as with one. Here a supervisor starts N worker processes, each a
 whole emulator (`ces-nb emulator --workers 1`, plus the hidden `--worker-ready-fd`), all
 listening on the same gRPC (and REST) port with SO_REUSEPORT: the kernel spreads connections
-over them. A client's channel is one connection, so its sessions and bidi streams stay on one
-worker; another client, or a reconnect, may reach another worker, and the workers share the
+over them. A client connection's sessions and bidi streams stay on one worker (gRPC channels in
+one process to one address share a connection, unless each has grpc.use_local_subchannel_pool);
+another connection, or a reconnect, may reach another worker, and the workers share the
 store: a worker uses its cached copy of a session only while the store's revision of it is its
 own, and a turn that loses a race with a sibling is retried on the stored session
 (runtime.AppRuntime). So `:memory:`, which lives in one process, takes one worker.
