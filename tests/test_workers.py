@@ -46,8 +46,39 @@ def two_workers(tmp_path_factory):
 
 
 def _client(address):
-    channel = grpc.insecure_channel(address)
+    # its own connection: channels in one process to one address otherwise share one, on one worker
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
     return channel, ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
+
+
+def _tcp_ends() -> dict[str, tuple[str, str]]:
+    """socket inode -> (local, remote) address, for every TCP socket of this machine."""
+    ends = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                ends[cols[9]] = (cols[1], cols[2])
+    return ends
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _worker_of_each_connection(workers: list[int]) -> dict[str, int]:
+    """This process's connections (by local address) -> the emulator worker at their other end."""
+    ends = _tcp_ends()
+    mine = {ends[i][0] for i in _socket_inodes(os.getpid()) if i in ends}
+    return {ends[i][1]: w for w in workers for i in _socket_inodes(w) if i in ends and ends[i][1] in mine}
 
 
 def test_two_workers_serve_one_port_and_health_says_so(two_workers):
@@ -60,21 +91,30 @@ def test_two_workers_serve_one_port_and_health_says_so(two_workers):
 
 
 def test_a_session_moves_between_connections_and_workers_without_losing_a_turn(two_workers):
-    """Each channel is one connection, which the kernel hands to either worker: a session
-    talked to over many channels in turn sees every earlier turn, whichever worker answers."""
+    """Each connection goes to one worker, which the kernel picks: a session talked to over
+    connections on both workers in turn sees every earlier turn, whichever worker answers."""
     emulator, _ = two_workers
-    clients = [_client(emulator.address) for _ in range(8)]
+    workers = children(emulator.pid)
     name = f"{APP}/sessions/roaming"
+    clients, reached = [], set()
     try:
-        for n in range(16):
+        # new connections until the kernel has placed some on each worker (it hashes them)
+        while len(clients) < 4 or len(reached) < 2 and len(clients) < 40:
+            channel, sessions = _client(emulator.address)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            clients.append((channel, sessions))
+            reached = set(_worker_of_each_connection(workers).values())
+        assert reached == set(workers), f"40 connections all reached {reached} of {workers}"
+        count = max(16, len(clients))  # every connection, so both workers, takes turns
+        for n in range(count):
             _channel, sessions = clients[n % len(clients)]
             out = run(sessions, name, TALK[n % len(TALK)])
             assert out[-1].turn_index == n + 1  # no turn lost or counted twice
         channel = grpc.insecure_channel(emulator.address)
         agents = ces_v1.AgentServiceClient(transport=AgentServiceGrpcTransport(channel=channel))
         turns = agents.get_conversation(name=name.replace("/sessions/", "/conversations/")).turns
-        assert len(turns) == 16
-        assert [t.messages[0].chunks[0].text for t in turns] == [TALK[n % len(TALK)] for n in range(16)]
+        assert len(turns) == count
+        assert [t.messages[0].chunks[0].text for t in turns] == [TALK[n % len(TALK)] for n in range(count)]
         channel.close()
     finally:
         for channel, _ in clients:
