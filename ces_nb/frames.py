@@ -439,7 +439,20 @@ def _load_json(path) -> Any:
     try:
         return msgspec.json.decode(data)
     except msgspec.DecodeError:
+        pass
+    except RecursionError:
+        raise ValueError(f"{path}: its JSON nests too deep to read (about 1000 levels or more)") from None
+    # the same messages as Transcript.load: a frame is built from what it reads
+    try:
         return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text (a binary file?), so not a saved transcript or a Conversation "
+                         "export; write one with session.save(path) or %cescmd save PATH") from None
+    except RecursionError:
+        raise ValueError(f"{path}: its JSON nests too deep to read (about 1000 levels or more)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON ({exc}), so not a saved transcript or a Conversation export; "
+                         "write one with session.save(path) or %cescmd save PATH") from None
 
 
 @contextmanager

@@ -283,8 +283,20 @@ def test_files_read_as_the_standard_library_reads_them(tmp_path, text):
     assert repr(got) == repr(expected) and type(got["n" if "n" in got else "s"]) is type(expected["n" if "n" in expected else "s"])
 
 
-def test_a_file_that_is_no_json_fails_as_json_load_does(tmp_path):
+@pytest.mark.parametrize("content, says", [(b"\xef\xbb\xbf{}", "is not JSON (Unexpected UTF-8 BOM"),
+                                           (b"turn 1: hello", "is not JSON (Expecting value: line 1 column 1"),
+                                           (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not UTF-8 text (a binary file?)"),
+                                           (b"[" * 100_000, "nests too deep")])
+def test_a_file_that_is_no_json_says_which_file_and_what_to_write(tmp_path, content, says):
+    """As Transcript.load says it, with the file first and how to write one, and no chained
+    JSONDecodeError: a notebook shows one line."""
     path = tmp_path / "t.json"
-    path.write_bytes(b"\xef\xbb\xbf{}")
-    with pytest.raises(json.JSONDecodeError):
-        frames._load_json(path)
+    path.write_bytes(content)
+    for build in (frames.spans_frame, frames.turns_frame):
+        with pytest.raises(ValueError) as caught:
+            build(str(path))
+        message = str(caught.value)
+        assert message.startswith(str(path)) and says in message, message
+        assert not isinstance(caught.value, json.JSONDecodeError) and caught.value.__cause__ is None
+        if "nests" not in says:
+            assert "session.save(path) or %cescmd save PATH" in message
