@@ -55,6 +55,7 @@ from google.cloud.ces_v1.services.tool_service.transports import ToolServiceGrpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from emulator_process import EmulatorProcess  # noqa: E402
+from worker_connections import connected_workers  # noqa: E402
 
 APP = "projects/bench/locations/us/apps/skyway"
 BIG = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
@@ -148,41 +149,6 @@ def machine_busy_seconds() -> float:
         values = [int(v) for v in f.readline().split()[1:8]]
     idle = values[3] + values[4]
     return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _tcp_ends() -> dict[str, tuple[str, str]]:
-    """inode -> (local, remote) address of every TCP socket, as /proc/net has them."""
-    ends = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                ends[cols[9]] = (cols[1], cols[2])
-    return ends
-
-
-def connected_workers(client_pid: int, workers: list[int]) -> dict[str, int]:
-    """Local address of each of `client_pid`'s connections -> the worker holding its other end."""
-    ends = _tcp_ends()
-    mine = {ends[i][0] for i in _socket_inodes(client_pid) if i in ends}
-    found = {}
-    for worker in workers:
-        for inode in _socket_inodes(worker):
-            if inode in ends and ends[inode][1] in mine:
-                found[ends[inode][1]] = worker
-    return found
 
 
 def neighbour_channels(address: str, noisy_worker: int | None, workers: list[int], call) -> dict[str, object]:

@@ -20,6 +20,7 @@ from ces_nb import local_emulator
 from conftest import APP, run, texts
 from emulator_process import EmulatorProcess
 from test_async_and_bidi import Bidi
+from worker_connections import connected_workers
 
 TALK = ["Hello", "What's the status of flight SW12?", "How many bags can I check?", "What is my loyalty tier?"]
 
@@ -51,36 +52,6 @@ def _client(address):
     return channel, ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
 
 
-def _tcp_ends() -> dict[str, tuple[str, str]]:
-    """socket inode -> (local, remote) address, for every TCP socket of this machine."""
-    ends = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                ends[cols[9]] = (cols[1], cols[2])
-    return ends
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _worker_of_each_connection(workers: list[int]) -> dict[str, int]:
-    """This process's connections (by local address) -> the emulator worker at their other end."""
-    ends = _tcp_ends()
-    mine = {ends[i][0] for i in _socket_inodes(os.getpid()) if i in ends}
-    return {ends[i][1]: w for w in workers for i in _socket_inodes(w) if i in ends and ends[i][1] in mine}
-
-
 def test_two_workers_serve_one_port_and_health_says_so(two_workers):
     emulator, _ = two_workers
     assert len(children(emulator.pid)) == 2
@@ -103,7 +74,7 @@ def test_a_session_moves_between_connections_and_workers_without_losing_a_turn(t
             channel, sessions = _client(emulator.address)
             grpc.channel_ready_future(channel).result(timeout=10)
             clients.append((channel, sessions))
-            reached = set(_worker_of_each_connection(workers).values())
+            reached = set(connected_workers(os.getpid(), workers).values())
         assert reached == set(workers), f"40 connections all reached {reached} of {workers}"
         count = max(16, len(clients))  # every connection, so both workers, takes turns
         for n in range(count):
