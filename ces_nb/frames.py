@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 
 from .model import _SPAN_KIND_BY_WORD, _At, _check_output, get_field, has_field
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
+from .model import read_json_file
 from .render.text import integral
 
 SPAN_COLUMNS = ["conversation", "turn", "index", "parent", "depth", "span", "kind", "start_ms", "duration_ms"]
@@ -349,7 +350,7 @@ def _span_trees(obj: Any) -> Iterator[tuple[str, "list[tuple[int, Span]] | _Json
     the saved-transcript or Conversation layout is read without building records; JSON in any
     other shape, or with a value the records would check, goes through `transcripts`."""
     if isinstance(obj, (str, os.PathLike)):
-        obj = _load_json(obj)
+        obj = read_json_file(obj)
     if isinstance(obj, dict) and ("turns" in obj or "format" in obj):
         try:
             yield _json_trees(obj)
@@ -424,35 +425,6 @@ def _json_turns(d: dict) -> tuple[str, _JsonSpans]:
         if root is not None:
             out.add(index, root)
     return session or "", out
-
-
-def _load_json(path) -> Any:
-    """A JSON file as json.load reads it. msgspec parses it faster and either gives the same values
-    (ints past 64 bits included, where orjson gives floats) or refuses; what it refuses (NaN,
-    1e400, lone surrogates, a BOM) the standard library reads, or refuses with its own error."""
-    import json
-
-    import msgspec
-
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        pass
-    except RecursionError:
-        raise ValueError(f"{path}: its JSON nests too deep to read (about 1000 levels or more)") from None
-    # the same messages as Transcript.load: a frame is built from what it reads
-    try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text (a binary file?), so not a saved transcript or a Conversation "
-                         "export; write one with session.save(path) or %cescmd save PATH") from None
-    except RecursionError:
-        raise ValueError(f"{path}: its JSON nests too deep to read (about 1000 levels or more)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc}), so not a saved transcript or a Conversation export; "
-                         "write one with session.save(path) or %cescmd save PATH") from None
 
 
 @contextmanager

@@ -986,15 +986,7 @@ class Transcript:
         """A transcript file (or a Conversation / SessionOutput list in JSON). A bad turn renders as
         an error card naming the field, the other turns as usual; strict=True raises
         TranscriptError for it instead (`trip.json: turns[3].outputs[1].audio: not valid base64`)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: " + str(_not_a_transcript("it is not UTF-8 text (a binary file?)"))) from None
-        except RecursionError:
-            raise ValueError(f"{path}: " + str(_not_a_transcript("its JSON nests too deep to read (about 1000 levels or more)"))) from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not JSON ({exc}), so not a transcript; write one with session.save(path) "
-                             "or %cescmd save PATH") from None
+        data = read_json_file(path)
         try:
             return cls.from_dict(data, strict=strict)
         except TranscriptError as exc:
@@ -1055,6 +1047,28 @@ class TranscriptError(ValueError):
         where = ": ".join(p for p in (source, path) if p)
         super().__init__(f"{where}: {problem}" if where else problem)
         self.path, self.problem, self.source = path, problem, source
+
+
+def read_json_file(path: str | Path) -> Any:
+    """A saved transcript's (or Conversation export's) JSON, as json.load reads it, or a ValueError
+    naming the file and how to write one. msgspec parses it faster and either gives the same values
+    (ints past 64 bits included, where orjson gives floats) or refuses; what it refuses (NaN,
+    1e400, lone surrogates, a BOM) the standard library reads, or refuses with its own error."""
+    import msgspec
+
+    data = Path(path).read_bytes()
+    try:
+        try:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: " + str(_not_a_transcript("it is not UTF-8 text (a binary file?)"))) from None
+    except RecursionError:
+        raise ValueError(f"{path}: " + str(_not_a_transcript("its JSON nests too deep to read (about 1000 levels or more)"))) from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON ({exc}), so not a transcript; write one with session.save(path) "
+                         "or %cescmd save PATH") from None
 
 
 def _not_a_transcript(why: str) -> ValueError:

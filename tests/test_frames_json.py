@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ces_nb import frames
-from ces_nb.model import Transcript, _duration_ns, timestamp_ns
+from ces_nb.model import Transcript, _duration_ns, read_json_file, timestamp_ns
 from test_frames_and_plots import span_json, transcript
 
 
@@ -279,7 +279,7 @@ def test_files_read_as_the_standard_library_reads_them(tmp_path, text):
     ints into floats)."""
     path = tmp_path / "t.json"
     path.write_text(text)
-    got, expected = frames._load_json(path), json.loads(text)
+    got, expected = read_json_file(path), json.loads(text)
     assert repr(got) == repr(expected) and type(got["n" if "n" in got else "s"]) is type(expected["n" if "n" in expected else "s"])
 
 
@@ -288,8 +288,8 @@ def test_files_read_as_the_standard_library_reads_them(tmp_path, text):
                                            (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not UTF-8 text (a binary file?)"),
                                            (b"[" * 100_000, "nests too deep")])
 def test_a_file_that_is_no_json_says_which_file_and_what_to_write(tmp_path, content, says):
-    """As Transcript.load says it, with the file first and how to write one, and no chained
-    JSONDecodeError: a notebook shows one line."""
+    """Transcript.load's message (one reader for both), with the file first and how to write
+    one, and no chained JSONDecodeError: a notebook shows one line."""
     path = tmp_path / "t.json"
     path.write_bytes(content)
     for build in (frames.spans_frame, frames.turns_frame):
