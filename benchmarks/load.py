@@ -3,8 +3,8 @@ the default SQLite file store, with 1 worker and with N (`--workers`, default: t
 
 Each session is one client channel with its own connection (grpc.use_local_subchannel_pool:
 channels to one address otherwise share one, and every session reaches the same worker); the
-kernel spreads connections over the workers. The client sends RunSession requests serialized once up front and checks each answer's
-status and size, over grpc.aio: the official client costs about one core on its own at 100
+kernel spreads connections over the workers. The client sends RunSession requests serialized
+once up front and checks each answer's status and size, over grpc.aio: the official client costs about one core on its own at 100
 sessions, which on 2 cores would cap what this can measure. `--client official` uses the
 official async client instead. All emulators start first; then each load
 level runs on each of them in turn, so they share the machine's state. Reports errors,

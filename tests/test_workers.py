@@ -70,7 +70,7 @@ def test_a_session_moves_between_connections_and_workers_without_losing_a_turn(t
     clients, reached = [], set()
     try:
         # new connections until the kernel has placed some on each worker (it hashes them)
-        while len(clients) < 4 or len(reached) < 2 and len(clients) < 40:
+        while len(clients) < 4 or (reached != set(workers) and len(clients) < 40):
             channel, sessions = _client(emulator.address)
             grpc.channel_ready_future(channel).result(timeout=10)
             clients.append((channel, sessions))
