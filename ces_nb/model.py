@@ -545,7 +545,8 @@ class Span:
         duration = _duration_ns(get_field(d, "duration"))
         if duration is None and start is not None and end is not None:
             duration = end - start
-        return cls(get_field(d, "name", ""), start, end, duration, dict(get_field(d, "attributes") or {}))
+        # A null name is protobuf JSON's default, "", as a null time is no time.
+        return cls(get_field(d, "name") or "", start, end, duration, dict(get_field(d, "attributes") or {}))
 
     def to_dict(self) -> dict:
         out: dict = {"name": self.name}
