@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from .model import _SPAN_KIND_BY_WORD, _At, _check_output, get_field, has_field
+from . import span_json
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
 from .model import read_json_file
 from .render.text import integral
@@ -141,21 +142,28 @@ def spans_frame(obj: Any):
 def _spans_frame(obj: Any):
     import pandas as pd
 
-    cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
+    parts = list(_span_trees(obj))
     attrs: list[dict] = []
-    for conversation, trees in _span_trees(obj):
-        if isinstance(trees, _JsonSpans):
-            trees.rows(conversation, cols, attrs)
-        else:
-            for index, root in trees:
-                _span_rows(conversation, index, root, cols, attrs)
-    frame = pd.DataFrame(cols)
-    frame["parent"] = frame["parent"].astype("Int64")  # the root has none
+    if parts and all(isinstance(trees, span_json.JsonSpans) for trees in parts):  # all JSON: columns as arrays
+        frame = span_json.frame(parts)
+        for trees in parts:
+            attrs += trees.attributes
+    else:
+        cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
+        for trees in parts:
+            if isinstance(trees, span_json.JsonSpans):
+                trees.rows(cols, attrs)
+            else:
+                conversation, roots = trees
+                for index, root in roots:
+                    _span_rows(conversation, index, root, cols, attrs)
+        frame = pd.DataFrame(cols)
+        frame["parent"] = frame["parent"].astype("Int64")  # the root has none
     keys: dict[str, None] = {}
     for a in attrs:
         for k in a:
             keys.setdefault(k, None)
-    extra = {(key if key not in cols else f"attr:{key}"): [a.get(key) for a in attrs] for key in keys}
+    extra = {(key if key not in SPAN_COLUMNS else f"attr:{key}"): [a.get(key) for a in attrs] for key in keys}
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
     return frame
@@ -188,243 +196,33 @@ def _append(cols, conversation, turn, row, parent, depth, name, kind, start_ns, 
     cols["duration_ms"].append(duration_ns / 1e6 if duration_ns is not None else None)
 
 
-class _NotPlain(Exception):
-    """JSON the direct path does not read as it stands: the records (with their checks and
-    load_errors) decide what it holds."""
-
-
-_MISSING = object()
-
-
-
-class _JsonSpans:
-    """One transcript's span trees read from JSON into spans_frame's rows.
-
-    The trees are read a level at a time across all of them (every root, then every child of a
-    root, ...), a column at a time with list comprehensions, and the times a column at a time by
-    time_columns: no Python step per span. The rows are then put in pre-order, as the records
-    walk them."""
-
-    def __init__(self) -> None:
-        self.turn_of_tree: list[int] = []
-        self.trees: list[Any] = []
-
-    def add(self, turn: int, raw: Any) -> None:
-        self.turn_of_tree.append(turn)
-        self.trees.append(raw)
-
-    def read(self) -> None:
-        """Read the trees as Span.from_dict reads well-formed JSON (else _NotPlain)."""
-        import numpy as np
-
-        from .time_columns import durations_ns, timestamps_ns
-
-        names: list[str] = []
-        attributes: list[dict] = []
-        starts: list[Any] = []
-        ends: list[Any] = []
-        durations: list[Any] = []
-        # Per level, in breadth-first order: the parent (its breadth-first number) and tree of each span.
-        parents = [np.full(len(self.trees), -1, dtype=np.intp)]
-        tree_of = [np.arange(len(self.trees), dtype=np.intp)]
-        level = self.trees
-        while level:
-            if set(map(type, level)) != {dict}:
-                raise _NotPlain
-            level_names = [d.get("name", "") for d in level]
-            level_attributes = [d.get("attributes") for d in level]
-            children = [d["child_spans"] if "child_spans" in d else d.get("childSpans") for d in level]
-            if (set(map(type, level_names)) != {str} or not set(map(type, level_attributes)) <= {dict, type(None)}
-                    or not set(map(type, children)) <= {list, type(None)}):
-                raise _NotPlain
-            first = len(names)
-            names += level_names
-            attributes += [a if a is not None else {} for a in level_attributes]
-            starts += [d["start_time"] if "start_time" in d else d.get("startTime") for d in level]
-            ends += [d["end_time"] if "end_time" in d else d.get("endTime") for d in level]
-            durations += [d.get("duration") for d in level]
-            counts = np.array([len(c) if c else 0 for c in children], dtype=np.intp)
-            level = [child for c in children if c for child in c]
-            if level:
-                parents.append(np.repeat(np.arange(first, first + len(counts), dtype=np.intp), counts))
-                tree_of.append(np.repeat(tree_of[-1], counts))
-        depth = np.repeat(np.arange(len(parents)), [len(p) for p in parents])
-        parent, tree = np.concatenate(parents), np.concatenate(tree_of)
-        order = _preorder(parent, [len(p) for p in parents])
-
-        try:
-            start, no_start = timestamps_ns(starts)
-            end, no_end = timestamps_ns(ends)
-            duration, no_duration = durations_ns(durations)
-        except Exception:  # a time the records refuse: they leave its span out, and say so
-            raise _NotPlain from None
-        # Span.from_dict: the duration given, else end - start.
-        measured = no_duration & ~no_start & ~no_end
-        if measured.any():
-            duration = np.where(measured, end - start, duration)
-            no_duration = no_duration & ~measured
-        # The roots are the first spans breadth-first, so a span's tree number is its root's.
-        start_ms, no_start_ms = (start - start[tree]) / 1e6, no_start | no_start[tree]
-
-        row = np.empty_like(order)
-        row[order] = np.arange(len(order))
-        self.turns = np.asarray(self.turn_of_tree, dtype=object)[tree[order]].tolist() if len(order) else []
-        parent_row = np.where(parent >= 0, row[parent], -1)[order]
-        self.parents = [None if p < 0 else p for p in parent_row.tolist()]
-        self.depths = depth[order].tolist()
-        self.names = _reordered(names, order)
-        self.attributes = _reordered(attributes, order)
-        self.start_ms = _with_none(start_ms[order].tolist(), no_start_ms[order])
-        self.duration_ms = _with_none((duration / 1e6)[order].tolist(), no_duration[order])
-
-    def rows(self, conversation: str, cols: dict[str, list], attrs: list[dict]) -> None:
-        """Append the rows (after read) to spans_frame's columns."""
-        base = len(cols["index"])
-        n = len(self.names)
-        cols["conversation"].extend([conversation] * n)
-        cols["turn"].extend(self.turns)
-        cols["index"].extend(range(base, base + n))
-        cols["parent"].extend(self.parents if not base else [None if p is None else base + p for p in self.parents])
-        cols["depth"].extend(self.depths)
-        cols["span"].extend(self.names)
-        kinds = {name: _kind(name) for name in set(self.names)}
-        cols["kind"].extend(map(kinds.__getitem__, self.names))
-        cols["start_ms"].extend(self.start_ms)
-        cols["duration_ms"].extend(self.duration_ms)
-        attrs.extend(self.attributes)
-
-
-def _preorder(parent, level_sizes: list[int]):
-    """The breadth-first numbers of a forest's nodes in pre-order, given each node's parent (-1 for
-    a root) in breadth-first order, siblings in order, and how many nodes each level holds."""
-    import numpy as np
-
-    n = len(parent)
-    size = np.ones(n, dtype=np.intp)  # subtree sizes, the deepest level first
-    ends = np.cumsum(level_sizes)
-    for lo, hi in zip(ends[:0:-1] - level_sizes[:0:-1], ends[:0:-1]):
-        np.add.at(size, parent[lo:hi], size[lo:hi])
-    position = np.empty(n, dtype=np.intp)
-    lo = 0
-    for count in level_sizes:
-        hi = lo + count
-        s = size[lo:hi]
-        before = np.cumsum(s) - s  # the nodes of earlier siblings' subtrees (and earlier groups')
-        p = parent[lo:hi]
-        if lo == 0:
-            position[lo:hi] = before
-        else:
-            # Siblings are contiguous: subtract what the group's earlier members of this level hold.
-            group_start = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
-            group_before = np.repeat(before[group_start], np.diff(np.r_[group_start, count]))
-            position[lo:hi] = position[p] + 1 + before - group_before
-        lo = hi
-    order = np.empty(n, dtype=np.intp)
-    order[position] = np.arange(n)
-    return order
-
-
-def _reordered(values: list, order) -> list:
-    import numpy as np
-
-    box = np.empty(len(values), dtype=object)
-    box[:] = values
-    return box[order].tolist()
-
-
-def _with_none(values: list, missing) -> list:
-    """values (floats, as the records path divides) with None where missing."""
-    import numpy as np
-
-    for i in np.flatnonzero(missing).tolist():
-        values[i] = None
-    return values
-
-
-def _kind(name: str) -> str:
-    return _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)  # as Span.kind
-
-
-def _span_trees(obj: Any) -> Iterator[tuple[str, "list[tuple[int, Span]] | _JsonSpans"]]:
-    """(conversation, [(turn index, root span)] or the rows read from its JSON) for each transcript in obj. JSON in
-    the saved-transcript or Conversation layout is read without building records; JSON in any
-    other shape, or with a value the records would check, goes through `transcripts`."""
+def _span_trees(obj: Any) -> Iterator["tuple[str, list[tuple[int, Span]]] | span_json.JsonSpans"]:
+    """For each transcript in obj: its span trees read from JSON, or (conversation, [(turn index,
+    root span)]) from its records. JSON in the saved-transcript or Conversation layout is read
+    without building records; JSON in any other shape, or with a value the records would check,
+    goes through `transcripts`."""
     if isinstance(obj, (str, os.PathLike)):
+        typed = span_json.decode(Path(obj).read_bytes())
+        if typed is not None and span_json.is_layout(typed):
+            try:
+                yield span_json.read(typed)
+                return
+            except span_json.NotPlain:
+                pass  # the dicts decide: they may still be plain (a root in an output beside others)
         obj = read_json_file(obj)
-    if isinstance(obj, dict) and ("turns" in obj or "format" in obj):
+    if isinstance(obj, dict) and span_json.is_layout(obj):
         try:
-            yield _json_trees(obj)
+            yield span_json.read(obj)
             return
-        except _NotPlain:
+        except span_json.NotPlain:
             pass
-    elif isinstance(obj, list) and obj and all(isinstance(x, (dict, str, os.PathLike)) and (not isinstance(x, dict) or "turns" in x or "format" in x)
+    elif isinstance(obj, list) and obj and all(isinstance(x, (dict, str, os.PathLike)) and (not isinstance(x, dict) or span_json.is_layout(x))
                                                for x in obj):
         for item in obj:
             yield from _span_trees(item)
         return
     for t in transcripts(obj):
         yield t.session, [(turn.index, turn.root_span) for turn in t.turns if turn.root_span is not None]
-
-
-def _json_trees(d: dict) -> tuple[str, _JsonSpans]:
-    session, out = _json_turns(d)
-    out.read()
-    return session, out
-
-
-def _json_turns(d: dict) -> tuple[str, _JsonSpans]:
-    from .model import FORMAT
-
-    raw_turns = get_field(d, "turns")
-    if not (raw_turns is None or type(raw_turns) is list):
-        raise _NotPlain
-    out = _JsonSpans()
-    if get_field(d, "format") != FORMAT:  # a Conversation
-        if not has_field(d, "turns") or not isinstance(get_field(d, "name", ""), str):
-            raise _NotPlain
-        for i, raw in enumerate(raw_turns or []):
-            if type(raw) is not dict:
-                raise _NotPlain
-            root = get_field(raw, "root_span")
-            if root:
-                out.add(i + 1, root)
-        return get_field(d, "name") or "", out
-    version, session = get_field(d, "version", 1), get_field(d, "session")
-    if type(version) is not int or version > 1 or not (session is None or type(session) is str):
-        raise _NotPlain
-    for raw in raw_turns or []:
-        if type(raw) is not dict or not has_field(raw, "outputs") and has_field(raw, "messages"):
-            raise _NotPlain  # a Conversation.Turn inside a transcript: the records know
-        index, root = 0, None
-        outputs = get_field(raw, "outputs")
-        if not (outputs is None or type(outputs) is list):
-            raise _NotPlain
-        for output in outputs or []:
-            if type(output) is not dict:
-                raise _NotPlain
-            try:  # an output the records refuse takes its diagnostics with it
-                _check_output(output, _At(None, "output"))
-            except Exception:
-                raise _NotPlain from None
-            at = get_field(output, "turn_index", 0)
-            if type(at) is not int:
-                raise _NotPlain
-            index = at or index
-            info = get_field(output, "diagnostic_info")
-            if info is not None:
-                if type(info) is not dict:
-                    raise _NotPlain
-                root = get_field(info, "root_span") or root
-        if has_field(raw, "turn_index"):
-            at = get_field(raw, "turn_index")
-            if not (at is None or type(at) is int):
-                raise _NotPlain
-            index = at or 0
-        if root is None:
-            root = get_field(raw, "root_span") or None
-        if root is not None:
-            out.add(index, root)
-    return session or "", out
 
 
 @contextmanager

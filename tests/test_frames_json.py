@@ -104,6 +104,85 @@ def test_json_the_records_would_check_gives_the_records_frame(kind):
     same(frames.spans_frame(copy.deepcopy(data)), frames.spans_frame(Transcript.from_dict(copy.deepcopy(data))))
 
 
+# -- files: decoded into msgspec structs (ces_nb.span_json), or into dicts where those do not fit ----
+
+
+def _file_frame(tmp_path, data, name="t.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return frames.spans_frame(path), frames.spans_frame(Transcript.load(path))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_file_frame_is_the_records_frame(tmp_path, case):
+    got, expected = _file_frame(tmp_path, CASES[case]())
+    same(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["bad time", "bad children", "bad attributes", "bad output", "bad turn", "bool index"])
+def test_files_the_records_would_check_give_the_records_frame(tmp_path, kind):
+    got, expected = _file_frame(tmp_path, broken(kind))
+    same(got, expected)
+
+
+def odd(kind: str) -> dict:
+    """Files the typed structs do not fit, though the dicts read them: each still gives the records' frame."""
+    t = transcript(n=3)
+    first, second = t["turns"][0]["root_span"], t["turns"][1]["root_span"]
+    if kind == "unknown span key":
+        second["child_spans"][0]["span_id"] = "abc"
+    elif kind == "snake and camel":
+        t["turns"][2]["root_span"] = copy.deepcopy(span_json(camel=True))
+    elif kind == "both spellings":  # the snake key wins, as get_field has it
+        second["startTime"] = "2026-11-22T09:00:00Z"
+    elif kind == "a root in an output beside others":
+        root = t["turns"][1].pop("root_span")
+        t["turns"][1]["outputs"].append({"diagnostic_info": {"root_span": root}, "turn_index": 2})
+    elif kind == "empty and null roots":
+        t["turns"][0]["root_span"] = {}
+        t["turns"][1]["root_span"] = None
+    elif kind == "a root of nulls":  # truthy as a dict: a span with no name and no times
+        t["turns"][0]["root_span"] = {"start_time": None, "attributes": None}
+    elif kind == "children of {}":
+        first["child_spans"].append({})
+    elif kind == "a name of null":
+        first["child_spans"][1]["name"] = None
+    elif kind == "integer times":
+        first["child_spans"][1]["start_time"] = 5
+    elif kind == "a turn number past int64":
+        t["turns"][2]["turn_index"] = 2**70
+    return t
+
+
+ODD = ["unknown span key", "snake and camel", "both spellings", "a root in an output beside others", "empty and null roots",
+       "a root of nulls", "children of {}", "a name of null", "integer times", "a turn number past int64"]
+
+
+@pytest.mark.parametrize("kind", ODD)
+def test_files_the_typed_reading_does_not_fit_give_the_records_frame(tmp_path, kind):
+    data = odd(kind)
+    got, expected = _file_frame(tmp_path, data)
+    same(got, expected)
+    same(got, frames.spans_frame(copy.deepcopy(data)))  # and the frame of the same JSON as dicts
+
+
+def test_a_saved_file_is_read_typed_and_builds_no_records_nor_dicts(tmp_path, monkeypatch):
+    """The fast path is the one taken: no Turn built, and the file never decoded into dicts."""
+    path = tmp_path / "t.json"
+    Transcript.from_dict(transcript(n=3)).save(path)
+    export = tmp_path / "c.json"
+    export.write_text(json.dumps(conversation()))
+    expected = frames.spans_frame([Transcript.load(path), Transcript.load(export)])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("took the slow path")
+
+    monkeypatch.setattr(Transcript, "from_dict", classmethod(refuse))
+    monkeypatch.setattr(Transcript, "load", classmethod(refuse))
+    monkeypatch.setattr(frames, "read_json_file", refuse)
+    same(frames.spans_frame([path, export]), expected)
+
+
 def _protobuf_timestamp(text: str) -> int:
     from google.protobuf import timestamp_pb2
 
@@ -300,3 +379,14 @@ def test_a_file_that_is_no_json_says_which_file_and_what_to_write(tmp_path, cont
         assert not isinstance(caught.value, json.JSONDecodeError) and caught.value.__cause__ is None
         if "nests" not in says:
             assert "session.save(path) or %cescmd save PATH" in message
+
+
+@settings(max_examples=40, deadline=None)
+@given(span_forests())
+def test_any_tree_shape_in_a_file_gives_the_records_frame(data):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        got, expected = _file_frame(Path(folder), data)
+    same(got, expected)

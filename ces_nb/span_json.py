@@ -1,0 +1,434 @@
+"""Span trees read straight from saved JSON (transcripts, Conversation exports) into spans_frame's
+columns, with no Turn or Span built: what `ces_nb.frames.spans_frame` does with a file or a dict.
+
+A file is decoded by msgspec into the few typed structs below rather than into dicts: the spans
+are the bulk of a saved transcript, and a struct per span costs about half a dict per span to
+decode and to read. The structs forbid keys a span does not have, and a value of another type
+fails their decode, so a file they do not fit exactly is decoded into dicts and read the same
+way; JSON the records would check (a bad time, a non-list of children) raises NotPlain, and
+spans_frame then builds the records, which keep their checks and load_errors.
+
+The trees are read a level at a time across all of them (every root, then every child of a
+root, ...), a column at a time, the times by time_columns: no Python step per span. The rows are
+then put in pre-order, as the records walk them, and handed to pandas as arrays.
+"""
+
+# No `from __future__ import annotations`: msgspec reads the structs' annotations, some of them
+# local to _turn_type, when it builds their decoders.
+from operator import attrgetter
+from typing import Any, Union
+
+import msgspec
+import numpy as np
+from msgspec import UNSET, UnsetType
+
+from .model import _SPAN_KIND_BY_WORD, FORMAT, _At, _camel, _check_output, get_field, has_field
+
+
+class NotPlain(Exception):
+    """JSON the direct path does not read as it stands: the records (with their checks and
+    load_errors) decide what it holds."""
+
+
+class _SnakeSpan(msgspec.Struct, forbid_unknown_fields=True):
+    """A Span as a saved transcript writes it. Every field UNSET when absent, so an empty {} (no
+    span, as the records read it) is told from a span with no name."""
+
+    name: Union[str, UnsetType] = UNSET
+    attributes: Union[dict, None, UnsetType] = UNSET
+    child_spans: Union[list["_SnakeSpan"], None, UnsetType] = UNSET
+    start_time: Any = UNSET
+    end_time: Any = UNSET
+    duration: Any = UNSET
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
+
+
+class _CamelSpan(msgspec.Struct, forbid_unknown_fields=True,
+                 rename={"child_spans": "childSpans", "start_time": "startTime", "end_time": "endTime"}):
+    """A Span as protobuf's JSON writes it (a Conversation export); the same attributes."""
+
+    name: Union[str, UnsetType] = UNSET
+    attributes: Union[dict, None, UnsetType] = UNSET
+    child_spans: Union[list["_CamelSpan"], None, UnsetType] = UNSET
+    start_time: Any = UNSET
+    end_time: Any = UNSET
+    duration: Any = UNSET
+
+    __bool__ = _SnakeSpan.__bool__
+
+
+def _turn_type(span: type) -> type:
+    class Turn(msgspec.Struct):  # other keys (inputs, messages' contents, audio) are skipped unread
+        turn_index: Any = UNSET
+        turnIndex: Any = UNSET
+        outputs: Union[list[msgspec.Raw], None, UnsetType] = UNSET  # decoded, and checked, one by one
+        messages: Any = UNSET
+        root_span: Union[span, None, UnsetType] = UNSET
+        rootSpan: Union[span, None, UnsetType] = UNSET
+
+    class File(msgspec.Struct):
+        format: Any = UNSET
+        version: Any = UNSET
+        session: Any = UNSET
+        name: Any = UNSET
+        turns: Union[list[Turn], None, UnsetType] = UNSET
+
+    return File
+
+
+_DECODERS = [msgspec.json.Decoder(_turn_type(span)) for span in (_SnakeSpan, _CamelSpan)]
+_STRUCTS = (_SnakeSpan, _CamelSpan)
+
+
+def decode(data: bytes) -> Any:
+    """A file's bytes as the typed structs, or None when they do not fit (then read it as dicts)."""
+    for decoder in _DECODERS:
+        try:
+            return decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+    return None
+
+
+def is_layout(obj: Any) -> bool:
+    """A saved transcript or a Conversation, as dicts or typed."""
+    if isinstance(obj, dict):
+        return "turns" in obj or "format" in obj
+    return obj.turns is not UNSET or obj.format is not UNSET
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if type(obj) is dict:
+        return get_field(obj, name, default)
+    value = getattr(obj, name, UNSET)
+    if value is UNSET:
+        value = getattr(obj, _camel(name), UNSET)
+    return default if value is UNSET else value
+
+
+def _has(obj: Any, name: str) -> bool:
+    if type(obj) is dict:
+        return has_field(obj, name)
+    return getattr(obj, name, UNSET) is not UNSET or getattr(obj, _camel(name), UNSET) is not UNSET
+
+
+class JsonSpans:
+    """One transcript's span trees, read into spans_frame's columns."""
+
+    def __init__(self, conversation: str = "") -> None:
+        self.conversation = conversation
+        self.turn_of_tree: list[int] = []
+        self.trees: list[Any] = []
+
+    def add(self, turn: int, raw: Any) -> None:
+        self.turn_of_tree.append(turn)
+        self.trees.append(raw)
+
+    def read(self) -> None:
+        """Read the trees as Span.from_dict reads well-formed JSON (else NotPlain)."""
+        from .time_columns import durations_ns, timestamps_ns
+
+        names: list[str] = []
+        attributes: list[dict] = []
+        starts: list[Any] = []
+        ends: list[Any] = []
+        durations: list[Any] = []
+        # Per level, in breadth-first order: the parent (its breadth-first number) and tree of each span.
+        parents = [np.full(len(self.trees), -1, dtype=np.intp)]
+        tree_of = [np.arange(len(self.trees), dtype=np.intp)]
+        level = self.trees
+        while level:
+            kinds = set(map(type, level))
+            if kinds == {dict}:
+                fields = _dict_level(level)
+            elif len(kinds) == 1 and kinds <= set(_STRUCTS):
+                fields = _struct_level(level)
+            else:
+                raise NotPlain
+            level_names, level_attributes, children, level_starts, level_ends, level_durations = fields
+            first = len(names)
+            names += level_names
+            attributes += level_attributes
+            starts += level_starts
+            ends += level_ends
+            durations += level_durations
+            counts = np.array([len(c) if c else 0 for c in children], dtype=np.intp)
+            level = [child for c in children if c for child in c]
+            if level:
+                parents.append(np.repeat(np.arange(first, first + len(counts), dtype=np.intp), counts))
+                tree_of.append(np.repeat(tree_of[-1], counts))
+        depth = np.repeat(np.arange(len(parents)), [len(p) for p in parents])
+        parent, tree = np.concatenate(parents), np.concatenate(tree_of)
+        order = _preorder(parent, [len(p) for p in parents])
+
+        try:
+            start, no_start = timestamps_ns(starts)
+            end, no_end = timestamps_ns(ends)
+            duration, no_duration = durations_ns(durations)
+        except Exception:  # a time the records refuse: they leave its span out, and say so
+            raise NotPlain from None
+        # Span.from_dict: the duration given, else end - start.
+        measured = no_duration & ~no_start & ~no_end
+        if measured.any():
+            duration = np.where(measured, end - start, duration)
+            no_duration = no_duration & ~measured
+        # The roots are the first spans breadth-first, so a span's tree number is its root's.
+        start_ms, no_start_ms = (start - start[tree]) / 1e6, no_start | no_start[tree]
+
+        row = np.empty_like(order)
+        row[order] = np.arange(len(order))
+        try:
+            self.turns = np.asarray(self.turn_of_tree, dtype=np.int64)[tree[order]]
+        except OverflowError:  # a turn number past int64: pandas' inference decides, from a list
+            self.turns = np.asarray(self.turn_of_tree, dtype=object)[tree[order]]
+        self.parents = np.where(parent >= 0, row[parent], -1)[order]
+        self.depths = depth[order]
+        self.names = _reordered(names, order)
+        self.attributes = _reordered(attributes, order)
+        self.start_ms, self.no_start_ms = np.asarray(start_ms[order], dtype=np.float64), no_start_ms[order]
+        self.duration_ms, self.no_duration_ms = np.asarray((duration / 1e6)[order], dtype=np.float64), no_duration[order]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows(self, cols: dict[str, list], attrs: list[dict]) -> None:
+        """Append the rows (after read) to spans_frame's columns, as lists."""
+        base = len(cols["index"])
+        n = len(self)
+        cols["conversation"].extend([self.conversation] * n)
+        cols["turn"].extend(self.turns.tolist())
+        cols["index"].extend(range(base, base + n))
+        cols["parent"].extend([None if p < 0 else base + p for p in self.parents.tolist()])
+        cols["depth"].extend(self.depths.tolist())
+        cols["span"].extend(self.names)
+        cols["kind"].extend(_kinds(self.names))
+        cols["start_ms"].extend(_with_none(self.start_ms.tolist(), self.no_start_ms))
+        cols["duration_ms"].extend(_with_none(self.duration_ms.tolist(), self.no_duration_ms))
+        attrs.extend(self.attributes)
+
+
+def frame(parts: list[JsonSpans]):
+    """spans_frame's own columns for transcripts read from JSON, built from arrays: the frame that
+    pd.DataFrame makes of the lists JsonSpans.rows appends (dtype for dtype), without the lists."""
+    import pandas as pd
+
+    sizes = [len(p) for p in parts]
+    n = sum(sizes)
+    turns = np.concatenate([p.turns for p in parts])
+    if not n or turns.dtype == object:  # pandas infers these columns' dtypes from the values themselves
+        cols: dict[str, list] = {c: [] for c in ("conversation", "turn", "index", "parent", "depth", "span", "kind", "start_ms",
+                                                 "duration_ms")}
+        for p in parts:
+            p.rows(cols, [])
+        out = pd.DataFrame(cols)
+        out["parent"] = out["parent"].astype("Int64")
+        return out
+    offsets = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
+    parents = np.concatenate([p.parents for p in parts])
+    names = [name for p in parts for name in p.names]
+    return pd.DataFrame({
+        "conversation": _strings([p.conversation for p in parts], np.repeat(np.arange(len(parts)), sizes)),
+        "turn": turns,
+        "index": np.arange(n, dtype=np.int64),
+        "parent": pd.arrays.IntegerArray(np.where(parents < 0, 0, parents + offsets).astype(np.int64), parents < 0),
+        "depth": np.concatenate([p.depths for p in parts]).astype(np.int64),
+        "span": _strings(*_codes(names)),
+        "kind": _strings(*_codes(_kinds(names))),
+        "start_ms": _floats([p.start_ms for p in parts], [p.no_start_ms for p in parts]),
+        "duration_ms": _floats([p.duration_ms for p in parts], [p.no_duration_ms for p in parts]),
+    })
+
+
+def _codes(values: list[str]) -> tuple[list[str], np.ndarray]:
+    """(the distinct values, each value's number among them): a span's name is one of a few."""
+    number: dict[str, int] = {}
+    codes = [number.setdefault(v, len(number)) for v in values]
+    return list(number), np.asarray(codes, dtype=np.int64)
+
+
+def _strings(distinct: list[str], codes: np.ndarray):
+    """A text column, distinct[codes], of the dtype pandas gives a list of str: with pyarrow behind
+    it, the values are copied once each into Arrow (distinct, then a take), not once a row."""
+    import pandas as pd
+
+    dtype = _text_dtype()
+    if getattr(dtype, "storage", None) == "pyarrow":
+        import pyarrow as pa
+
+        return pd.array(pa.array(distinct, type=pa.large_string() if dtype.na_value is pd.NA else pa.string()).take(codes), dtype=dtype)
+    return _objects(distinct)[codes]
+
+
+def _text_dtype():
+    """What pandas makes of a column of str: object before pandas 3, its str dtype since."""
+    import pandas as pd
+
+    global _TEXT_DTYPE
+    if _TEXT_DTYPE is None:
+        _TEXT_DTYPE = pd.Series(["x"]).dtype
+    return _TEXT_DTYPE
+
+
+_TEXT_DTYPE = None
+
+
+def _objects(values: list) -> np.ndarray:
+    box = np.empty(len(values), dtype=object)
+    box[:] = values
+    return box
+
+
+def _floats(values: list[np.ndarray], missing: list[np.ndarray]) -> np.ndarray:
+    """float64 with NaN where missing, as pandas reads a list of floats and None; all None stays
+    an object column of None, as it does from a list."""
+    out, gaps = np.concatenate(values), np.concatenate(missing)
+    if gaps.all():
+        return _objects([None] * len(out))
+    out[gaps] = np.nan
+    return out
+
+
+def _kinds(names: list[str]) -> list[str]:
+    kinds = {name: _kind(name) for name in set(names)}
+    return list(map(kinds.__getitem__, names))
+
+
+def _dict_level(level: list[dict]) -> tuple[list, ...]:
+    names = [d.get("name", "") for d in level]
+    attributes = [d.get("attributes") for d in level]
+    children = [d["child_spans"] if "child_spans" in d else d.get("childSpans") for d in level]
+    if (set(map(type, names)) != {str} or not set(map(type, attributes)) <= {dict, type(None)}
+            or not set(map(type, children)) <= {list, type(None)}):
+        raise NotPlain
+    return (names, [a if a is not None else {} for a in attributes], children,
+            [d["start_time"] if "start_time" in d else d.get("startTime") for d in level],
+            [d["end_time"] if "end_time" in d else d.get("endTime") for d in level],
+            [d.get("duration") for d in level])
+
+
+_SPAN_FIELDS = [attrgetter(f) for f in ("name", "attributes", "child_spans", "start_time", "end_time", "duration")]
+
+
+def _struct_level(level: list) -> tuple[list, ...]:
+    """The level's fields, as _dict_level reads the same spans as dicts (msgspec checked the types)."""
+    names, attributes, children, starts, ends, durations = (list(map(field, level)) for field in _SPAN_FIELDS)
+    if UNSET in names:
+        names = ["" if v is UNSET else v for v in names]
+    attributes = [{} if a is UNSET or a is None else a for a in attributes]
+    return (names, attributes, children, *(_unset_none(c) for c in (starts, ends, durations)))
+
+
+def _unset_none(values: list) -> list:
+    return [None if v is UNSET else v for v in values] if UNSET in values else values
+
+
+def _preorder(parent, level_sizes: list[int]):
+    """The breadth-first numbers of a forest's nodes in pre-order, given each node's parent (-1 for
+    a root) in breadth-first order, siblings in order, and how many nodes each level holds."""
+    n = len(parent)
+    size = np.ones(n, dtype=np.intp)  # subtree sizes, the deepest level first
+    ends = np.cumsum(level_sizes)
+    for lo, hi in zip(ends[:0:-1] - level_sizes[:0:-1], ends[:0:-1]):
+        np.add.at(size, parent[lo:hi], size[lo:hi])
+    position = np.empty(n, dtype=np.intp)
+    lo = 0
+    for count in level_sizes:
+        hi = lo + count
+        s = size[lo:hi]
+        before = np.cumsum(s) - s  # the nodes of earlier siblings' subtrees (and earlier groups')
+        p = parent[lo:hi]
+        if lo == 0:
+            position[lo:hi] = before
+        else:
+            # Siblings are contiguous: subtract what the group's earlier members of this level hold.
+            group_start = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+            group_before = np.repeat(before[group_start], np.diff(np.r_[group_start, count]))
+            position[lo:hi] = position[p] + 1 + before - group_before
+        lo = hi
+    order = np.empty(n, dtype=np.intp)
+    order[position] = np.arange(n)
+    return order
+
+
+def _reordered(values: list, order) -> list:
+    return _objects(values)[order].tolist()
+
+
+def _with_none(values: list, missing) -> list:
+    """values (floats, as the records path divides) with None where missing."""
+    for i in np.flatnonzero(missing).tolist():
+        values[i] = None
+    return values
+
+
+def _kind(name: str) -> str:
+    return _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)  # as Span.kind
+
+
+def read(d: Any) -> JsonSpans:
+    """A transcript's (or Conversation's) span trees, as dicts or typed structs, read; else NotPlain."""
+    out = _turns(d)
+    out.read()
+    return out
+
+
+def _turns(d: Any) -> JsonSpans:
+    raw_turns = _get(d, "turns")
+    if not (raw_turns is None or type(raw_turns) is list):
+        raise NotPlain
+    if _get(d, "format") != FORMAT:  # a Conversation
+        if not _has(d, "turns") or not isinstance(_get(d, "name", ""), str):
+            raise NotPlain
+        out = JsonSpans(_get(d, "name") or "")
+        for i, raw in enumerate(raw_turns or []):
+            if not _is_object(raw):
+                raise NotPlain
+            root = _get(raw, "root_span")
+            if root:
+                out.add(i + 1, root)
+        return out
+    version, session = _get(d, "version", 1), _get(d, "session")
+    if type(version) is not int or version > 1 or not (session is None or type(session) is str):
+        raise NotPlain
+    out = JsonSpans(session or "")
+    for raw in raw_turns or []:
+        if not _is_object(raw) or not _has(raw, "outputs") and _has(raw, "messages"):
+            raise NotPlain  # a Conversation.Turn inside a transcript: the records know
+        index, root = 0, None
+        outputs = _get(raw, "outputs")
+        if not (outputs is None or type(outputs) is list):
+            raise NotPlain
+        for output in outputs or []:
+            if type(output) is msgspec.Raw:
+                output = msgspec.json.decode(output)
+            if type(output) is not dict:
+                raise NotPlain
+            try:  # an output the records refuse takes its diagnostics with it
+                _check_output(output, _At(None, "output"))
+            except Exception:
+                raise NotPlain from None
+            at = get_field(output, "turn_index", 0)
+            if type(at) is not int:
+                raise NotPlain
+            index = at or index
+            info = get_field(output, "diagnostic_info")
+            if info is not None:
+                if type(info) is not dict:
+                    raise NotPlain
+                root = get_field(info, "root_span") or root
+        if _has(raw, "turn_index"):
+            at = _get(raw, "turn_index")
+            if not (at is None or type(at) is int):
+                raise NotPlain
+            index = at or 0
+        if root is None:
+            root = _get(raw, "root_span") or None
+        if root is not None:
+            out.add(index, root)
+    return out
+
+
+def _is_object(raw: Any) -> bool:
+    return type(raw) is dict or (type(raw) is not msgspec.Raw and isinstance(raw, msgspec.Struct))
