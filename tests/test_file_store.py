@@ -135,3 +135,54 @@ def test_a_turn_that_changes_user_state_is_stored_whole_through_adks_own_path(tm
     stored, other = asyncio.run(go())
     assert [e.invocation_id for e in stored.events] == ["inv-1", "inv-u"]
     assert stored.state["user:tier"] == "Gold" and other.state["user:tier"] == "Gold"
+
+
+def test_a_turn_with_a_big_state_is_written_off_the_loop_and_read_back_whole(tmp_path, monkeypatch):
+    """256 KiB of variables: the writer thread encodes and writes the turn, not the event loop
+    (which would hold every other session's turn meanwhile); small turns stay on the loop."""
+    from ces_nb.emulator import sqlite_writer
+
+    db = str(tmp_path / "big.db")
+    variables = {f"k{i}": "v" * 100 for i in range(2_300)}
+    written_by: list[str] = []
+    real_write_turn = sqlite_writer.SqliteWriter._write_turn
+
+    def spy(self, connection, turn):
+        written_by.append(threading.current_thread().name)
+        return real_write_turn(self, connection, turn)
+
+    monkeypatch.setattr(sqlite_writer.SqliteWriter, "_write_turn", spy)
+
+    async def go():
+        store = session_service_for(db)
+        await store.create_session(app_name="a", user_id="u", session_id="s")
+        session = await store.get_session(app_name="a", user_id="u", session_id="s")
+        await store.append_events(session, [_event("small", 1)])
+        big = Event(author="user", invocation_id="inv-big", actions=EventActions(state_delta=variables))
+        await store.append_events(session, [big, _event("after", 2)])
+        await store.append_events(session, [_event("state is big now", 3)])  # the whole state is rewritten each turn
+        await store.close()
+        adk = DatabaseSessionService(db_url=f"sqlite+aiosqlite:///{db}")
+        stored = await adk.get_session(app_name="a", user_id="u", session_id="s")
+        await adk.close()
+        return stored
+
+    stored = asyncio.run(go())
+    loop_thread = threading.main_thread().name
+    assert written_by == [loop_thread, "ces-nb store writer", "ces-nb store writer"]
+    assert [e.invocation_id for e in stored.events] == ["inv-1", "inv-big", "inv-2", "inv-3"]
+    assert all(stored.state[k] == v for k, v in variables.items()) and stored.state["n"] == 3
+
+
+def test_json_chars_counts_state_and_contents_and_stops_at_its_limit():
+    from ces_nb.emulator.sqlite_writer import json_chars
+
+    text = Event(author="user", content=types.Content(role="user", parts=[types.Part(text="x" * 50_000)]))
+    call = Event(author="agent", content=types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(
+        name="t", args={"q": ["y" * 40_000]}))]))
+    assert json_chars([{"a": "b"}], [], 10**6) < 100
+    assert json_chars([], [text], 10**6) >= 50_000
+    assert json_chars([], [call], 10**6) >= 40_000
+    assert json_chars([{"nested": {"deep": ["z" * 70_000]}}], [], 10**6) >= 70_000
+    # past the limit it stops counting: a huge state costs no more than the limit's worth
+    assert json_chars([{f"k{i}": "v" * 100 for i in range(100_000)}], [], 1_000) < 20_000

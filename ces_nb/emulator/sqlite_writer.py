@@ -12,7 +12,9 @@ a millisecond, and the loop is the one writer of this process, so it never waits
 Should the write lock be held elsewhere (a sibling `--workers` process, or ADK's own engine
 creating a session), the loop does not wait: the turn goes to a writer thread that waits on
 busy_timeout (BEGIN IMMEDIATE), takes every turn queued behind it into one transaction (one
-savepoint per turn) and commits. (A thread for every write would cost more than the write:
+savepoint per turn) and commits. So does a big turn (OFF_LOOP_JSON_CHARS of state and contents,
+which each turn encodes again): on the loop it would hold every other session's turn while it
+encodes. (A thread for every write would cost more than the write:
 under load it waits for the GIL on every statement.) Either way the client hears the turn
 completed once it is in the file, so it survives the emulator's kill -9. Readers, on their own
 connections, never wait for a writer (WAL).
@@ -42,6 +44,10 @@ from sqlalchemy.exc import OperationalError
 
 # Turns per transaction at most: a commit does not wait on an unbounded backlog.
 MAX_TURNS_PER_COMMIT = 64
+# A turn whose rows hold about this much JSON or more (its events and the session's state, which
+# each turn rewrites) goes to the writer thread: encoding 256 KiB of variables holds the loop, and
+# every other session's turn on it, for ~20 ms; on the thread, the loop goes on between its GIL slices.
+OFF_LOOP_JSON_CHARS = 32 * 1024
 
 
 @dataclass
@@ -84,6 +90,34 @@ def turn_changes(events: list[Event], naive_datetimes: bool) -> tuple[datetime, 
     return update_time, delta
 
 
+def json_chars(states: list[dict], events: list[Event], limit: int) -> int:
+    """About how many characters of JSON the states and the events' contents take, counted up to
+    `limit` (then it stops): the texts and keys, and a few for every other value."""
+    total = 0
+    pending: list[Any] = list(states)
+    for event in events:
+        for part in (event.content.parts or []) if event.content else []:
+            pending += [part.text, part.function_call and part.function_call.args, part.function_response and part.function_response.response,
+                        part.inline_data and part.inline_data.data]
+    while pending and total < limit:
+        value = pending.pop()
+        if isinstance(value, (str, bytes)):
+            total += len(value) + 2
+        elif isinstance(value, dict):
+            total += 2
+            for key, item in value.items():
+                total += len(key) + 4
+                pending.append(item)
+                if total >= limit:
+                    break
+        elif isinstance(value, (list, tuple)):
+            total += 2 + len(value)
+            pending += value
+        else:
+            total += 8
+    return total
+
+
 class SqliteWriter:
     def __init__(self, path: str, schema, naive_datetimes: bool, configure_engine):
         """`schema`: ADK's schema classes for this database; `configure_engine(sync_engine)`
@@ -111,6 +145,8 @@ class SqliteWriter:
         turn = _Turn(session.app_name, session.user_id, session.id, session._storage_update_marker,
                      events, delta, update_time)
         try:
+            if json_chars([session.state, delta], events, OFF_LOOP_JSON_CHARS) >= OFF_LOOP_JSON_CHARS:
+                raise _LockTaken  # not for the lock: the thread writes it all the same
             marker = self._write_inline(turn)
         except _LockTaken:
             self._queue.put(turn)
