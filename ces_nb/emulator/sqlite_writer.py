@@ -95,8 +95,8 @@ def json_chars(states: list[dict], events: list[Event], limit: int) -> int:
     `limit` (then it stops): the texts and keys, and a few for every other value."""
     total = 0
     pending: list[Any] = list(states)
-    for event in events:
-        for part in (event.content.parts or []) if event.content else []:
+    for ev in events:  # not `event`: that is sqlalchemy's, imported above
+        for part in (ev.content.parts or []) if ev.content else []:
             pending += [part.text, part.function_call and part.function_call.args, part.function_response and part.function_response.response,
                         part.inline_data and part.inline_data.data]
     while pending and total < limit:
