@@ -28,11 +28,19 @@ What it showed on the 2-core machine shared with other sessions (December 2026, 
 [ranges]): the machine was ~1.98 CPU s/s busy even in quiet windows, the emulator getting ~0.8
 of it, so any busy client costs the neighbour ~1.85x [1.77-1.90] (ordinary vs quiet, on either
 worker). At one fixed rate the worst inputs cost about what ordinary turns cost (worst at 10/s vs
-ordinary at 10/s: 1.04x [0.93-1.28]). Beyond that, sharing the other client's worker costs
+ordinary at 10/s: 1.04x [0.93-1.28]). Beyond that, sharing the other client's worker cost
 ~1.34x [1.23-1.53] (worst vs ordinary on the same worker; 1.04x on another): maximal variables
-(~37 ms of the loop a turn, against ~20 ms for an ordinary one) and maximal text (~21 ms) are
+(~37 ms of the loop a turn, against ~20 ms for an ordinary one) and maximal text (~21 ms) were
 long stretches of the one event loop. The other client's own process burns ~0.18 CPU s/s
 building its worst requests (0.03 for ordinary ones).
+
+Since a big turn's store write (sqlite_writer.OFF_LOOP_JSON_CHARS) and its input's conversion
+(runtime.OFF_LOOP_INPUT_BYTES) run off the loop, one run on a quieter machine (1.0 CPU s/s in
+quiet windows) read, same worker / other worker / both: worst vs quiet 2.30x / 1.47x / 1.77x,
+ordinary vs quiet 2.07x / 1.49x / 1.76x, worst vs ordinary 1.11x / 0.99x / 1.00x. What is left
+on the same worker is any back-to-back client: two turns at once share one loop, so each takes
+about as long as both. (Running them one at a time, first come first served, was tried: worst
+vs quiet on the same worker went to 2.99x, as a short turn then waits for the whole of a long one.)
 """
 
 from __future__ import annotations
