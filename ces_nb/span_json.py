@@ -185,13 +185,17 @@ class JsonSpans:
             self.turns = np.asarray(self.turn_of_tree, dtype=object)[tree[order]]
         self.parents = np.where(parent >= 0, row[parent], -1)[order]
         self.depths = depth[order]
-        self.names = _reordered(names, order)
+        self.level_names, self.order = names, order  # in pre-order: `names`; the frame reorders numbers instead
         self.attributes = _reordered(attributes, order)
         self.start_ms, self.no_start_ms = np.asarray(start_ms[order], dtype=np.float64), no_start_ms[order]
         self.duration_ms, self.no_duration_ms = np.asarray((duration / 1e6)[order], dtype=np.float64), no_duration[order]
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.order)
+
+    @property
+    def names(self) -> list[str]:
+        return _reordered(self.level_names, self.order)
 
     def rows(self, cols: dict[str, list], attrs: list[dict]) -> None:
         """Append the rows (after read) to spans_frame's columns, as lists."""
@@ -202,8 +206,9 @@ class JsonSpans:
         cols["index"].extend(range(base, base + n))
         cols["parent"].extend([None if p < 0 else base + p for p in self.parents.tolist()])
         cols["depth"].extend(self.depths.tolist())
-        cols["span"].extend(self.names)
-        cols["kind"].extend(_kinds(self.names))
+        names = self.names
+        cols["span"].extend(names)
+        cols["kind"].extend(_kinds(names))
         cols["start_ms"].extend(_with_none(self.start_ms.tolist(), self.no_start_ms))
         cols["duration_ms"].extend(_with_none(self.duration_ms.tolist(), self.no_duration_ms))
         attrs.extend(self.attributes)
@@ -227,25 +232,24 @@ def frame(parts: list[JsonSpans]):
         return out
     offsets = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
     parents = np.concatenate([p.parents for p in parts])
-    names = [name for p in parts for name in p.names]
+    # Each span's name as a number among the distinct names (a few), put in pre-order as numbers.
+    number: dict[str, int] = {}
+    codes = np.concatenate([np.asarray([number.setdefault(v, len(number)) for v in p.level_names], dtype=np.int64)[p.order]
+                            for p in parts])
+    distinct = list(number)
+    kind_number: dict[str, int] = {}
+    kind_codes = np.asarray([kind_number.setdefault(_kind(name), len(kind_number)) for name in distinct], dtype=np.int64)
     return pd.DataFrame({
         "conversation": _strings([p.conversation for p in parts], np.repeat(np.arange(len(parts)), sizes)),
         "turn": turns,
         "index": np.arange(n, dtype=np.int64),
         "parent": pd.arrays.IntegerArray(np.where(parents < 0, 0, parents + offsets).astype(np.int64), parents < 0),
         "depth": np.concatenate([p.depths for p in parts]).astype(np.int64),
-        "span": _strings(*_codes(names)),
-        "kind": _strings(*_codes(_kinds(names))),
+        "span": _strings(distinct, codes),
+        "kind": _strings(list(kind_number), kind_codes[codes]),
         "start_ms": _floats([p.start_ms for p in parts], [p.no_start_ms for p in parts]),
         "duration_ms": _floats([p.duration_ms for p in parts], [p.no_duration_ms for p in parts]),
     })
-
-
-def _codes(values: list[str]) -> tuple[list[str], np.ndarray]:
-    """(the distinct values, each value's number among them): a span's name is one of a few."""
-    number: dict[str, int] = {}
-    codes = [number.setdefault(v, len(number)) for v in values]
-    return list(number), np.asarray(codes, dtype=np.int64)
 
 
 def _strings(distinct: list[str], codes: np.ndarray):

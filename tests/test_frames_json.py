@@ -390,3 +390,13 @@ def test_any_tree_shape_in_a_file_gives_the_records_frame(data):
     with tempfile.TemporaryDirectory() as folder:
         got, expected = _file_frame(Path(folder), data)
     same(got, expected)
+
+
+def test_records_and_json_in_one_list_give_the_records_frame(tmp_path):
+    """Turn objects beside JSON: the JSON's rows join the records' as lists, numbered after them."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(conversation()))
+    mixed = frames.spans_frame([Transcript.from_dict(transcript(n=2)), path, transcript(n=1)])
+    records = frames.spans_frame([Transcript.from_dict(transcript(n=2)), Transcript.load(path), Transcript.from_dict(transcript(n=1))])
+    same(mixed, records)
+    assert mixed["parent"].dropna().max() < len(mixed) and list(mixed["index"]) == list(range(len(mixed)))
