@@ -40,10 +40,13 @@ scrapi-env: install
 # --durations: the slowest tests, each against its timeout (slow integration tests carry their own).
 # The cxas-scrapi venv builds in the background while the suite runs (minutes of pip on a new
 # machine); tests/test_scrapi.py waits for it on its lock, and builds it itself if that failed.
+# So does the emulated Binder build, from scratch every run (tests/binder_env.py, for test_binder.py).
 test: install
+	rm -rf .binder-build && mkdir .binder-build
 	$(BIN)/python tests/scrapi_env.py > .scrapi-env.log 2>&1 & scrapi=$$!; \
-	$(BIN)/python -m pytest $(NBVAL) tests notebooks --durations=15 $(PYTEST_ARGS); code=$$?; \
-	wait $$scrapi; exit $$code
+	$(BIN)/python tests/binder_env.py .binder-build > .binder-build.log 2>&1 & binder=$$!; \
+	CES_NB_BINDER_BUILD=$(CURDIR)/.binder-build $(BIN)/python -m pytest $(NBVAL) tests notebooks --durations=15 $(PYTEST_ARGS); \
+	code=$$?; wait $$scrapi; wait $$binder; exit $$code
 
 emulator: $(DEMO_STAMP)
 	$(BIN)/ces-nb emulator
@@ -79,4 +82,4 @@ chaos: install
 	if [ -n "$$failed" ]; then echo "== chaos FAILED with seed(s)$$failed; replay one: make chaos SEED=N"; exit 1; fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .binder-build .binder-build.log

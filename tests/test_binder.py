@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from binder_env import build_env, ensure_binder_build
 from emulator_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,28 +33,18 @@ def test_start_script_ends_with_exec():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # a fresh venv pip-installs every dependency: about 90 s here, more on a busy CI machine
+@pytest.mark.timeout(600)  # a fresh venv pip-installs every dependency: 1-2 min, more on a busy CI machine
 def test_emulated_binder_build_runs_the_notebooks(tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".venv", ".venv-*", ".*.lock", ".scrapi-env.log", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache",
-                                                               "quickstart-transcript.json"))
-    env_file = yaml.safe_load((repo / "binder/environment.yml").read_text())
-    deps = [d for d in env_file["dependencies"] if isinstance(d, dict)][0]["pip"]
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # PIP_NO_COMPILE: no .pyc for the ~150 packages installed (a sixth of the install's time here);
-    # what the notebooks run is the same without them.
-    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv), "PIP_NO_COMPILE": "1"}
-    env.pop("CES_NB_EMULATOR", None)
-    env.pop("PYTHONPATH", None)
+    # `make test` builds it beside the suite (tests/binder_env.py); this waits for that build.
+    prebuilt = os.environ.get("CES_NB_BINDER_BUILD")
+    repo, venv = ensure_binder_build(Path(prebuilt) if prebuilt else tmp_path / "binder")
+    env = build_env(venv)
 
     def run(*cmd: str, timeout: int = 500) -> subprocess.CompletedProcess:
         result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result
 
-    run(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", *deps)
-    run("binder/postBuild")
     env["CES_NB_PORT"], env["CES_NB_REST_PORT"] = str(free_port()), str(free_port())
     env["CES_NB_LOG"] = str(tmp_path / "emulator.log")
     # -o addopts= drops the repo's own nbval emulator plugin: the notebooks must use the one start launched.
