@@ -144,15 +144,19 @@ class SqliteWriter:
         update_time, delta = turn_changes(events, self.naive)
         turn = _Turn(session.app_name, session.user_id, session.id, session._storage_update_marker,
                      events, delta, update_time)
-        try:
-            if json_chars([session.state, delta], events, OFF_LOOP_JSON_CHARS) >= OFF_LOOP_JSON_CHARS:
-                raise _LockTaken  # not for the lock: the thread writes it all the same
-            marker = self._write_inline(turn)
-        except _LockTaken:
-            self._queue.put(turn)
-            marker = await asyncio.wrap_future(turn.done)
+        if json_chars([session.state, delta], events, OFF_LOOP_JSON_CHARS) >= OFF_LOOP_JSON_CHARS:
+            marker = await self._write_on_thread(turn)
+        else:
+            try:
+                marker = self._write_inline(turn)
+            except _LockTaken:
+                marker = await self._write_on_thread(turn)
         session._storage_update_marker = marker
         session.last_update_time = events[-1].timestamp
+
+    async def _write_on_thread(self, turn: _Turn) -> str:
+        self._queue.put(turn)
+        return await asyncio.wrap_future(turn.done)
 
     def _write_inline(self, turn: _Turn) -> str:
         try:
