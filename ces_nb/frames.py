@@ -144,11 +144,13 @@ def _spans_frame(obj: Any):
 
     parts = list(_span_trees(obj))
     attrs: list[dict] = []
+    frame = None
     if parts and all(isinstance(trees, span_json.JsonSpans) for trees in parts):  # all JSON: columns as arrays
         frame = span_json.frame(parts)
-        for trees in parts:
-            attrs += trees.attributes
-    else:
+        if frame is not None:
+            for trees in parts:
+                attrs += trees.attributes
+    if frame is None:
         cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
         for trees in parts:
             if isinstance(trees, span_json.JsonSpans):
@@ -202,14 +204,15 @@ def _span_trees(obj: Any) -> Iterator["tuple[str, list[tuple[int, Span]]] | span
     without building records; JSON in any other shape, or with a value the records would check,
     goes through `transcripts`."""
     if isinstance(obj, (str, os.PathLike)):
-        typed = span_json.decode(Path(obj).read_bytes())
+        data = Path(obj).read_bytes()
+        typed = span_json.decode(data)
         if typed is not None and span_json.is_layout(typed):
             try:
                 yield span_json.read(typed)
                 return
             except span_json.NotPlain:
                 pass  # the dicts decide: they may still be plain (a root in an output beside others)
-        obj = read_json_file(obj)
+        obj = read_json_file(obj, data)
     if isinstance(obj, dict) and span_json.is_layout(obj):
         try:
             yield span_json.read(obj)

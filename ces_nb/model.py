@@ -517,6 +517,11 @@ class Message:
 _SPAN_KIND_BY_WORD = {k.lower(): k for k in SPAN_KINDS}
 
 
+def span_kind(name: str) -> str:
+    """A span's kind from its name: LLM / Tool / Callback / Guardrail / VAD / ASR / TTS, or the name itself."""
+    return _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)
+
+
 @dataclass
 class Span:
     name: str
@@ -569,7 +574,7 @@ class Span:
     @property
     def kind(self) -> str:
         """LLM / Tool / Callback / Guardrail / VAD / ASR / TTS, or the name itself."""
-        return _SPAN_KIND_BY_WORD.get(self.name.split(" ", 1)[0].lower(), self.name)
+        return span_kind(self.name)
 
     def walk(self, depth: int = 0) -> Iterable[tuple[int, "Span"]]:
         """Depth-first (depth, span) pairs, iteratively."""
@@ -1050,14 +1055,16 @@ class TranscriptError(ValueError):
         self.path, self.problem, self.source = path, problem, source
 
 
-def read_json_file(path: str | Path) -> Any:
+def read_json_file(path: str | Path, data: bytes | None = None) -> Any:
     """A saved transcript's (or Conversation export's) JSON, as json.load reads it, or a ValueError
-    naming the file and how to write one. msgspec parses it faster and either gives the same values
-    (ints past 64 bits included, where orjson gives floats) or refuses; what it refuses (NaN,
-    1e400, lone surrogates, a BOM) the standard library reads, or refuses with its own error."""
+    naming the file and how to write one; `data`: its bytes, when they are read already. msgspec
+    parses it faster and either gives the same values (ints past 64 bits included, where orjson
+    gives floats) or refuses; what it refuses (NaN, 1e400, lone surrogates, a BOM) the standard
+    library reads, or refuses with its own error."""
     import msgspec
 
-    data = Path(path).read_bytes()
+    if data is None:
+        data = Path(path).read_bytes()
     try:
         try:
             return msgspec.json.decode(data)

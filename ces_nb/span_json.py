@@ -15,6 +15,7 @@ then put in pre-order, as the records walk them, and handed to pandas as arrays.
 
 # No `from __future__ import annotations`: msgspec reads the structs' annotations, some of them
 # local to _turn_type, when it builds their decoders.
+import functools
 from operator import attrgetter
 from typing import Any, Union
 
@@ -22,7 +23,7 @@ import msgspec
 import numpy as np
 from msgspec import UNSET, UnsetType
 
-from .model import _SPAN_KIND_BY_WORD, FORMAT, _At, _camel, _check_output, get_field, has_field
+from .model import FORMAT, _At, _camel, _check_output, get_field, has_field, span_kind
 
 
 class NotPlain(Exception):
@@ -30,33 +31,27 @@ class NotPlain(Exception):
     load_errors) decide what it holds."""
 
 
-class _SnakeSpan(msgspec.Struct, forbid_unknown_fields=True):
-    """A Span as a saved transcript writes it. Every field UNSET when absent, so an empty {} (no
-    span, as the records read it) is told from a span with no name."""
-
-    name: Union[str, UnsetType] = UNSET
-    attributes: Union[dict, None, UnsetType] = UNSET
-    child_spans: Union[list["_SnakeSpan"], None, UnsetType] = UNSET
-    start_time: Any = UNSET
-    end_time: Any = UNSET
-    duration: Any = UNSET
-
-    def __bool__(self) -> bool:
-        return any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
+def _any_field_set(self) -> bool:
+    return any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
 
 
-class _CamelSpan(msgspec.Struct, forbid_unknown_fields=True,
-                 rename={"child_spans": "childSpans", "start_time": "startTime", "end_time": "endTime"}):
-    """A Span as protobuf's JSON writes it (a Conversation export); the same attributes."""
+def _span_struct(name: str, rename: dict[str, str]) -> type:
+    """A Span's JSON as a struct, its keys as `rename` spells them. Every field is UNSET when
+    absent, so an empty {} (no span, as the records read it) is told from a span with no name;
+    a key a Span has not fails the decode."""
+    return msgspec.defstruct(name, [
+        ("name", Union[str, UnsetType], UNSET),
+        ("attributes", Union[dict, None, UnsetType], UNSET),
+        ("child_spans", Union[list[name], None, UnsetType], UNSET),  # by name: the struct itself, from this module
+        ("start_time", Any, UNSET),
+        ("end_time", Any, UNSET),
+        ("duration", Any, UNSET),
+    ], forbid_unknown_fields=True, rename=rename, module=__name__, namespace={"__bool__": _any_field_set})
 
-    name: Union[str, UnsetType] = UNSET
-    attributes: Union[dict, None, UnsetType] = UNSET
-    child_spans: Union[list["_CamelSpan"], None, UnsetType] = UNSET
-    start_time: Any = UNSET
-    end_time: Any = UNSET
-    duration: Any = UNSET
 
-    __bool__ = _SnakeSpan.__bool__
+# As a saved transcript writes a Span, and as protobuf's JSON does (a Conversation export).
+_SnakeSpan = _span_struct("_SnakeSpan", {})
+_CamelSpan = _span_struct("_CamelSpan", {"child_spans": "childSpans", "start_time": "startTime", "end_time": "endTime"})
 
 
 def _turn_type(span: type) -> type:
@@ -216,20 +211,15 @@ class JsonSpans:
 
 def frame(parts: list[JsonSpans]):
     """spans_frame's own columns for transcripts read from JSON, built from arrays: the frame that
-    pd.DataFrame makes of the lists JsonSpans.rows appends (dtype for dtype), without the lists."""
+    pd.DataFrame makes of the lists JsonSpans.rows appends (dtype for dtype), without the lists;
+    None for no rows, or turn numbers past int64 (then build it from JsonSpans.rows)."""
     import pandas as pd
 
     sizes = [len(p) for p in parts]
     n = sum(sizes)
     turns = np.concatenate([p.turns for p in parts])
-    if not n or turns.dtype == object:  # pandas infers these columns' dtypes from the values themselves
-        cols: dict[str, list] = {c: [] for c in ("conversation", "turn", "index", "parent", "depth", "span", "kind", "start_ms",
-                                                 "duration_ms")}
-        for p in parts:
-            p.rows(cols, [])
-        out = pd.DataFrame(cols)
-        out["parent"] = out["parent"].astype("Int64")
-        return out
+    if not n or turns.dtype == object:  # pandas infers these columns' dtypes from the values: the lists decide
+        return None
     offsets = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
     parents = np.concatenate([p.parents for p in parts])
     # Each span's name as a number among the distinct names (a few), put in pre-order as numbers.
@@ -238,7 +228,7 @@ def frame(parts: list[JsonSpans]):
                             for p in parts])
     distinct = list(number)
     kind_number: dict[str, int] = {}
-    kind_codes = np.asarray([kind_number.setdefault(_kind(name), len(kind_number)) for name in distinct], dtype=np.int64)
+    kind_codes = np.asarray([kind_number.setdefault(span_kind(name), len(kind_number)) for name in distinct], dtype=np.int64)
     return pd.DataFrame({
         "conversation": _strings([p.conversation for p in parts], np.repeat(np.arange(len(parts)), sizes)),
         "turn": turns,
@@ -265,17 +255,12 @@ def _strings(distinct: list[str], codes: np.ndarray):
     return _objects(distinct)[codes]
 
 
+@functools.cache
 def _text_dtype():
     """What pandas makes of a column of str: object before pandas 3, its str dtype since."""
     import pandas as pd
 
-    global _TEXT_DTYPE
-    if _TEXT_DTYPE is None:
-        _TEXT_DTYPE = pd.Series(["x"]).dtype
-    return _TEXT_DTYPE
-
-
-_TEXT_DTYPE = None
+    return pd.Series(["x"]).dtype
 
 
 def _objects(values: list) -> np.ndarray:
@@ -295,7 +280,7 @@ def _floats(values: list[np.ndarray], missing: list[np.ndarray]) -> np.ndarray:
 
 
 def _kinds(names: list[str]) -> list[str]:
-    kinds = {name: _kind(name) for name in set(names)}
+    kinds = {name: span_kind(name) for name in set(names)}
     return list(map(kinds.__getitem__, names))
 
 
@@ -365,10 +350,6 @@ def _with_none(values: list, missing) -> list:
     for i in np.flatnonzero(missing).tolist():
         values[i] = None
     return values
-
-
-def _kind(name: str) -> str:
-    return _SPAN_KIND_BY_WORD.get(name.split(" ", 1)[0].lower(), name)  # as Span.kind
 
 
 def read(d: Any) -> JsonSpans:
