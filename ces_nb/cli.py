@@ -47,7 +47,10 @@ def _emulator(args: argparse.Namespace) -> int:
         return 2
     if workers > 1:  # a supervisor of `workers` emulators on one port and one store (workers.py). It
         # checks the apps and options while its workers start (each loads them anyway), and stops
-        # them with exit 2 on a mistake; the workers leave the message to it.
+        # them with exit 2 on a mistake; the workers leave the message to it. The flags alone it
+        # checks first, before it takes the store and the ports.
+        if _option_errors(args, say=_say)[0]:
+            return 2
         from .emulator.store import default_db_path, display_url
         from .emulator.workers import run_supervisor
 
@@ -124,23 +127,12 @@ def _say(message: str) -> None:
     print(f"ces-nb emulator: {message}", file=sys.stderr)
 
 
-def _serving_inputs(args: argparse.Namespace, say) -> tuple[int, tuple | None]:
-    """(0, (apps, examples, tool limits)) when the apps and options can serve; else (2, None),
-    having said what is wrong through `say`."""
-    from .emulator.export import ExportError, demo_app_path, load_export
+def _option_errors(args: argparse.Namespace, say) -> tuple[int, object]:
+    """(0, tool limits) when the flags fit together; else (2, None), having said what is wrong
+    through `say`. Cheap, so it runs before the store and the ports are taken or any export loads:
+    a mistyped flag is reported as such, whatever else holds the store."""
     from .emulator.sandbox import SandboxLimits
-    from .emulator.scripts import ScriptSourceError, check_script_sources
 
-    try:
-        # a `--workers` worker leaves the load report to its supervisor, which logged it once
-        apps = [load_export(p, log_report=args.worker_ready_fd is None) for p in (args.app or [str(demo_app_path())])]
-        examples = check_script_sources(args.examples or [])
-    except ExportError as exc:
-        say(f"cannot load app: {exc}")
-        return 2, None
-    except ScriptSourceError as exc:  # an --examples path that is not there
-        say(str(exc))
-        return 2, None
     try:
         tool_limits = SandboxLimits(
             timeout_s=args.tool_timeout, max_timeout_s=args.tool_max_timeout, cpu_s=args.tool_cpu_s,
@@ -153,20 +145,42 @@ def _serving_inputs(args: argparse.Namespace, say) -> tuple[int, tuple | None]:
         say("--model-base-url and --model-api-key-env go with --model, e.g. "
             "--model openai/llama3.2 --model-base-url http://localhost:11434/v1")
         return 2, None
-    if args.model:  # a model nothing can run exits now, not at the first turn
-        from .emulator.registry import ModelError, build_model
-
-        try:
-            build_model(args.model, args.model_base_url, args.model_api_key_env)
-        except ModelError as exc:
-            say(str(exc))
-            return 2, None
     if args.require_token is not None:
         from .emulator.auth import TokenCheck
 
         try:
             TokenCheck(args.require_token)
         except ValueError as exc:
+            say(str(exc))
+            return 2, None
+    return 0, tool_limits
+
+
+def _serving_inputs(args: argparse.Namespace, say) -> tuple[int, tuple | None]:
+    """(0, (apps, examples, tool limits)) when the apps and options can serve; else (2, None),
+    having said what is wrong through `say`."""
+    from .emulator.export import ExportError, demo_app_path, load_export
+    from .emulator.scripts import ScriptSourceError, check_script_sources
+
+    code, tool_limits = _option_errors(args, say)
+    if code:
+        return code, None
+    try:
+        # a `--workers` worker leaves the load report to its supervisor, which logged it once
+        apps = [load_export(p, log_report=args.worker_ready_fd is None) for p in (args.app or [str(demo_app_path())])]
+        examples = check_script_sources(args.examples or [])
+    except ExportError as exc:
+        say(f"cannot load app: {exc}")
+        return 2, None
+    except ScriptSourceError as exc:  # an --examples path that is not there
+        say(str(exc))
+        return 2, None
+    if args.model:  # a model nothing can run exits now, not at the first turn
+        from .emulator.registry import ModelError, build_model
+
+        try:
+            build_model(args.model, args.model_base_url, args.model_api_key_env)
+        except ModelError as exc:
             say(str(exc))
             return 2, None
     return 0, (apps, examples, tool_limits)

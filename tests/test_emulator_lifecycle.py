@@ -69,6 +69,21 @@ def test_a_second_emulator_on_the_same_store_is_refused(tmp_path):
     again.stop()
 
 
+def test_a_mistyped_flag_is_named_even_while_another_emulator_holds_the_store(tmp_path):
+    """The flags are checked before the store is taken: the user hears about the flag they can fix
+    now, not about a store they did not mean to share. With one worker and with several."""
+    db = tmp_path / "held.db"
+    first = EmulatorProcess("--db", str(db))
+    try:
+        for workers in ("1", "2"):
+            bad = emulator_command("--port", "0", "--db", str(db), "--workers", workers, "--tool-memory-mb", "0")
+            assert bad.returncode == 2, (workers, bad.stderr)
+            assert "--tool-memory-mb must be positive, not 0" in bad.stderr, (workers, bad.stderr)
+            assert "in use by another emulator" not in bad.stderr, (workers, bad.stderr)
+    finally:
+        first.stop()
+
+
 def test_the_store_lock_goes_with_a_killed_emulator(tmp_path):
     db = tmp_path / "crash.db"
     first = EmulatorProcess("--db", str(db))
