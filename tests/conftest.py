@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 
 import grpc
 import pytest
@@ -16,6 +18,44 @@ from google.cloud.ces_v1.services.tool_service.transports import ToolServiceGrpc
 from emulator_process import EmulatorProcess  # noqa: F401  (tests import it from here)
 
 APP = "projects/test-project/locations/us/apps/skyway"
+
+
+def pytest_configure(config):
+    # The default store (~/.local/share/ces_nb/emulator.db) and TLS files live under
+    # $XDG_DATA_HOME: each test process gets its own, so an emulator a test starts with the
+    # defaults never touches the user's store, nor shares one with another xdist worker's.
+    data = tempfile.mkdtemp(prefix="ces-nb-test-data-")
+    os.environ["XDG_DATA_HOME"] = data
+    config.add_cleanup(lambda: shutil.rmtree(data, ignore_errors=True))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Each test's own timeout travels with its report (user_properties cross from an xdist
+    # worker to the controller), for the summary of the slowest below.
+    outcome = yield
+    if call.when == "call":
+        marker = item.get_closest_marker("timeout")
+        timeout = (marker.kwargs.get("timeout", marker.args[0] if marker.args else None) if marker
+                   else item.config.getini("timeout"))
+        outcome.get_result().user_properties.append(("timeout", float(timeout or 0)))
+
+
+_SLOWEST = 10
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The slowest tests, each against its own timeout: every test should take at most half of it."""
+    reports = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+               if r.when == "call"]
+    if not reports:
+        return
+    terminalreporter.section(f"{_SLOWEST} slowest tests, against their own timeouts")
+    for report in sorted(reports, key=lambda r: r.duration, reverse=True)[:_SLOWEST]:
+        timeout = dict(report.user_properties).get("timeout") or 0
+        share = f"{report.duration / timeout:4.0%} of {timeout:.0f} s" if timeout else "no timeout"
+        over = "  << over half its timeout" if timeout and report.duration > timeout / 2 else ""
+        terminalreporter.write_line(f"{report.duration:7.1f} s  {share:>14}  {report.nodeid}{over}")
 
 
 @pytest.fixture(scope="session")
