@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg
+TEST_WORKERS ?= auto
 
 .PHONY: all install demo test emulator notebooks bench chaos clean scrapi-env
 
@@ -37,7 +38,9 @@ demo: $(DEMO_STAMP)
 scrapi-env: install
 	$(BIN)/python tests/scrapi_env.py
 
-# --durations: the slowest tests, each against its timeout (slow integration tests carry their own).
+# --durations: the slowest tests; the conftest then lists the 10 slowest against their own timeouts
+# (slow integration tests carry their own). -n: the suite runs on TEST_WORKERS processes (every core,
+# at most 4), a whole test file to a worker (--dist loadfile), each with its own emulators.
 # The cxas-scrapi venv builds in the background while the suite runs (minutes of pip on a new
 # machine); tests/test_scrapi.py waits for it on its lock, and builds it itself if that failed.
 # So does the emulated Binder build, from scratch every run (tests/binder_env.py, for test_binder.py).
@@ -45,7 +48,7 @@ test: install
 	rm -rf .binder-build && mkdir .binder-build
 	$(BIN)/python tests/scrapi_env.py > .scrapi-env.log 2>&1 & scrapi=$$!; \
 	$(BIN)/python tests/binder_env.py .binder-build > .binder-build.log 2>&1 & binder=$$!; \
-	CES_NB_BINDER_BUILD=$(CURDIR)/.binder-build $(BIN)/python -m pytest $(NBVAL) tests notebooks --durations=15 $(PYTEST_ARGS); \
+	CES_NB_BINDER_BUILD=$(CURDIR)/.binder-build $(BIN)/python -m pytest $(NBVAL) tests notebooks -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --durations=15 $(PYTEST_ARGS); \
 	code=$$?; wait $$scrapi; wait $$binder; exit $$code
 
 emulator: $(DEMO_STAMP)
