@@ -1,7 +1,7 @@
 """pytest plugin (loaded with -p from pyproject): notebook runs (--nbval) get their own
 in-memory emulator, started in pytest_sessionstart because fixtures never run
 when only notebooks are collected. Kernels inherit its address via $CES_NB_EMULATOR.
-Under pytest-xdist (`make test` runs `-n 2`) each worker runs its own notebooks against its own
+Under pytest-xdist (`make test` runs `-n auto`) each worker runs its own notebooks against its own
 emulator; the controller, which runs no test, starts none."""
 
 from __future__ import annotations
