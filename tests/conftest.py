@@ -29,16 +29,23 @@ def pytest_configure(config):
     config.add_cleanup(lambda: shutil.rmtree(data, ignore_errors=True))
 
 
+_TIMEOUT = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    # The timeout pytest-timeout resolved for this test (marker, ini, --timeout or env); returning
+    # None leaves the timer itself to pytest-timeout.
+    item.stash[_TIMEOUT] = settings.timeout
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     # Each test's own timeout travels with its report (user_properties cross from an xdist
     # worker to the controller), for the summary of the slowest below.
     outcome = yield
     if call.when == "call":
-        marker = item.get_closest_marker("timeout")
-        timeout = (marker.kwargs.get("timeout", marker.args[0] if marker.args else None) if marker
-                   else item.config.getini("timeout"))
-        outcome.get_result().user_properties.append(("timeout", float(timeout or 0)))
+        outcome.get_result().user_properties.append(("timeout", item.stash.get(_TIMEOUT, 0.0)))
 
 
 _SLOWEST = 10
