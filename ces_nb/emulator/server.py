@@ -256,6 +256,9 @@ class EmulatorServer:
         deadline = loop.time() + budget_s
         for app in self.apps:
             scratch = AppRuntime(app, InMemorySessionService(), _NoToolCode())
+            # The commit failpoint aims at client turns: held here, it would stall start-up (each
+            # warm-up turn over its budget) and never be what a kill lands in.
+            scratch.turns.commit_delay_s = 0
             for n, script in enumerate(scratch.scripts):  # the examples as the playback model reads them
                 session_id = f"warm-up-{n}"
                 config = ces_v1.SessionConfig(session=f"projects/-/locations/-/apps/{app.app_id}/sessions/{session_id}")

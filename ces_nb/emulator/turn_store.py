@@ -37,6 +37,7 @@ COMMIT_DELAY_S = float(os.environ.get("CES_NB_FAILPOINT_COMMIT_DELAY_S") or 0)
 class TurnStore(BaseSessionService):
     def __init__(self, store: BaseSessionService):
         self.store = store
+        self.commit_delay_s = COMMIT_DELAY_S  # the failpoint; the warm-up's scratch store has none
         # session id -> (the live session, how many of its events were stored when the turn began,
         # the session the runner sees: the live one, or a window on it)
         self._open: dict[str, tuple[Session, int, Session]] = {}
@@ -55,8 +56,8 @@ class TurnStore(BaseSessionService):
 
     async def commit(self, session_id: str) -> None:
         """Write the open turn's events to the store, in order."""
-        if COMMIT_DELAY_S:
-            await asyncio.sleep(COMMIT_DELAY_S)
+        if self.commit_delay_s:
+            await asyncio.sleep(self.commit_delay_s)
         session, stored, _view = self._open.pop(session_id)
         pending = session.events[stored:]
         # The store appends each event to the session object itself: take them off first.
