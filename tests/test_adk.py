@@ -201,7 +201,7 @@ def test_the_emulators_own_store_reads_as_adk_sessions(tmp_path):
     from conftest import EmulatorProcess
 
     db = tmp_path / "emulator.db"
-    server = EmulatorProcess("--db", str(db))
+    server = EmulatorProcess("--db", str(db), "--workers", "1")  # the store, not the workers (test_workers.py)
     try:
         client = ces_nb.connect("projects/p/locations/us/apps/skyway", endpoint=server.address)
         session = client.session()

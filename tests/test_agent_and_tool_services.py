@@ -80,7 +80,7 @@ def test_conversations_are_paged(agents, sessions, session_name):
 def test_conversations_survive_a_restart(tmp_path):
     db = str(tmp_path / "store.db")
     name = f"{APP}/sessions/restart-me"
-    first = EmulatorProcess("--db", db)
+    first = EmulatorProcess("--db", db, "--workers", "1")  # a restart, not the workers (test_workers.py)
     try:
         channel = grpc.insecure_channel(first.address)
         client = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
@@ -88,7 +88,7 @@ def test_conversations_survive_a_restart(tmp_path):
         channel.close()
     finally:
         first.stop()
-    second = EmulatorProcess("--db", db)
+    second = EmulatorProcess("--db", db, "--workers", "1")
     try:
         channel = grpc.insecure_channel(second.address)
         agents = ces_v1.AgentServiceClient(transport=AgentServiceGrpcTransport(channel=channel))

@@ -59,7 +59,7 @@ def other(tmp_path_factory):
     """A second emulator serving a broken copy of the demo app and the cxas-scrapi test project."""
     tmp = tmp_path_factory.mktemp("evals")
     broken = _break_demo_app(tmp)
-    process = EmulatorProcess("--db", str(tmp / "db.sqlite"), "--app", str(broken), "--app", str(ACME / "cxas_app" / "Acme Support"),
+    process = EmulatorProcess("--db", str(tmp / "db.sqlite"), "--workers", "1", "--app", str(broken), "--app", str(ACME / "cxas_app" / "Acme Support"),
                               "--app", str(PET_CLINIC))
     yield process
     process.stop()

@@ -236,14 +236,14 @@ def test_bad_input_gets_the_right_status_saying_what_to_do(emulator):
 
 def test_runs_and_results_survive_a_restart_on_a_file_store(emulator, tmp_path):
     db = tmp_path / "kept.db"
-    first = EmulatorProcess("--app", str(ACME), "--db", str(db))
+    first = EmulatorProcess("--app", str(ACME), "--db", str(db), "--workers", "1")  # the store across a restart
     try:
         evaluations = client(first, "grpc")
         made = create(evaluations, golden("kept"))
         finished = run(evaluations, made.name)
     finally:
         first.stop()
-    second = EmulatorProcess("--app", str(ACME), "--db", str(db), rest_port=0)
+    second = EmulatorProcess("--app", str(ACME), "--db", str(db), "--workers", "1", rest_port=0)
     try:
         evaluations = client(second, "rest")
         assert [e.name for e in evaluations.list_evaluations(parent=APP)] == [made.name]
@@ -276,7 +276,7 @@ def test_a_run_whose_emulator_was_killed_ends_in_error_instead_of_running_for_ev
         first.kill()
     finally:
         first.stop()
-    second = EmulatorProcess("--app", str(ACME), "--db", str(db), rest_port=0)
+    second = EmulatorProcess("--app", str(ACME), "--db", str(db), "--workers", "1", rest_port=0)
     try:
         evaluations = client(second, "rest")
         polled = evaluations.get_operation(operations_pb2.GetOperationRequest(name=operation.operation.name))

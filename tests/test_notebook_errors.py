@@ -300,7 +300,7 @@ def test_say_on_a_dead_live_stream_is_a_usage_error_naming_the_cause(shell):
 def _reconnect_scenario(db: str):
     """Two turns, the emulator restarts at the same address (go_away), two more turns."""
     port = free_port()
-    server = EmulatorProcess("--db", db, "--audio-pace", "0", port=port)
+    server = EmulatorProcess("--db", db, "--audio-pace", "0", "--workers", "1", port=port)
     client = ces_nb.connect(APP, endpoint=server.address)
     session = client.session()
     live = session.live()
@@ -310,7 +310,7 @@ def _reconnect_scenario(db: str):
             live.send_text(text)
             live.next_turn()
         server.stop()  # SIGTERM: go_away to open streams, then exit
-        server = EmulatorProcess("--db", db, "--audio-pace", "0", port=port)
+        server = EmulatorProcess("--db", db, "--audio-pace", "0", "--workers", "1", port=port)
         for text in ("What is my loyalty tier?", "Can I bring my cat on the plane?"):
             live.send_text(text)
             live.next_turn(timeout=30)
