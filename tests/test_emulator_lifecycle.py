@@ -56,7 +56,8 @@ def test_a_second_emulator_on_the_same_port_fails_and_names_it(emulator):
 
 def test_a_second_emulator_on_the_same_store_is_refused(tmp_path):
     db = tmp_path / "shared.db"
-    first = EmulatorProcess("--db", str(db))
+    # One worker each: the lock is the store's, whatever serves it (test_workers.py: with two).
+    first = EmulatorProcess("--db", str(db), "--workers", "1")
     try:
         second = emulator_command("--port", "0", "--db", str(db))
         assert second.returncode == 1
@@ -65,7 +66,7 @@ def test_a_second_emulator_on_the_same_store_is_refused(tmp_path):
     finally:
         first.stop()
     # Released on exit: the next emulator gets the file.
-    again = EmulatorProcess("--db", str(db))
+    again = EmulatorProcess("--db", str(db), "--workers", "1")
     again.stop()
 
 
@@ -86,9 +87,9 @@ def test_a_mistyped_flag_is_named_even_while_another_emulator_holds_the_store(tm
 
 def test_the_store_lock_goes_with_a_killed_emulator(tmp_path):
     db = tmp_path / "crash.db"
-    first = EmulatorProcess("--db", str(db))
+    first = EmulatorProcess("--db", str(db), "--workers", "1")  # a killed supervisor: test_workers.py
     first.kill()
-    second = EmulatorProcess("--db", str(db))  # kill -9 released the lock
+    second = EmulatorProcess("--db", str(db), "--workers", "1")  # kill -9 released the lock
     second.stop()
 
 
@@ -120,7 +121,7 @@ def test_an_unreachable_database_url_stops_start_up_without_its_password():
 def test_the_store_and_its_folder_are_created_private(tmp_path):
     folder = tmp_path / "data" / "ces"
     db = folder / "sessions.db"
-    process = EmulatorProcess("--db", str(db))
+    process = EmulatorProcess("--db", str(db), "--workers", "1")
     try:
         channel = grpc.insecure_channel(process.address)
         sessions = ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel))
