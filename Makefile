@@ -71,6 +71,8 @@ bench: install
 	$(BIN)/python benchmarks/isolation.py
 	$(BIN)/python benchmarks/rest_vs_grpc.py
 	$(BIN)/python benchmarks/callbacks.py
+	$(BIN)/python benchmarks/audio.py
+	$(BIN)/python benchmarks/evals.py
 
 # The chaos test (tests/faults) with CHAOS_RUNS random seeds, each printed so a failure can be
 # replayed: `make chaos SEED=1234`. (`make test` runs it too, with one fixed seed.)
