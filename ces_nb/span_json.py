@@ -32,7 +32,8 @@ class NotPlain(Exception):
 
 
 def _any_field_set(self) -> bool:
-    return any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
+    # A span almost always has a name: that answers it without the generator (once per turn).
+    return self.name is not UNSET or any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
 
 
 def _span_struct(name: str, rename: dict[str, str]) -> type:
