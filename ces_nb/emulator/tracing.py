@@ -71,9 +71,18 @@ def turn_router() -> _TurnRouter:
         return _router
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    turn_router()
-    return trace.get_tracer("ces_nb.emulator")
+    """The emulator's tracer, made once: the SDK builds a new Tracer on every get_tracer (about
+    50 us), and a turn with callbacks asks for one per span. The provider it comes from is the
+    process's for good (OpenTelemetry lets it be set once)."""
+    global _tracer
+    if _tracer is None:
+        turn_router()
+        _tracer = trace.get_tracer("ces_nb.emulator")
+    return _tracer
 
 
 def _ts(ns: int) -> timestamp_pb2.Timestamp:
