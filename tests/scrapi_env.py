@@ -43,27 +43,26 @@ def ensure_scrapi_venv() -> Path:
             return python
         _run([sys.executable, "-m", "venv", "--clear", str(venv)])
         requirement = f"cxas-scrapi=={SCRAPI_VERSION}"
-        uv = _uv()
-        try:
-            if uv is None:
-                raise ScrapiEnvError("uv is not installed")
-            _run([uv, "pip", "install", "--quiet", "--native-tls", "--python", str(python), *_find_links(), requirement])
-        except ScrapiEnvError as exc:
-            print(f"uv did not install {requirement} ({str(exc).splitlines()[0]}); pip does", file=sys.stderr)
+        if not _installed_with_uv(python, requirement):
             _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement])
         stamp.write_text(SCRAPI_VERSION + "\n")
     return python
 
 
-def _uv() -> str | None:
+def _installed_with_uv(python: Path, requirement: str) -> bool:
+    """True once uv installed it; False (pip's turn) when uv is missing or failed, saying why."""
     try:
         from uv import find_uv_bin
-    except ImportError:
-        return None
+
+        uv = find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return False
     try:
-        return find_uv_bin()
-    except FileNotFoundError:
-        return None
+        _run([uv, "pip", "install", "--quiet", "--native-tls", "--python", str(python), *_find_links(), requirement])
+    except ScrapiEnvError as exc:
+        print(f"uv did not install {requirement} ({str(exc).splitlines()[0]}); pip does", file=sys.stderr)
+        return False
+    return True
 
 
 def _find_links() -> list[str]:
