@@ -31,7 +31,7 @@ def _set_theme(base: str, token: str, theme: str) -> None:
 @pytest.mark.timeout(400)  # JupyterLab and chromium start once, the notebook opens four times: about 30 s here
 def test_the_report_wins_over_jupyterlab_styles(tmp_path, emulator):
     require_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     root = tmp_path / "nb"
     root.mkdir()
@@ -48,21 +48,28 @@ def test_the_report_wins_over_jupyterlab_styles(tmp_path, emulator):
                     for width in (1280, 800):
                         page = browser.new_page(viewport={"width": width, "height": 1000})
                         page.goto(f"{base}/lab/tree/evaluate.ipynb?token={token}")
-                        failed = page.locator(".jp-OutputArea-output tr.ces-eval-row-fail").first
-                        expect(failed).to_be_attached(timeout=120_000)
-                        assert page.evaluate("document.body.dataset.jpThemeLight") == ("true" if theme == "light" else "false"), theme
-                        failed.scroll_into_view_if_needed()
-                        card = failed.locator("xpath=ancestor::table[1]")
-                        passed = card.locator("tbody tr:not(.ces-eval-row-fail)").first
-                        cell = failed.locator("td").nth(2)
-                        assert cell.evaluate("e => getComputedStyle(e).textAlign") in ("left", "start")
-                        assert passed.locator("td").first.evaluate("e => getComputedStyle(e).textAlign") in ("left", "start")
-                        tint = failed.evaluate("e => getComputedStyle(e).backgroundColor")
-                        plain = passed.evaluate("e => getComputedStyle(e).backgroundColor")
-                        assert tint != plain and tint not in ("rgba(0, 0, 0, 0)", "transparent"), (theme, width, tint, plain)
-                        # the expected/observed cells are wide enough to read: not a few letters a line
-                        assert cell.evaluate("e => e.getBoundingClientRect().width") > 120
+                        _check_report(page, theme, width)
                         page.screenshot(path=str(shots / f"eval-report-{theme}-{width}.png"))
                         page.close()
         finally:
             browser.close()
+
+
+def _check_report(page, theme: str, width: int) -> None:
+    """The open report reads left-aligned, in the theme, with its failed row tinted."""
+    from playwright.sync_api import expect
+
+    failed = page.locator(".jp-OutputArea-output tr.ces-eval-row-fail").first
+    expect(failed).to_be_attached(timeout=120_000)
+    assert page.evaluate("document.body.dataset.jpThemeLight") == ("true" if theme == "light" else "false"), theme
+    failed.scroll_into_view_if_needed()
+    card = failed.locator("xpath=ancestor::table[1]")
+    passed = card.locator("tbody tr:not(.ces-eval-row-fail)").first
+    cell = failed.locator("td").nth(2)
+    assert cell.evaluate("e => getComputedStyle(e).textAlign") in ("left", "start")
+    assert passed.locator("td").first.evaluate("e => getComputedStyle(e).textAlign") in ("left", "start")
+    tint = failed.evaluate("e => getComputedStyle(e).backgroundColor")
+    plain = passed.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert tint != plain and tint not in ("rgba(0, 0, 0, 0)", "transparent"), (theme, width, tint, plain)
+    # the expected/observed cells are wide enough to read: not a few letters a line
+    assert cell.evaluate("e => e.getBoundingClientRect().width") > 120
