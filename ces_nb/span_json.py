@@ -36,23 +36,47 @@ def _any_field_set(self) -> bool:
     return self.name is not UNSET or any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
 
 
-def _span_struct(name: str, rename: dict[str, str]) -> type:
-    """A Span's JSON as a struct, its keys as `rename` spells them. Every field is UNSET when
+def _span_struct(name: str, child: str, rename: dict[str, str]) -> type:
+    """A root Span's JSON as a struct, its keys as `rename` spells them. Every field is UNSET when
     absent, so an empty {} (no span, as the records read it) is told from a span with no name;
-    a key a Span has not fails the decode."""
+    a key a Span has not fails the decode. Its children are `child` structs."""
     return msgspec.defstruct(name, [
         ("name", Union[str, UnsetType], UNSET),
         ("attributes", Union[dict, None, UnsetType], UNSET),
-        ("child_spans", Union[list[name], None, UnsetType], UNSET),  # by name: the struct itself, from this module
+        ("child_spans", Union[list[child], None, UnsetType], UNSET),  # by name: a struct from this module
         ("start_time", Any, UNSET),
         ("end_time", Any, UNSET),
         ("duration", Any, UNSET),
     ], forbid_unknown_fields=True, rename=rename, module=__name__, namespace={"__bool__": _any_field_set})
 
 
-# As a saved transcript writes a Span, and as protobuf's JSON does (a Conversation export).
-_SnakeSpan = _span_struct("_SnakeSpan", {})
-_CamelSpan = _span_struct("_CamelSpan", {"child_spans": "childSpans", "start_time": "startTime", "end_time": "endTime"})
+def _child_struct(name: str, times: Any, rename: dict[str, str]) -> type:
+    """A child Span's JSON as a struct: an absent field is what _dict_level reads for it ("" for
+    the name, None for the rest), so a level of children needs no fixing up. With `times` str,
+    the times are text or null, as every saved transcript and Conversation export writes them:
+    then their columns are known to be text before they are parsed (other values fail the decode,
+    and the `Any` variant reads the file)."""
+    return msgspec.defstruct(name, [
+        ("name", str, ""),
+        ("attributes", Union[dict, None], None),
+        ("child_spans", Union[list[name], None], None),
+        ("start_time", times, None),
+        ("end_time", times, None),
+        ("duration", times, None),
+    ], forbid_unknown_fields=True, rename=rename, module=__name__)
+
+
+_CAMEL = {"child_spans": "childSpans", "start_time": "startTime", "end_time": "endTime"}
+# As a saved transcript writes a Span (snake_case), and as protobuf's JSON does (a Conversation
+# export, camelCase); children with text times first, then with times of any type.
+_TextSnakeChild = _child_struct("_TextSnakeChild", Union[str, None], {})
+_TextCamelChild = _child_struct("_TextCamelChild", Union[str, None], _CAMEL)
+_SnakeChild = _child_struct("_SnakeChild", Any, {})
+_CamelChild = _child_struct("_CamelChild", Any, _CAMEL)
+_TextSnakeSpan = _span_struct("_TextSnakeSpan", "_TextSnakeChild", {})
+_TextCamelSpan = _span_struct("_TextCamelSpan", "_TextCamelChild", _CAMEL)
+_SnakeSpan = _span_struct("_SnakeSpan", "_SnakeChild", {})
+_CamelSpan = _span_struct("_CamelSpan", "_CamelChild", _CAMEL)
 
 
 def _turn_type(span: type) -> type:
@@ -74,8 +98,10 @@ def _turn_type(span: type) -> type:
     return File
 
 
-_DECODERS = [msgspec.json.Decoder(_turn_type(span)) for span in (_SnakeSpan, _CamelSpan)]
-_STRUCTS = (_SnakeSpan, _CamelSpan)
+_DECODERS = [msgspec.json.Decoder(_turn_type(span)) for span in (_TextSnakeSpan, _TextCamelSpan, _SnakeSpan, _CamelSpan)]
+_ROOTS = (_TextSnakeSpan, _TextCamelSpan, _SnakeSpan, _CamelSpan)
+_CHILDREN = (_TextSnakeChild, _TextCamelChild, _SnakeChild, _CamelChild)
+_TEXT_TIMES = (_TextSnakeChild, _TextCamelChild)
 
 
 def decode(data: bytes) -> Any:
@@ -134,16 +160,22 @@ class JsonSpans:
         # Per level, in breadth-first order: the parent (its breadth-first number) and tree of each span.
         parents = [np.full(len(self.trees), -1, dtype=np.intp)]
         tree_of = [np.arange(len(self.trees), dtype=np.intp)]
+        texts = [True, True, True]  # whether every start, end and duration so far is text or null
         level = self.trees
         while level:
             kinds = set(map(type, level))
-            if kinds == {dict}:
+            kind = kinds.pop() if len(kinds) == 1 else None
+            if kind in _CHILDREN:
+                fields = _child_level(level)
+            elif kind is dict:
                 fields = _dict_level(level)
-            elif len(kinds) == 1 and kinds <= set(_STRUCTS):
+            elif kind in _ROOTS:
                 fields = _struct_level(level)
             else:
                 raise NotPlain
             level_names, level_attributes, children, level_starts, level_ends, level_durations = fields
+            if kind not in _TEXT_TIMES:  # msgspec did not check these: look
+                texts = [known and _texts(values) for known, values in zip(texts, fields[3:])]
             first = len(names)
             names += level_names
             attributes += level_attributes
@@ -160,9 +192,9 @@ class JsonSpans:
         order = _preorder(parent, [len(p) for p in parents])
 
         try:
-            start, no_start = timestamps_ns(starts)
-            end, no_end = timestamps_ns(ends)
-            duration, no_duration = durations_ns(durations)
+            start, no_start = timestamps_ns(starts, texts=texts[0])
+            end, no_end = timestamps_ns(ends, texts=texts[1])
+            duration, no_duration = durations_ns(durations, texts=texts[2])
         except Exception:  # a time the records refuse: they leave its span out, and say so
             raise NotPlain from None
         # Span.from_dict: the duration given, else end - start.
@@ -308,6 +340,22 @@ def _struct_level(level: list) -> tuple[list, ...]:
         names = ["" if v is UNSET else v for v in names]
     attributes = [{} if a is UNSET or a is None else a for a in attributes]
     return (names, attributes, children, *(_unset_none(c) for c in (starts, ends, durations)))
+
+
+_astuple = msgspec.structs.astuple
+
+
+def _child_level(level: list) -> tuple:
+    """A level of child structs' fields, as _dict_level reads the same spans as dicts: one pass
+    over the spans (a tuple each), transposed."""
+    names, attributes, children, starts, ends, durations = zip(*map(_astuple, level))
+    if None in attributes:
+        attributes = [{} if a is None else a for a in attributes]
+    return names, attributes, children, starts, ends, durations
+
+
+def _texts(values) -> bool:
+    return set(map(type, values)) <= {str, type(None)}
 
 
 def _unset_none(values: list) -> list:

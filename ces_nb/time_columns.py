@@ -25,24 +25,25 @@ _DURATION = r"^(?P<whole>\d{1,9})(?:\.(?P<frac>\d{1,9}))?s$"
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def timestamps_ns(values: list) -> tuple[np.ndarray, np.ndarray]:
+def timestamps_ns(values, texts: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ns since the epoch, missing) for timestamp values as timestamp_ns reads them (it raises
-    for what it refuses). The ns are int64, or Python ints in an object array if one does not fit."""
-    return _column(values, timestamp_ns, _arrow_timestamps)
+    for what it refuses). The ns are int64, or Python ints in an object array if one does not fit.
+    `texts`: the caller knows that every value is a str or None (a typed decode checked them)."""
+    return _column(values, timestamp_ns, _arrow_timestamps, texts)
 
 
-def durations_ns(values: list) -> tuple[np.ndarray, np.ndarray]:
+def durations_ns(values, texts: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ns, missing) for duration values as model._duration_ns reads them."""
-    return _column(values, _duration_ns, _arrow_durations)
+    return _column(values, _duration_ns, _arrow_durations, texts)
 
 
-def _column(values: list, one: Callable[[Any], int | None], vectorized) -> tuple[np.ndarray, np.ndarray]:
+def _column(values, one: Callable[[Any], int | None], vectorized, texts: bool) -> tuple[np.ndarray, np.ndarray]:
     n = len(values)
     ns = np.zeros(n, dtype=np.int64)
     missing = np.zeros(n, dtype=bool)
     if not n:
         return ns, missing
-    parsed = vectorized(values)
+    parsed = vectorized(values, texts)
     if parsed is None:
         rest = range(n)
     else:
@@ -60,14 +61,14 @@ def _column(values: list, one: Callable[[Any], int | None], vectorized) -> tuple
     return ns, missing
 
 
-def _strings(values: list):
+def _strings(values, texts: bool):
     """(values as an Arrow string array, None for each value that is no str; which values are
-    None), or None without pyarrow."""
+    None), or None without pyarrow. `texts`: every value is known to be a str or None."""
     try:
         import pyarrow as pa
     except ImportError:
         return None
-    if set(map(type, values)) <= {str, type(None)}:
+    if texts or set(map(type, values)) <= {str, type(None)}:
         strings = pa.array(values, type=pa.string())
         return strings, strings.is_null().to_numpy(zero_copy_only=False)
     # Arrow would take bytes as text, and fail on the rest: those go value by value.
@@ -75,8 +76,8 @@ def _strings(values: list):
     return strings, np.fromiter((v is None for v in values), dtype=bool, count=len(values))
 
 
-def _arrow_timestamps(values: list) -> tuple[np.ndarray, np.ndarray] | None:
-    read = _strings(values)
+def _arrow_timestamps(values, texts: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    read = _strings(values, texts)
     if read is None:
         return None
     strings, missing = read
@@ -91,8 +92,8 @@ def _arrow_timestamps(values: list) -> tuple[np.ndarray, np.ndarray] | None:
     return done.to_numpy(zero_copy_only=False), pc.fill_null(ns, 0).to_numpy(zero_copy_only=False, writable=True), missing
 
 
-def _arrow_durations(values: list) -> tuple[np.ndarray, np.ndarray] | None:
-    read = _strings(values)
+def _arrow_durations(values, texts: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    read = _strings(values, texts)
     if read is None:
         return None
     strings, missing = read

@@ -183,6 +183,24 @@ def test_a_saved_file_is_read_typed_and_builds_no_records_nor_dicts(tmp_path, mo
     same(frames.spans_frame([path, export]), expected)
 
 
+def test_text_times_are_known_as_text_and_other_times_still_decode_typed(tmp_path):
+    """Children whose times are all text (as every saved transcript and export writes them)
+    decode into the structs that say so, and their time columns are parsed unchecked; a file
+    with a time of another type decodes into the structs that take any time, and its column is
+    checked value by value: both give the records' frame (the odd files above check that)."""
+    from ces_nb import span_json as spans
+
+    path = tmp_path / "t.json"
+    Transcript.from_dict(transcript(n=3)).save(path)
+    typed = spans.decode(path.read_bytes())
+    assert {type(c).__name__ for t in typed.turns for c in t.root_span.child_spans} == {"_TextSnakeChild"}
+    odd_path = tmp_path / "odd.json"
+    odd_path.write_text(json.dumps(odd("integer times")))
+    odd_typed = spans.decode(odd_path.read_bytes())
+    assert odd_typed is not None  # typed, not dicts
+    assert {type(c).__name__ for t in odd_typed.turns if t.root_span for c in t.root_span.child_spans or []} == {"_SnakeChild"}
+
+
 def _protobuf_timestamp(text: str) -> int:
     from google.protobuf import timestamp_pb2
 
@@ -294,7 +312,7 @@ def arrow_or_not(arrow: bool):
     """arrow=False: time_columns as without pyarrow installed (every value read one by one)."""
     original = time_columns._strings
     if not arrow:
-        time_columns._strings = lambda values: None
+        time_columns._strings = lambda values, texts: None
     try:
         yield
     finally:
