@@ -97,10 +97,20 @@ def test_a_stale_session_is_refused_and_the_other_writer_keeps_its_turn(tmp_path
         created = await store.create_session(app_name="a", user_id="u", session_id="s")
         one = await store.get_session(app_name="a", user_id="u", session_id="s")
         two = await store.get_session(app_name="a", user_id="u", session_id="s")
+        # A cached copy is current while the store's revision is its own (what --workers ask each turn).
+        assert await store.revision(two) == two._storage_update_marker
         await store.append_events(one, [_event("first", 1), _event("again", 2)])
+        assert await store.revision(two) != two._storage_update_marker
         with pytest.raises(StaleSessionError):
             await store.append_events(two, [_event("late", 3)])
         await store.append_events(one, [_event("more", 4)])  # the winner's revision moved on with it
+        assert await store.revision(one) == one._storage_update_marker
+        # The revision the loop reads through the driver is the one SQLAlchemy reads.
+        writer = store._sqlite_writer()
+        assert writer.revision(one) == writer._revision_through_sqlalchemy(one) == one._storage_update_marker
+        gone = await store.create_session(app_name="a", user_id="u", session_id="gone")
+        await store.delete_session(app_name="a", user_id="u", session_id="gone")
+        assert await store.revision(gone) is None
         await store.close()
         adk = DatabaseSessionService(db_url=f"sqlite+aiosqlite:///{db}")
         stored = await adk.get_session(app_name="a", user_id="u", session_id="s")
