@@ -40,7 +40,7 @@ from google.adk.errors import StaleSessionError
 from google.adk.events import Event
 from google.adk.sessions import Session
 from google.adk.sessions import _session_util
-from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy import bindparam, create_engine, event, inspect, select
 from sqlalchemy.exc import OperationalError
 
 # Turns per transaction at most: a commit does not wait on an unbounded backlog.
@@ -141,6 +141,13 @@ class SqliteWriter:
                               f'AND "{table.c.user_id.name}" = ? AND "{table.c.id.name}" = ?')
         dialect = self.inline_engine.dialect
         self._stored_time = table.c.update_time.type.dialect_impl(dialect).result_processor(dialect, None) or (lambda value: value)
+        # A turn's statements, built once with bound parameters: SQLAlchemy then finds each one's
+        # compiled form by a cache key it keeps, instead of building the clauses and their keys per turn.
+        key = (table.c.app_name == bindparam("k_app"), table.c.user_id == bindparam("k_user"), table.c.id == bindparam("k_id"))
+        self._read_row = select(table.c.state, table.c.update_time).where(*key)
+        self._read_time = select(table.c.update_time).where(*key)
+        self._insert_events = schema.StorageEvent.__table__.insert()
+        self._update_row = table.update().where(*key).values(state=bindparam("v_state"), update_time=bindparam("v_time"))
         self.events_table = schema.StorageEvent.__table__
         self.event_class = schema.StorageEvent
         # (ORM attribute, column name) of each event column
@@ -189,13 +196,11 @@ class SqliteWriter:
         return None if row is None else marker_of(self._stored_time(row[0]))
 
     def _revision_through_sqlalchemy(self, session: Session) -> str | None:
-        table = self.sessions
         with self.inline_engine.connect() as connection:
             connection.execution_options(read_only=True)  # a deferred BEGIN, no write lock (sqlite_setup.sqlite_begin)
             with connection.begin():
-                stored = connection.execute(select(table.c.update_time).where(
-                    table.c.app_name == session.app_name, table.c.user_id == session.user_id,
-                    table.c.id == session.id)).scalar_one_or_none()
+                stored = connection.execute(self._read_time, {"k_app": session.app_name, "k_user": session.user_id,
+                                                              "k_id": session.id}).scalar_one_or_none()
         return None if stored is None else marker_of(stored)
 
     def close(self) -> None:
@@ -247,9 +252,8 @@ class SqliteWriter:
                 turn.done.set_result(outcome)
 
     def _write_turn(self, connection, turn: _Turn) -> str:
-        table = self.sessions
-        key = (table.c.app_name == turn.app_name, table.c.user_id == turn.user_id, table.c.id == turn.session_id)
-        row = connection.execute(select(table.c.state, table.c.update_time).where(*key)).one_or_none()
+        key = {"k_app": turn.app_name, "k_user": turn.user_id, "k_id": turn.session_id}
+        row = connection.execute(self._read_row, key).one_or_none()
         if row is None:
             from google.adk.errors.session_not_found_error import SessionNotFoundError
 
@@ -264,9 +268,9 @@ class SqliteWriter:
         for event in turn.events:
             stored = self.event_class.from_event(session_ref, event)
             rows.append({column: getattr(stored, attr) for attr, column in self.event_columns})
-        connection.execute(self.events_table.insert(), rows)
+        connection.execute(self._insert_events, rows)
         state = dict(row.state or {})
         state.update(turn.session_delta)
-        connection.execute(table.update().where(*key).values(state=state, update_time=turn.update_time))
-        stored_time = connection.execute(select(table.c.update_time).where(*key)).scalar_one()
+        connection.execute(self._update_row, {**key, "v_state": state, "v_time": turn.update_time})
+        stored_time = connection.execute(self._read_time, key).scalar_one()
         return marker_of(stored_time)
