@@ -108,6 +108,7 @@ def test_a_stale_session_is_refused_and_the_other_writer_keeps_its_turn(tmp_path
         # The revision the loop reads through the driver is the one SQLAlchemy reads.
         writer = store._sqlite_writer()
         assert writer.revision(one) == writer._revision_through_sqlalchemy(one) == one._storage_update_marker
+        assert not writer._reader.in_transaction  # no read left open to hold back the WAL's checkpoints
         gone = await store.create_session(app_name="a", user_id="u", session_id="gone")
         await store.delete_session(app_name="a", user_id="u", session_id="gone")
         assert await store.revision(gone) is None
