@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection  # noqa: F401  (matplotlib present)
 from matplotlib.patches import Rectangle
 
 from ces_nb import frames
-from ces_nb.model import Transcript, Turn
+from ces_nb.model import Span, Transcript, Turn
 from ces_nb.render.plots import KIND_COLOURS, plot_latency, plot_spans
 from ces_nb.render.span_tree import SpanTree
 
@@ -198,3 +199,18 @@ def test_span_tree_escapes_attributes():
     turn = Turn.from_dict({"turn_index": 1, "root_span": {"name": hostile, "attributes": {hostile: hostile}}, "outputs": []})
     tree = SpanTree(turn)
     assert "<script" not in tree.details.value and "&lt;script&gt;" in tree.details.value
+
+
+def test_attributes_in_any_mapping_give_the_frame_of_dicts():
+    """A Span built by hand may hold its attributes in another mapping: the frame reads it as a dict."""
+    from types import MappingProxyType
+
+    def frame(wrap):
+        root = Span("root", 0, 10_000_000, 10_000_000, {"perceived latency (ms)": 3.0})
+        root.children.append(Span("LLM", 1_000_000, None, 4_000_000, wrap({"agent": "A", "model": "m"})))
+        root.children.append(Span("Tool", 5_000_000, None, 1_000_000, wrap({"name": "t", "agent": "A"})))
+        return frames.spans_frame(Transcript([Turn(index=1, root_span=root, completed=True)]))
+
+    expected = frame(dict)
+    assert list(expected.columns[-4:]) == ["perceived latency (ms)", "agent", "model", "name"]
+    pd.testing.assert_frame_equal(frame(MappingProxyType), expected)
