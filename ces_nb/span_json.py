@@ -150,7 +150,7 @@ class JsonSpans:
 
     def read(self) -> None:
         """Read the trees as Span.from_dict reads well-formed JSON (else NotPlain)."""
-        from .time_columns import durations_ns, timestamps_ns
+        from .time_columns import all_text, durations_ns, timestamps_ns
 
         names: list[str] = []
         attributes: list[dict] = []
@@ -175,7 +175,7 @@ class JsonSpans:
                 raise NotPlain
             level_names, level_attributes, children, level_starts, level_ends, level_durations = fields
             if kind not in _TEXT_TIMES:  # msgspec did not check these: look
-                texts = [known and _texts(values) for known, values in zip(texts, fields[3:])]
+                texts = [known and all_text(values) for known, values in zip(texts, fields[3:])]
             first = len(names)
             names += level_names
             attributes += level_attributes
@@ -352,10 +352,6 @@ def _child_level(level: list) -> tuple:
     if None in attributes:
         attributes = [{} if a is None else a for a in attributes]
     return names, attributes, children, starts, ends, durations
-
-
-def _texts(values) -> bool:
-    return set(map(type, values)) <= {str, type(None)}
 
 
 def _unset_none(values: list) -> list:

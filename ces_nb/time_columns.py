@@ -61,6 +61,11 @@ def _column(values, one: Callable[[Any], int | None], vectorized, texts: bool) -
     return ns, missing
 
 
+def all_text(values) -> bool:
+    """Every value a str or None: what the Arrow path reads as a whole column."""
+    return set(map(type, values)) <= {str, type(None)}
+
+
 def _strings(values, texts: bool):
     """(values as an Arrow string array, None for each value that is no str; which values are
     None), or None without pyarrow. `texts`: every value is known to be a str or None."""
@@ -68,7 +73,7 @@ def _strings(values, texts: bool):
         import pyarrow as pa
     except ImportError:
         return None
-    if texts or set(map(type, values)) <= {str, type(None)}:
+    if texts or all_text(values):
         strings = pa.array(values, type=pa.string())
         return strings, strings.is_null().to_numpy(zero_copy_only=False)
     # Arrow would take bytes as text, and fail on the rest: those go value by value.

@@ -148,7 +148,6 @@ class SqliteWriter:
         self._read_time = select(table.c.update_time).where(*key)
         self._insert_events = schema.StorageEvent.__table__.insert()
         self._update_row = table.update().where(*key).values(state=bindparam("v_state"), update_time=bindparam("v_time"))
-        self.events_table = schema.StorageEvent.__table__
         self.event_class = schema.StorageEvent
         # (ORM attribute, column name) of each event column
         self.event_columns = [(a.key, a.columns[0].name) for a in inspect(schema.StorageEvent).column_attrs]
