@@ -56,6 +56,7 @@ def _installed_with_uv(python: Path, requirement: str) -> bool:
 
         uv = find_uv_bin()
     except (ImportError, FileNotFoundError):
+        print(f"uv is not installed (the test extra has it); pip installs {requirement}", file=sys.stderr)
         return False
     try:
         _run([uv, "pip", "install", "--quiet", "--native-tls", "--python", str(python), *_find_links(), requirement])
