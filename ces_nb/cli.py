@@ -55,7 +55,8 @@ def _emulator(args: argparse.Namespace) -> int:
         from .emulator.workers import run_supervisor
 
         return run_supervisor(_emulator_argv(args.raw_argv), workers, args.host, args.port, args.rest_port, args.db or default_db_path(),
-                              display_url, check_inputs=lambda: _serving_inputs(args, say=_say)[0])
+                              display_url, check_inputs=lambda: _serving_inputs(args, say=_say)[0],
+                              pin=args.pin_workers == "on")
 
     # a `--workers` worker: its supervisor checked the same inputs and says what is wrong with them
     code, inputs = _serving_inputs(args, say=_say if args.worker_ready_fd is None else (lambda message: None))
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     emu.add_argument("--workers", type=int, default=None, metavar="N",
                      help="serve from N processes on the same port and store, so turns use N cores (default: the "
                           "number of cores; 1 with --db :memory:, which lives in one process)")
+    emu.add_argument("--pin-workers", choices=("on", "off"), default="on",
+                     help="with --workers N: each worker on a core of its own, when there are no more workers than "
+                          "cores (default on); off leaves their placement to the kernel")
     emu.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     emu.add_argument("--worker-go-fd", type=int, default=None, help=argparse.SUPPRESS)
     _sandbox_flags(emu)

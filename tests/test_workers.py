@@ -56,9 +56,37 @@ def test_two_workers_serve_one_port_and_health_says_so(two_workers):
     emulator, _ = two_workers
     assert len(children(emulator.pid)) == 2
     assert local_emulator.health(emulator.address) == local_emulator.SERVING
-    assert "(2 workers;" in emulator.output()
+    assert "(2 workers " in emulator.output()
     # the supervisor logs the app's load report; its workers load the same app without repeating it
     assert emulator.output().count("app skyway load report") == 1, emulator.output()
+
+
+def listening_line(emulator) -> str:
+    """The supervisor's "listening" line, which it prints just after its workers say SERVING."""
+    for _ in range(100):
+        line = next((line for line in emulator.output().splitlines() if "listening on" in line), None)
+        if line:
+            return line
+        time.sleep(0.1)
+    raise AssertionError(f"no listening line in {emulator.output()!r}")
+
+
+def test_each_worker_has_a_core_of_its_own_unless_told_not_to(two_workers, tmp_path):
+    """Left to the scheduler, a woken worker often landed on the core a busy sibling held."""
+    emulator, _ = two_workers
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = [os.sched_getaffinity(pid) for pid in children(emulator.pid)]
+    if len(cores) >= 2:
+        assert pinned == [{cores[0]}, {cores[1]}]
+        assert f"(2 workers on cores {cores[0]}, {cores[1]};" in listening_line(emulator)
+    else:  # more workers than cores: each may run anywhere
+        assert pinned == [set(cores)] * 2 and "(2 workers on any core;" in listening_line(emulator)
+    free = EmulatorProcess("--db", str(tmp_path / "free.db"), "--workers", "2", "--pin-workers", "off")
+    try:
+        assert [os.sched_getaffinity(pid) for pid in children(free.pid)] == [set(cores)] * 2
+        assert "(2 workers on any core;" in listening_line(free)
+    finally:
+        free.stop()
 
 
 def test_a_session_moves_between_connections_and_workers_without_losing_a_turn(two_workers):

@@ -19,6 +19,14 @@ The supervisor holds what one emulator holds, for all of them:
   and take half of the traffic), and a placeholder socket bound with SO_REUSEPORT, which keeps
   a single-process emulator or another program off the port, and picks it for `--port 0`.
 
+Each worker has a core of its own (`--pin-workers`, on by default when there are no more workers
+than cores the supervisor may use): left to the scheduler, a worker woken by a request was often
+placed on the core where a sibling was busy with a back-to-back client, and its turn took twice as
+long while the other core sat idle (benchmarks/isolation.py: a neighbour on the other worker
+2.07x -> 1.63x of quiet while another client sends its worst inputs; load.py's 2 workers / 1,
+1.60x -> 1.66x). A worker's threads and its tool workers share its core; everything else on the
+machine still runs anywhere. `--pin-workers off` leaves the placement to the kernel.
+
 Workers die with the supervisor (PR_SET_PDEATHSIG, as the tool workers die with theirs), and
 the supervisor stops them all, with go_away, on SIGTERM or Ctrl-C. If a worker dies, the
 supervisor stops the others and exits non-zero: better a clear exit than an emulator serving
@@ -89,8 +97,26 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def worker_cores(workers: int, pin: bool) -> list[int | None]:
+    """The core each worker runs on: one of its own among those this process may use, or None
+    (anywhere) when pinning is off or there are more workers than those cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not pin or workers > len(cores):
+        return [None] * workers
+    return cores[:workers]
+
+
+def _start_worker(core: int | None):
+    """In each worker, before exec: it dies with the supervisor, on its own core if it has one."""
+    def start() -> None:
+        _die_with_parent()
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+    return start
+
+
 def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_port: int | None, db: str,
-                   describe_db, check_inputs=lambda: 0) -> int:
+                   describe_db, check_inputs=lambda: 0, pin: bool = True) -> int:
     """Serve `ces-nb emulator ARGV` from `workers` processes until SIGTERM / SIGINT; the exit code.
     `check_inputs()` checks the apps and options (0, or the exit code, having said why); it runs
     while the workers start, which each take as long to load them, and a mistake stops them."""
@@ -127,14 +153,15 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
     ready_pipes: list[int] = []
     go_pipes: list[int] = []
     code = 0
+    cores = worker_cores(workers, pin)
     try:
-        for n in range(workers):
+        for n, core in enumerate(cores):
             read_fd, write_fd = os.pipe()  # the worker says "ready" (warmed up, not yet SERVING)
             go_read, go_write = os.pipe()  # the supervisor says go: every worker is ready
             cmd = [sys.executable, "-m", "ces_nb", "emulator", *argv, "--workers", "1", "--port", str(grpc_port.port),
                    *(["--rest-port", str(rest.port)] if rest is not None else []), "--db", db,
                    "--worker-ready-fd", str(write_fd), "--worker-go-fd", str(go_read)]
-            procs.append(subprocess.Popen(cmd, pass_fds=[write_fd, go_read, *inherited], preexec_fn=_die_with_parent,
+            procs.append(subprocess.Popen(cmd, pass_fds=[write_fd, go_read, *inherited], preexec_fn=_start_worker(core),
                                           stdin=subprocess.DEVNULL, env={**os.environ, "CES_NB_WORKER": str(n + 1)}))
             os.close(write_fd)
             os.close(go_read)
@@ -153,7 +180,8 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
         for fd in go_pipes:
             os.write(fd, b"g")
         address = f"{host}:{grpc_port.port}"
-        print(f"CES emulator listening on {address} ({workers} workers; db: {describe_db(db)})", flush=True)
+        placed = f"on cores {', '.join(map(str, cores))}" if cores[0] is not None else "on any core"
+        print(f"CES emulator listening on {address} ({workers} workers {placed}; db: {describe_db(db)})", flush=True)
         if rest is not None:
             print(f"CES emulator REST on http://{host}:{rest.port} (the HTTP/JSON binding)", flush=True)
         while not stop:
