@@ -10,6 +10,7 @@ from typing import Any
 from google.adk.events import Event
 from google.adk.sessions import DatabaseSessionService, Session
 
+from .fair_share import checkpoint
 from .sqlite_setup import configure_sqlite_engine
 
 
@@ -71,10 +72,12 @@ class TurnBatchingStore(DatabaseSessionService):
             for event in events:
                 self._apply_temp_state(session, event)
                 trimmed.append(self._trim_temp_delta_state(event))
+            await checkpoint()
             # One writer in this process: ADK's own writes (a session created) hold SQLite's write
             # lock across awaits, so a turn waits for them here, in turn, not on busy_timeout.
             async with self._write_lock:
                 await writer.append_turn(session, trimmed)  # stored, committed
+            await checkpoint()
             for event in trimmed:
                 self._commit_event_to_session(session, event)
             return

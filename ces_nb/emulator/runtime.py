@@ -38,6 +38,7 @@ from opentelemetry import trace
 from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, search_suggestions_html
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
+from .fair_share import checkpoint
 from .history_window import PRIOR_HISTORY, HistoryDigest, window_start
 from .input_limits import MAX_INPUT_BYTES, byte_size, input_size_error, text_length_error
 from .export import LoadedApp, slugify, toolset_tool_names
@@ -281,6 +282,7 @@ class AppRuntime:
             "channel": "TEXT",
             "deployment": config.deployment,
         }
+        await checkpoint()
         session = await self.session_service.create_session(
             app_name=self.app.app_id, user_id=USER_ID, session_id=session_id, state=state
         )
@@ -346,6 +348,7 @@ class AppRuntime:
     ) -> AsyncIterator[ces_v1.SessionOutput]:
         """Yields the turn's outputs as they happen; raises EmulatorError for bad input before any output."""
         state = self._sessions.setdefault(session_id, TurnState())
+        await checkpoint()
         async with state.lock:
             session, inputs = await self._begin(state, session_id, config, inputs)
             if session is None:
@@ -371,6 +374,7 @@ class AppRuntime:
     ) -> list[ces_v1.SessionOutput]:
         """The whole turn at once (unary RunSession): no task or queue between producer and caller."""
         state = self._sessions.setdefault(session_id, TurnState())
+        await checkpoint()
         async with state.lock:
             session, inputs = await self._begin(state, session_id, config, inputs)
             if session is None:
@@ -459,6 +463,7 @@ class AppRuntime:
         return start, state.digest
 
     async def _turn(self, session: Session, config, inputs, stream_text, started_ns, span, queue, pending: dict[str, str]) -> None:
+        await checkpoint()
         meta = dict(session.state.get(META_KEY, {}))
         turn_index = int(meta.get("turn_count", 0)) + 1
         if sum(ces_v1.SessionInput.pb(item).ByteSize() for item in inputs) < OFF_LOOP_INPUT_BYTES:
@@ -487,6 +492,7 @@ class AppRuntime:
             async for event in self.runner.run_async(
                 user_id=USER_ID, session_id=session.id, new_message=message, run_config=run_config
             ):
+                await checkpoint()
                 agent = self.display_of_agent.get(event.author, event.author)
                 if event.partial:
                     for part in (event.content.parts if event.content else []):
@@ -504,6 +510,7 @@ class AppRuntime:
                     await out.send(output)
         for output in grounding:
             await out.send(output)
+        await checkpoint()
 
         # The turn span ends here so the root span covers the whole turn.
         span.end()
@@ -523,6 +530,7 @@ class AppRuntime:
         # every read (a string copies for free), and protobuf writes bytes far faster than JSON.
         record = base64.b64encode(TurnPb(messages=diagnostic.messages, root_span=root_span).SerializeToString()).decode("ascii")
         live = self._sessions[session.id].session or session
+        await checkpoint()
         await self.session_service.append_event(
             live,
             Event(

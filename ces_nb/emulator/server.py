@@ -20,6 +20,7 @@ from .evaluation_store import EvaluationStore
 from .reflection import OPERATIONS_SERVICE, register_service_descriptors, service_names
 from .registry import AppRegistry
 from .runtime import AppRuntime
+from .fair_share import FairShare
 from .services.agent import AgentService
 from .services.evaluation import EvaluationService
 from .services.session import SessionService
@@ -116,7 +117,8 @@ class EmulatorServer:
         shared = self.worker or is_server_database(self.db)
         for runtime in self.registry.runtimes.values():
             runtime.shared_store = shared
-        self.sessions = SessionService(self.registry, audio_pace=self.audio_pace)
+        fair_share = FairShare()  # one event loop's share between its clients
+        self.sessions = SessionService(self.registry, audio_pace=self.audio_pace, fair_share=fair_share)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -126,7 +128,7 @@ class EmulatorServer:
             ("grpc.so_reuseport", 1 if self.worker else 0),
         ]
         self.server = grpc.aio.server(options=options, interceptors=[RequireToken(self.token)] if self.token else None)
-        agents, tools = AgentService(self.registry), ToolService(self.registry)
+        agents, tools = AgentService(self.registry), ToolService(self.registry, fair_share)
         # v1beta's alone, its runs and results kept beside the conversations (evaluation_store.py)
         self.evaluations = EvaluationService(self.registry, self.sessions, agents, EvaluationStore(store))
         v1 = (self.sessions.handler(), agents.handler(), tools.handler())

@@ -12,6 +12,7 @@ from google.cloud import ces_v1
 
 from .. import names
 from ..errors import EmulatorError
+from ..fair_share import FairShare
 from ..registry import AppRegistry
 from ... import audio
 from ..voice import OUT_CHUNK_MS, Voice, audio_formats, voice_span
@@ -58,8 +59,9 @@ def _realtime_input(message) -> ces_v1.SessionInput:
 
 
 class SessionService:
-    def __init__(self, registry: AppRegistry, audio_pace: float = 1.0):
+    def __init__(self, registry: AppRegistry, audio_pace: float = 1.0, fair_share: FairShare | None = None):
         self.registry = registry
+        self.fair_share = fair_share or FairShare()  # between the clients of text turns
         self.audio_pace = audio_pace  # agent audio goes out at this fraction of its playing time
         self._bidi_streams: set[asyncio.Queue] = set()
         self._voices: dict[str, Voice] = {}
@@ -71,7 +73,8 @@ class SessionService:
     async def run_session(self, request: ces_v1.RunSessionRequest, context) -> ces_v1.RunSessionResponse:
         started = time.time_ns()
         runtime, name = self._target(request.config)
-        outputs = await runtime.run_turn_to_end(name.id, request.config, list(request.inputs), turn_started_ns=started)
+        async with self.fair_share.request(context.peer()):
+            outputs = await runtime.run_turn_to_end(name.id, request.config, list(request.inputs), turn_started_ns=started)
         return _response(outputs)
 
     async def stream_run_session(self, request: ces_v1.RunSessionRequest, context):
@@ -79,10 +82,11 @@ class SessionService:
         try:
             check_decoded(request)
             runtime, name = self._target(request.config)
-            async for output in runtime.run_turn(
-                name.id, request.config, list(request.inputs), stream_text=request.config.enable_text_streaming, turn_started_ns=started
-            ):
-                yield _response([output])
+            async with self.fair_share.request(context.peer()):
+                async for output in runtime.run_turn(
+                    name.id, request.config, list(request.inputs), stream_text=request.config.enable_text_streaming, turn_started_ns=started
+                ):
+                    yield _response([output])
         except Exception as exc:
             await abort_for(exc, context, "StreamRunSession")
 

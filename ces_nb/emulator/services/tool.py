@@ -12,6 +12,7 @@ from .. import names
 from ..agent_tools import ClientFunctionTool, PythonFunctionTool, SearchTool, build_tool, run_fake, toolset_offline_error
 from ..errors import EmulatorError, clip, quote
 from ..export import slugify
+from ..fair_share import FairShare, checkpoint
 from ..input_limits import args_size_error, tool_variables_size_error
 from ..mocks import find_mock
 from ..registry import AppRegistry
@@ -24,10 +25,16 @@ RESERVED_SYSTEM_TOOLS = ("end_session",)
 
 
 class ToolService:
-    def __init__(self, registry: AppRegistry):
+    def __init__(self, registry: AppRegistry, fair_share: FairShare | None = None):
         self.registry = registry
+        self.fair_share = fair_share or FairShare()  # between the clients of tool calls and turns
 
     async def execute_tool(self, request: ces_v1.ExecuteToolRequest, context) -> ces_v1.ExecuteToolResponse:
+        async with self.fair_share.request(context.peer()):
+            await checkpoint()
+            return await self._execute_tool(request)
+
+    async def _execute_tool(self, request: ces_v1.ExecuteToolRequest) -> ces_v1.ExecuteToolResponse:
         pb = ces_v1.ExecuteToolRequest.pb(request)
         toolset_ref = request.toolset_tool.toolset if pb.HasField("toolset_tool") else ""
         if not toolset_ref and "/toolsets/" in request.tool:  # projects/../toolsets/<toolset>/tools/<toolId>

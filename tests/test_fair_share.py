@@ -1,0 +1,204 @@
+"""Fair shares of a worker's event loop between clients (ces_nb.emulator.fair_share).
+
+The scheduling itself is checked on FairShare with a clock the test moves, in order of events
+rather than time; then, over a real socket, that a client sending turns back to back and a
+neighbour on another connection both have every turn answered, in order, on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+import grpc
+import pytest
+from google.cloud import ces_v1
+from google.cloud.ces_v1.services.session_service.transports import SessionServiceGrpcTransport
+from google.cloud.ces_v1.services.tool_service.transports import ToolServiceGrpcTransport
+
+from ces_nb.emulator import fair_share
+from ces_nb.emulator.fair_share import FairShare, checkpoint
+from conftest import APP, run, texts
+
+
+class Clock:
+    """Time that moves only when the test moves it (`now += s`), or, `running`, also as real time does."""
+
+    def __init__(self, running: bool = False):
+        self.now = 100.0
+        self.running = running
+
+    def __call__(self) -> float:
+        return self.now + (time.monotonic() if self.running else 0.0)
+
+
+async def _settle():
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def _with_history(share: FairShare, clock: Clock, client: str, seconds: float):
+    """`client` had a request in flight for `seconds`, which just ended."""
+    async def past():
+        async with share.request(client):
+            clock.now += seconds
+    return past()
+
+
+def scenario(busy_seconds: float, *, same_client: bool = False, crowd: int = 0):
+    """A light request is running when a request of `busy` (with `busy_seconds` of history)
+    reaches a checkpoint; the light one ends only when told. The order things happened in."""
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        busy = "light" if same_client else "busy"
+        await _with_history(share, clock, busy, busy_seconds)
+        order: list[str] = []
+        light_running, light_may_end, stop_crowd = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def light():
+            async with share.request("light"):
+                light_running.set()
+                await light_may_end.wait()
+                order.append("light ended")
+
+        async def heavy():
+            async with share.request(busy):
+                await light_running.wait()
+                await checkpoint()
+                order.append("busy past its checkpoint")
+
+        async def other(n):
+            async with share.request(f"crowd-{n}"):
+                await stop_crowd.wait()
+
+        crowd_tasks = [asyncio.create_task(other(n)) for n in range(crowd)]
+        tasks = [asyncio.create_task(light()), asyncio.create_task(heavy())]
+        await _settle()
+        order.append("light may end")
+        light_may_end.set()
+        await asyncio.gather(*tasks)
+        stop_crowd.set()
+        await asyncio.gather(*crowd_tasks)
+        return order
+
+    return asyncio.run(main())
+
+
+def test_a_busy_client_waits_at_a_checkpoint_while_a_lighter_clients_request_runs():
+    assert scenario(busy_seconds=1.0) == ["light may end", "light ended", "busy past its checkpoint"]
+
+
+def test_clients_as_busy_as_each_other_do_not_wait():
+    # the light client's running request counts toward its demand too: both have ~0 s
+    assert scenario(busy_seconds=0.0) == ["busy past its checkpoint", "light may end", "light ended"]
+
+
+def test_requests_of_one_client_never_wait_for_each_other():
+    assert scenario(busy_seconds=1.0, same_client=True) == ["busy past its checkpoint", "light may end", "light ended"]
+
+
+def test_with_more_clients_running_than_it_compares_nobody_waits():
+    order = scenario(busy_seconds=1.0, crowd=fair_share.MAX_CLIENTS)
+    assert order == ["busy past its checkpoint", "light may end", "light ended"]
+
+
+def test_a_request_waits_at_most_its_budget_in_all(monkeypatch):
+    """The light request never ends by itself: the busy one goes on once its budget is spent."""
+    monkeypatch.setattr(fair_share, "MAX_PARK_S", 0.05)
+
+    async def main():
+        clock = Clock(running=True)  # the budget is spent in time that passes
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "busy", 1.0)
+        passed, light_may_end = [], asyncio.Event()
+
+        async def light():
+            async with share.request("light"):
+                await light_may_end.wait()
+
+        async def heavy():
+            async with share.request("busy"):
+                for n in range(3):
+                    await checkpoint()
+                    passed.append(n)
+                light_may_end.set()
+
+        await asyncio.wait_for(asyncio.gather(light(), heavy()), 30)
+        return passed
+
+    assert asyncio.run(main()) == [0, 1, 2]
+
+
+def test_demand_decays_and_includes_requests_in_flight():
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "c", 2.0)
+        assert share.demand("c") == pytest.approx(2.0)
+        clock.now += fair_share.HALF_LIFE_S
+        assert share.demand("c") == pytest.approx(1.0)
+        async with share.request("c"):
+            clock.now += 0.5  # in flight: counted in full so far (and the past decays meanwhile)
+            assert share.demand("c") == pytest.approx(0.5 + 0.5)
+        clock.now += 20 * fair_share.HALF_LIFE_S
+        assert share.demand("c") < 1e-5
+        assert share.demand("never seen") == 0.0
+
+    asyncio.run(main())
+
+
+def test_a_checkpoint_outside_any_request_goes_on_at_once():
+    asyncio.run(asyncio.wait_for(checkpoint(), 5))
+
+
+def _own_connection(address):
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return (channel, ces_v1.SessionServiceClient(transport=SessionServiceGrpcTransport(channel=channel)),
+            ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel)))
+
+
+@pytest.mark.timeout(120)
+def test_a_back_to_back_client_and_a_neighbour_have_every_turn_answered_in_order(emulator, session_name):
+    """The busy client's turns wait at checkpoints while the neighbour's run; none is lost,
+    repeated or reordered, on RunSession, StreamRunSession and ExecuteTool."""
+    busy_channel, busy, busy_tools = _own_connection(emulator.address)
+    neighbour_channel, neighbour, neighbour_tools = _own_connection(emulator.address)
+    stop, failures, busy_turns = threading.Event(), [], itertools.count()
+    busy_session = session_name()
+
+    def back_to_back():
+        try:
+            while not stop.is_set():
+                n = next(busy_turns)
+                out = run(busy, busy_session, "hello " * 5_000 if n % 2 else "Hello")
+                if out[-1].turn_index != n + 1:
+                    failures.append(f"busy turn {n + 1} came back as {out[-1].turn_index}")
+                busy_tools.execute_tool(request=ces_v1.ExecuteToolRequest(
+                    tool=f"{APP}/tools/get_flight_status", args={"flight_number": "SW12"}), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(repr(exc))
+
+    thread = threading.Thread(target=back_to_back)
+    thread.start()
+    try:
+        name = session_name()
+        talk = ["Hello", "What's the status of flight SW12?", "How many bags can I check?"]
+        for n, text in enumerate(talk, start=1):
+            out = run(neighbour, name, text)
+            assert out[-1].turn_index == n and texts(out)
+        request = ces_v1.RunSessionRequest(config={"session": name}, inputs=[{"text": "What is my loyalty tier?"}])
+        streamed = list(neighbour.stream_run_session(request=request, timeout=60))
+        assert streamed[-1].outputs[-1].turn_index == len(talk) + 1
+        answer = neighbour_tools.execute_tool(request=ces_v1.ExecuteToolRequest(
+            tool=f"{APP}/tools/get_flight_status", args={"flight_number": "SW12"}), timeout=60)
+        assert answer.tool.endswith("/tools/get_flight_status")
+    finally:
+        stop.set()
+        thread.join(60)
+        busy_channel.close()
+        neighbour_channel.close()
+    assert not failures, failures
+    assert next(busy_turns) >= 2  # it really was busy meanwhile
