@@ -12,6 +12,9 @@ import os
 import signal
 import sys
 
+# The emulator's GIL switch interval (see serve() below).
+SWITCH_INTERVAL_S = 0.0005
+
 
 def _emulator(args: argparse.Namespace) -> int:
     if args.check:  # the load report of each --app, file by file, with its playback scripts; nothing is served
@@ -93,6 +96,11 @@ def _emulator(args: argparse.Namespace) -> int:
         # collection lands on some turn every few rounds. Ten times the room keeps the same
         # total work but makes full collections ten times rarer.
         gc.set_threshold(10_000, 10, 10)
+        # The loop's threads (the store's writer, input conversion, the database driver) each keep
+        # the GIL for up to the switch interval once the loop asks for it back: 5 ms by default,
+        # about a whole ordinary turn. A neighbour's turn next to a client's largest inputs took
+        # 2.07x -> 1.74x of quiet with 0.5 ms, on the same worker (benchmarks/isolation.py).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         app_ids = ", ".join(a.app_id for a in apps)
         # Readiness is gRPC health (`ces-nb health ADDRESS`); this line is for people.
         if args.worker_ready_fd is not None:
