@@ -33,6 +33,16 @@ from ..model import ToolCall, Turn, pending_calls
 TURN_TIMEOUT_S = 220.0
 
 
+class _EvaluationRuns:
+    """The context run_session gets for an evaluation's turn: all evaluation runs are one client
+    of the worker's fair share (fair_share.py), busy while they run, so a person's turns meanwhile
+    go first."""
+
+    @staticmethod
+    def peer() -> str:
+        return "evaluation runs"
+
+
 class EmulatorConversation:
     """One session on the emulator's SessionService, with what the evaluation runner asks of a
     session: `name`, `auto_answer`, `pending`, `ended`, `send`, `respond`."""
@@ -48,7 +58,7 @@ class EmulatorConversation:
     def send(self, text: str | None = None, **inputs: Any) -> Turn:
         request_inputs = build_inputs(text, pending=self.pending, **inputs)
         request = ces_v1.RunSessionRequest(config=ces_v1.SessionConfig(session=self.name), inputs=request_inputs)
-        future = asyncio.run_coroutine_threadsafe(self.sessions.run_session(request, None), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self.sessions.run_session(request, _EvaluationRuns()), self.loop)
         deadline = time.monotonic() + TURN_TIMEOUT_S
         while True:
             try:
