@@ -24,23 +24,27 @@ Where the time goes, printed in the same run:
 
     python benchmarks/isolation.py [--rounds 6] [--window 2.5] [--rate 10]    goal: worst p50 <= 1.5x quiet p50
 
-What it showed on the 2-core machine shared with other sessions (December 2026, 4 runs, medians
-[ranges]): the machine was ~1.98 CPU s/s busy even in quiet windows, the emulator getting ~0.8
-of it, so any busy client costs the neighbour ~1.85x [1.77-1.90] (ordinary vs quiet, on either
-worker). At one fixed rate the worst inputs cost about what ordinary turns cost (worst at 10/s vs
-ordinary at 10/s: 1.04x [0.93-1.28]). Beyond that, sharing the other client's worker cost
-~1.34x [1.23-1.53] (worst vs ordinary on the same worker; 1.04x on another): maximal variables
-(~37 ms of the loop a turn, against ~20 ms for an ordinary one) and maximal text (~21 ms) were
-long stretches of the one event loop. The other client's own process burns ~0.18 CPU s/s
-building its worst requests (0.03 for ordinary ones).
-
-Since a big turn's store write (sqlite_writer.OFF_LOOP_JSON_CHARS) and its input's conversion
-(runtime.OFF_LOOP_INPUT_BYTES) run off the loop, one run on a quieter machine (1.0 CPU s/s in
-quiet windows) read, same worker / other worker / both: worst vs quiet 2.30x / 1.47x / 1.77x,
-ordinary vs quiet 2.07x / 1.49x / 1.76x, worst vs ordinary 1.11x / 0.99x / 1.00x. What is left
-on the same worker is any back-to-back client: two turns at once share one loop, so each takes
-about as long as both. (Running them one at a time, first come first served, was tried: worst
-vs quiet on the same worker went to 2.99x, as a short turn then waits for the whole of a long one.)
+What it showed on a 2-core machine (December 2026). Before: worst vs quiet 3.37x / 2.07x / 2.54x
+(same worker / other worker / both), and any client busy as fast as it can (ordinary vs quiet)
+2.39x / 1.88x / 2.19x, with the machine only ~1.2 CPU s/s busy. Three causes, and their fixes:
+* placement: left to the scheduler, a worker woken by the neighbour's request often landed on
+  the core the other client's worker held (pinning the two by hand: 13.8 -> 9.6 ms a turn).
+  Each worker now has a core of its own (workers.py, `--pin-workers`): other worker 2.07x -> 1.63x.
+* one event loop: two turns at once share it, so on the same worker each took as long as both.
+  Now a client that keeps the emulator busy gives way, between the steps of its requests, to a
+  lighter one (fair_share.py): ordinary vs quiet on the same worker 1.97x -> 1.22x.
+* the GIL: the loop's threads (the store's writer encoding 256 KiB of state, input conversion,
+  the database driver) kept it up to 5 ms once the loop asked for it back; the emulator's switch
+  interval is 0.5 ms (cli.py): same worker, worst, 2.07x -> 1.74x, and with checkpoints around
+  the store write 1.54x.
+After, two runs: worst vs quiet 1.50x / 1.47x / 1.48x and 1.55x / 1.49x / 1.52x; ordinary vs
+quiet 1.20x / 1.19x / 1.20x and 1.23x / 1.18x / 1.20x. What is left: between two checkpoints a
+request runs to the next one (a maximal-variables turn has stretches of 3-6 ms: ADK's passes over
+2 300 state keys, protobuf copies of them), and the other client's own process (~0.25 CPU s/s
+building its worst requests) shares the machine's two cores with the emulator. At a fixed rate the
+worst inputs cost about what ordinary turns do (worst at 10/s vs ordinary at 10/s: ~1.01x).
+(Running turns one at a time, first come first served, was tried before: 2.99x on the same worker,
+as a short turn then waits for the whole of a long one.)
 """
 
 from __future__ import annotations
