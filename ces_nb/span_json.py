@@ -36,6 +36,10 @@ def _any_field_set(self) -> bool:
     return self.name is not UNSET or any(getattr(self, f) is not UNSET for f in self.__struct_fields__)
 
 
+# Spans decoded from JSON are trees of fresh objects, never cycles: their structs are left out of
+# the cyclic GC (gc=False), which otherwise tracks every one of a file's million spans.
+
+
 def _span_struct(name: str, child: str, rename: dict[str, str]) -> type:
     """A root Span's JSON as a struct, its keys as `rename` spells them. Every field is UNSET when
     absent, so an empty {} (no span, as the records read it) is told from a span with no name;
@@ -47,7 +51,7 @@ def _span_struct(name: str, child: str, rename: dict[str, str]) -> type:
         ("start_time", Any, UNSET),
         ("end_time", Any, UNSET),
         ("duration", Any, UNSET),
-    ], forbid_unknown_fields=True, rename=rename, module=__name__, namespace={"__bool__": _any_field_set})
+    ], forbid_unknown_fields=True, rename=rename, module=__name__, namespace={"__bool__": _any_field_set}, gc=False)
 
 
 def _child_struct(name: str, times: Any, rename: dict[str, str]) -> type:
@@ -63,7 +67,7 @@ def _child_struct(name: str, times: Any, rename: dict[str, str]) -> type:
         ("start_time", times, None),
         ("end_time", times, None),
         ("duration", times, None),
-    ], forbid_unknown_fields=True, rename=rename, module=__name__)
+    ], forbid_unknown_fields=True, rename=rename, module=__name__, gc=False)
 
 
 _CAMEL = {"child_spans": "childSpans", "start_time": "startTime", "end_time": "endTime"}
