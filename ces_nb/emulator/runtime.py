@@ -478,6 +478,7 @@ class AppRuntime:
             await self.session_service.append_event(
                 session, Event(author="user", invocation_id=f"ces-vars-{turn_index}", actions=EventActions(state_delta=state_delta))
             )
+            await checkpoint()  # 256 KiB of variables take ADK a few ms to apply: a step of its own
 
         out = _OutputStream(turn_index, queue)
         first_output_ns: list[int] = []
