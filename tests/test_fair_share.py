@@ -132,6 +132,117 @@ def test_a_request_waits_at_most_its_budget_in_all(monkeypatch):
     assert asyncio.run(main()) == [0, 1, 2]
 
 
+def _light_running(share: FairShare, clock: Clock):
+    """A share where "busy" has a second of history, and a task holding a light request open
+    until the returned event is set."""
+    release = asyncio.Event()
+
+    async def light():
+        async with share.request("light"):
+            await release.wait()
+
+    return release, asyncio.create_task(light())
+
+
+def _idle(share: FairShare) -> bool:
+    return not share._running and not share._in_flight
+
+
+def test_two_waiting_requests_do_not_wake_each_other_in_a_loop(monkeypatch):
+    """Each wait ends when a request stops running; waiters looking again must not count as one."""
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "busy", 1.0)
+        looks = []
+        lighter = share._lighter_running
+        monkeypatch.setattr(share, "_lighter_running", lambda client: looks.append(client) or lighter(client))
+        release, light = _light_running(share, clock)
+        await _settle()
+
+        async def heavy():
+            async with share.request("busy"):
+                await checkpoint()
+
+        waiting = [asyncio.create_task(heavy()) for _ in range(2)]
+        for _ in range(200):  # the loop turns; nothing changes for the waiters
+            await asyncio.sleep(0)
+        looked_while_waiting = len(looks)
+        release.set()
+        await asyncio.gather(light, *waiting)
+        assert _idle(share)
+        return looked_while_waiting
+
+    assert asyncio.run(main()) <= 8  # a handful, not one per turn of the loop
+
+
+def test_a_request_cancelled_while_it_waits_leaves_nothing_behind():
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "busy", 1.0)
+        release, light = _light_running(share, clock)
+        await _settle()
+        reached = asyncio.Event()
+
+        async def heavy():
+            async with share.request("busy"):
+                reached.set()
+                await checkpoint()
+
+        waiting = asyncio.create_task(heavy())
+        await reached.wait()
+        await _settle()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert "busy" not in share._running and "busy" not in share._in_flight
+        release.set()
+        await light
+        assert _idle(share)
+
+    asyncio.run(main())
+
+
+def test_a_request_that_ends_while_its_producer_task_waits():
+    """A streaming turn's producer task shares the request; the request may end first."""
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "busy", 1.0)
+        release, light = _light_running(share, clock)
+        await _settle()
+        async with share.request("busy"):
+            producer = asyncio.create_task(checkpoint())  # the context (and the request) is copied in
+            await _settle()
+            assert not producer.done()  # waiting for the light request
+        assert "busy" not in share._running and "busy" not in share._in_flight
+        await asyncio.wait_for(producer, 5)  # the request ended: it goes on at once
+        release.set()
+        await light
+        assert _idle(share)
+
+    asyncio.run(main())
+
+
+def test_a_request_ended_in_another_task_is_accounted_once():
+    """grpc.aio closes an abandoned stream's generator later, from a task of its own."""
+    async def main():
+        share = FairShare(clock=Clock())
+
+        async def stream():
+            async with share.request("client"):
+                yield 1
+                yield 2
+
+        outputs = stream()
+        assert await outputs.__anext__() == 1
+        await asyncio.create_task(outputs.aclose())
+        assert _idle(share) and share.demand("client") >= 0.0
+
+    asyncio.run(main())
+
+
 def test_demand_decays_and_includes_requests_in_flight():
     async def main():
         clock = Clock()

@@ -10,8 +10,8 @@ start, its session's creation, each event of its agents, its store write; a tool
 request waits while a request runs of a client with less than YIELD_BELOW of its client's demand,
 until that one ends or waits itself, and at most MAX_PARK_S in all, so nobody starves. Requests of
 one client never wait for each other, and clients that are all always busy have the same demand
-and share the loop as before. A request outside any client (warm-up, an evaluation run's turns)
-never waits.
+and share the loop as before. The EvaluationService's runs are one client ("evaluation runs");
+a request outside any client (warm-up) never waits.
 """
 
 from __future__ import annotations
@@ -35,10 +35,17 @@ FORGET_BELOW_S = 1e-3
 
 
 class _Request:
-    __slots__ = ("share", "client", "parked_s")
+    """One request: its client, whether it counts as running now (not waiting at a checkpoint, and
+    not ended), whether it ended, and how long it has waited. A streaming turn's producer task
+    shares its request (the context is copied into the task), and may still be at a checkpoint
+    when the request ends, or the request may end in another task (grpc closes an abandoned
+    stream's generator later): so each flips only its own state, once."""
 
-    def __init__(self, share: "FairShare", client: str):
-        self.share, self.client, self.parked_s = share, client, 0.0
+    __slots__ = ("share", "client", "started", "running", "ended", "parked_s")
+
+    def __init__(self, share: "FairShare", client: str, started: float):
+        self.share, self.client, self.started = share, client, started
+        self.running, self.ended, self.parked_s = False, False, 0.0
 
 
 _current: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("ces_nb_fair_share", default=None)
@@ -52,7 +59,8 @@ class FairShare:
         self._past: dict[str, tuple[float, float]] = {}  # client -> (seconds of ended requests, as of when)
         self._in_flight: dict[str, list[float]] = {}  # client -> [requests, the sum of their start times]
         self._running: dict[str, int] = {}  # client -> its requests running now (not waiting here)
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) whenever a request stops running
+        self._prune_above = 64
 
     def demand(self, client: str, now: float | None = None) -> float:
         """The client's seconds of requests in flight, those that ended decaying by HALF_LIFE_S,
@@ -69,63 +77,80 @@ class FairShare:
         if client is None:
             yield
             return
-        request = _Request(self, client)
-        token = _current.set(request)
-        started = self._clock()
+        request = _Request(self, client, self._clock())
         flight = self._in_flight.setdefault(client, [0, 0.0])
         flight[0] += 1
-        flight[1] += started
-        self._enter(client)
+        flight[1] += request.started
+        self._run(request)
+        token = _current.set(request)
         try:
             yield
         finally:
-            self._leave(client)
-            _current.reset(token)
-            now = self._clock()
-            past = self.demand(client, now) - (flight[0] * now - flight[1])
-            flight[0] -= 1
-            flight[1] -= started
-            if not flight[0]:
-                del self._in_flight[client]
-            self._past[client] = (past + (now - started), now)
-            if len(self._past) > 64:  # clients come and go with their connections
-                self._past = {c: v for c, v in self._past.items()
-                              if c in self._in_flight or self.demand(c, now) > FORGET_BELOW_S}
+            self._end(request)
+            try:
+                _current.reset(token)
+            except ValueError:  # ended in another context (a stream's generator closed later): nothing to undo there
+                pass
+
+    def _end(self, request: _Request) -> None:
+        if request.ended:
+            return
+        if request.running:
+            self._pause(request)
+        request.ended = True
+        client, now = request.client, self._clock()
+        flight = self._in_flight[client]
+        past = self.demand(client, now) - (flight[0] * now - flight[1])
+        flight[0] -= 1
+        flight[1] -= request.started
+        if not flight[0]:
+            del self._in_flight[client]
+        self._past[client] = (past + (now - request.started), now)
+        if len(self._past) > self._prune_above:  # clients come and go with their connections
+            self._past = {c: v for c, v in self._past.items()
+                          if c in self._in_flight or self.demand(c, now) > FORGET_BELOW_S}
+            self._prune_above = max(64, 2 * len(self._past))
 
     async def _checkpoint(self, request: _Request) -> None:
-        while 1 < len(self._running) <= MAX_CLIENTS:
-            budget = MAX_PARK_S - request.parked_s
-            if budget <= 0 or not self._lighter_running(request.client):
-                return
-            self._leave(request.client)  # which may let a heavier one go on: that wakes the waiters
-            changed = self._changed
-            began = self._clock()
-            try:
-                await asyncio.wait_for(changed.wait(), budget)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                request.parked_s += self._clock() - began
-                self._enter(request.client)
+        if request.ended or not request.running or not 1 < len(self._running) <= MAX_CLIENTS:
+            return
+        budget = MAX_PARK_S - request.parked_s
+        if budget <= 0 or not self._lighter_running(request.client):
+            return
+        self._pause(request)  # which may let a heavier one go on: that wakes the waiters
+        began = self._clock()
+        try:
+            async with asyncio.timeout(budget):
+                # Woken by any request that stops running; look again, without running in between
+                # (two waiters that each woke the other would spin the loop).
+                while not request.ended and self._lighter_running(request.client):
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            request.parked_s += self._clock() - began
+            if not request.ended:
+                self._run(request)
 
     def _lighter_running(self, client: str) -> bool:
+        if not 1 <= len(self._running) <= MAX_CLIENTS:
+            return False
         now = self._clock()
         below = YIELD_BELOW * self.demand(client, now)
         return any(other != client and self.demand(other, now) < below for other in self._running)
 
-    def _enter(self, client: str) -> None:
+    def _run(self, request: _Request) -> None:
         # no wake: one more running request lets no waiting one go on
-        self._running[client] = self._running.get(client, 0) + 1
+        request.running = True
+        self._running[request.client] = self._running.get(request.client, 0) + 1
 
-    def _leave(self, client: str) -> None:
-        count = self._running[client] - 1
+    def _pause(self, request: _Request) -> None:
+        request.running = False
+        count = self._running[request.client] - 1
         if count:
-            self._running[client] = count
+            self._running[request.client] = count
         else:
-            del self._running[client]
-        self._wake()
-
-    def _wake(self) -> None:
+            del self._running[request.client]
         self._changed.set()
         self._changed = asyncio.Event()
 
