@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -490,25 +491,27 @@ class AppRuntime:
         if message is not None:
             run_config = RunConfig(streaming_mode=StreamingMode.SSE if stream_text else StreamingMode.NONE, telemetry=TELEMETRY)
             streamed_text = False
-            async for event in self.runner.run_async(
+            # aclosing: a cancel at the checkpoint closes ADK's generator here, in this task
+            async with contextlib.aclosing(self.runner.run_async(
                 user_id=USER_ID, session_id=session.id, new_message=message, run_config=run_config
-            ):
-                await checkpoint()
-                agent = self.display_of_agent.get(event.author, event.author)
-                if event.partial:
-                    for part in (event.content.parts if event.content else []):
-                        if part.text:
-                            streamed_text = True
-                            first_output_ns or first_output_ns.append(time.time_ns())
-                            await out.send(OutputPb(text=part.text))
-                    continue
-                chunks, outputs = self._event_outputs(event, agent, records, grounding, skip_text=streamed_text)
-                streamed_text = False
-                if chunks:
-                    agent_msgs.append(MessagePb(role="agent", chunks=chunks))
-                for output in outputs:
-                    first_output_ns or first_output_ns.append(time.time_ns())
-                    await out.send(output)
+            )) as events:
+                async for event in events:
+                    await checkpoint()
+                    agent = self.display_of_agent.get(event.author, event.author)
+                    if event.partial:
+                        for part in (event.content.parts if event.content else []):
+                            if part.text:
+                                streamed_text = True
+                                first_output_ns or first_output_ns.append(time.time_ns())
+                                await out.send(OutputPb(text=part.text))
+                        continue
+                    chunks, outputs = self._event_outputs(event, agent, records, grounding, skip_text=streamed_text)
+                    streamed_text = False
+                    if chunks:
+                        agent_msgs.append(MessagePb(role="agent", chunks=chunks))
+                    for output in outputs:
+                        first_output_ns or first_output_ns.append(time.time_ns())
+                        await out.send(output)
         for output in grounding:
             await out.send(output)
         await checkpoint()
