@@ -36,7 +36,7 @@ def _emulator(args: argparse.Namespace) -> int:
     tls_port = _tls_port(args)
     # --tls serves from one process (its front pipes to that process's ports), so it defaults to one worker
     workers = args.workers if args.workers is not None else (1 if args.db == ":memory:" or tls_port is not None
-                                                             else os.cpu_count() or 1)
+                                                             else len(os.sched_getaffinity(0)) or 1)
     if workers < 1:
         print("ces-nb emulator: --workers takes 1 or more", file=sys.stderr)
         return 2
@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="serve from N processes on the same port and store, so turns use N cores (default: the "
                           "number of cores; 1 with --db :memory:, which lives in one process)")
     emu.add_argument("--pin-workers", choices=("on", "off"), default="on",
-                     help="with --workers N: each worker on a core of its own, when there are no more workers than "
-                          "cores (default on); off leaves their placement to the kernel")
+                     help="with --workers N: each worker on a core of its own, when there are as many workers as "
+                          "cores this process may use (default on); off leaves their placement to the kernel")
     emu.add_argument("--worker-ready-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     emu.add_argument("--worker-go-fd", type=int, default=None, help=argparse.SUPPRESS)
     _sandbox_flags(emu)

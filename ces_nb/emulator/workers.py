@@ -19,13 +19,15 @@ The supervisor holds what one emulator holds, for all of them:
   and take half of the traffic), and a placeholder socket bound with SO_REUSEPORT, which keeps
   a single-process emulator or another program off the port, and picks it for `--port 0`.
 
-Each worker has a core of its own (`--pin-workers`, on by default when there are no more workers
-than cores the supervisor may use): left to the scheduler, a worker woken by a request was often
-placed on the core where a sibling was busy with a back-to-back client, and its turn took twice as
-long while the other core sat idle (benchmarks/isolation.py: a neighbour on the other worker
-2.07x -> 1.63x of quiet while another client sends its worst inputs; load.py's 2 workers / 1,
-1.60x -> 1.66x). A worker's threads and its tool workers share its core; everything else on the
-machine still runs anywhere. `--pin-workers off` leaves the placement to the kernel.
+Each worker has a core of its own when there are as many workers as cores the supervisor may use
+(the default `--workers`; `--pin-workers off` leaves the placement to the kernel): left to the
+scheduler, a worker woken by a request was often placed on the core where a sibling was busy with
+a back-to-back client, and its turn took twice as long while the other core sat idle
+(benchmarks/isolation.py: a neighbour on the other worker 2.07x -> 1.63x of quiet while another
+client sends its worst inputs; load.py's 2 workers / 1, 1.60x -> 1.66x). A worker's threads share
+its core; its tool workers (python_runner.py) run on any of the cores, as everything else on the
+machine does. With fewer workers than cores nothing is pinned: several emulators would otherwise
+all stack on the first cores.
 
 Workers die with the supervisor (PR_SET_PDEATHSIG, as the tool workers die with theirs), and
 the supervisor stops them all, with go_away, on SIGTERM or Ctrl-C. If a worker dies, the
@@ -48,6 +50,7 @@ import sys
 import tempfile
 import time
 
+from .python_runner import UNPINNED_CORES_ENV
 from .store import StoreError, check_store, is_server_database, open_sqlite_file, sqlite_file
 
 PR_SET_PDEATHSIG = 1
@@ -98,12 +101,12 @@ def _die_with_parent() -> None:
 
 
 def worker_cores(workers: int, pin: bool) -> list[int | None]:
-    """The core each worker runs on: one of its own among those this process may use, or None
-    (anywhere) when pinning is off or there are more workers than those cores."""
+    """The core each worker runs on: one of its own, when there are as many workers as cores this
+    process may use; else None (anywhere)."""
     cores = sorted(os.sched_getaffinity(0))
-    if not pin or workers > len(cores):
+    if not pin or workers != len(cores):
         return [None] * workers
-    return cores[:workers]
+    return cores
 
 
 def _start_worker(core: int | None):
@@ -154,6 +157,7 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
     go_pipes: list[int] = []
     code = 0
     cores = worker_cores(workers, pin)
+    unpinned = {UNPINNED_CORES_ENV: ",".join(map(str, sorted(os.sched_getaffinity(0))))} if cores[0] is not None else {}
     try:
         for n, core in enumerate(cores):
             read_fd, write_fd = os.pipe()  # the worker says "ready" (warmed up, not yet SERVING)
@@ -162,7 +166,7 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
                    *(["--rest-port", str(rest.port)] if rest is not None else []), "--db", db,
                    "--worker-ready-fd", str(write_fd), "--worker-go-fd", str(go_read)]
             procs.append(subprocess.Popen(cmd, pass_fds=[write_fd, go_read, *inherited], preexec_fn=_start_worker(core),
-                                          stdin=subprocess.DEVNULL, env={**os.environ, "CES_NB_WORKER": str(n + 1)}))
+                                          stdin=subprocess.DEVNULL, env={**os.environ, "CES_NB_WORKER": str(n + 1), **unpinned}))
             os.close(write_fd)
             os.close(go_read)
             ready_pipes.append(read_fd)
