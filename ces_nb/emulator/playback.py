@@ -81,11 +81,25 @@ def adk_name(display_name: str) -> str:
     return name if not name[0].isdigit() else "_" + name
 
 
-@lru_cache(maxsize=1024)
+# Every model call of a turn reads the same utterances again (and the ones before them, once per
+# scripted turn): a 64 KiB message took ~2 ms of the event loop each time. So they are remembered:
+# many short ones, a few long ones (a turn's text inputs join into one, up to 8 MiB: not kept).
+SHORT_TEXT_CHARS = 4096
+LONG_TEXT_CHARS = 256 * 1024
+
+
 def tokens(text: str) -> frozenset[str]:
-    # Every model call of a turn reads the same utterances again (and the ones before them, once
-    # per scripted turn): a 64 KiB message took ~2 ms of the event loop each time.
+    if len(text) <= SHORT_TEXT_CHARS:
+        return _short_tokens(text)
+    return _long_tokens(text) if len(text) <= LONG_TEXT_CHARS else _words(text)
+
+
+def _words(text: str) -> frozenset[str]:
     return frozenset(_WORD.findall(text.lower()))
+
+
+_short_tokens = lru_cache(maxsize=1024)(_words)
+_long_tokens = lru_cache(maxsize=8)(_words)
 
 
 def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[str] | None = None) -> float:
