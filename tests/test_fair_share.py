@@ -204,6 +204,35 @@ def test_a_request_cancelled_while_it_waits_leaves_nothing_behind():
     asyncio.run(main())
 
 
+def test_a_cancel_at_a_checkpoint_after_the_store_only_ends_the_wait():
+    """Once a turn is stored, a cancel (a deadline) must not report it as failed."""
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "busy", 1.0)
+        release, light = _light_running(share, clock)
+        await _settle()
+        steps = []
+
+        async def heavy():
+            async with share.request("busy"):
+                await checkpoint(cancellable=False)
+                steps.append("answered")
+                await asyncio.sleep(0)  # the cancel is spent: later awaits go on
+                steps.append("after")
+
+        task = asyncio.create_task(heavy())
+        await _settle()
+        task.cancel()
+        await task
+        assert steps == ["answered", "after"] and not task.cancelled()
+        release.set()
+        await light
+        assert _idle(share)
+
+    asyncio.run(main())
+
+
 def test_a_request_that_ends_while_its_producer_task_waits():
     """A streaming turn's producer task shares the request; the request may end first."""
     async def main():

@@ -77,10 +77,9 @@ class TurnBatchingStore(DatabaseSessionService):
             # lock across awaits, so a turn waits for them here, in turn, not on busy_timeout.
             async with self._write_lock:
                 await writer.append_turn(session, trimmed)  # stored, committed
-            # No checkpoint from here to the client's answer: a cancel while waiting would report a
-            # stored turn as failed, and a retry would store it twice.
             for event in trimmed:
                 self._commit_event_to_session(session, event)
+            await checkpoint(cancellable=False)  # stored: a cancel now must not report it failed
             return
         pg = self._postgres_writer()
         if pg is not None and session._storage_update_marker is not None and not _touches_shared_state(events):

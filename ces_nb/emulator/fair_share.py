@@ -155,8 +155,20 @@ class FairShare:
         self._changed = asyncio.Event()
 
 
-async def checkpoint() -> None:
-    """Between two steps of a request: wait while a lighter client's request runs (see above)."""
+async def checkpoint(*, cancellable: bool = True) -> None:
+    """Between two steps of a request: wait while a lighter client's request runs (see above).
+    `cancellable=False` once the request's outcome is stored: a cancel (a deadline, a client gone)
+    while waiting there only ends the wait, as if it had come after the answer; raised, it would
+    report a stored turn as failed, and a retry would store it twice."""
     request = _current.get()
-    if request is not None:
+    if request is None:
+        return
+    if cancellable:
         await request.share._checkpoint(request)
+        return
+    try:
+        await request.share._checkpoint(request)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
