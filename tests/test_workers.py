@@ -81,9 +81,10 @@ def test_each_worker_has_a_core_of_its_own_unless_told_not_to(two_workers, tmp_p
         assert f"(2 workers on cores {cores[0]}, {cores[1]};" in listening_line(emulator)
     else:  # more workers than cores: each may run anywhere
         assert pinned == [set(cores)] * 2 and "(2 workers on any core;" in listening_line(emulator)
-    # their tool workers (one started ahead of the first call) run on any core, not their worker's
-    tool_workers = [p for worker in children(emulator.pid) for p in children(worker)]
-    assert tool_workers and all(os.sched_getaffinity(p) == set(cores) for p in tool_workers)
+    # their tool workers (one started ahead of the first call) share their worker's core
+    tool_workers = {worker: children(worker) for worker in children(emulator.pid)}
+    assert all(tool_workers.values())
+    assert all(os.sched_getaffinity(p) == os.sched_getaffinity(w) for w, ps in tool_workers.items() for p in ps)
     free = EmulatorProcess("--db", str(tmp_path / "free.db"), "--workers", "2", "--pin-workers", "off")
     try:
         assert [os.sched_getaffinity(pid) for pid in children(free.pid)] == [set(cores)] * 2

@@ -95,22 +95,6 @@ def _sweep_homes() -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-# Set by a `--workers` supervisor that pins its workers (workers.py): the cores, comma-separated,
-# that their tool workers run on, the supervisor's own.
-UNPINNED_CORES_ENV = "CES_NB_UNPINNED_CORES"
-
-
-def _unpin(pid: int) -> None:
-    """A pinned emulator worker's tool workers run on any of the machine's cores, so a CPU-bound
-    tool does not take its emulator worker's core."""
-    cores = os.environ.get(UNPINNED_CORES_ENV)
-    if cores:
-        try:
-            os.sched_setaffinity(pid, {int(c) for c in cores.split(",")})
-        except (OSError, ValueError):  # gone already, or cores this process may no longer use
-            pass
-
-
 class _Worker:
     def __init__(self, proc: asyncio.subprocess.Process, home: _Home):
         self.proc = proc
@@ -211,7 +195,6 @@ class PythonToolRunner:
         except BaseException:
             home.remove()
             raise
-        _unpin(proc.pid)
         worker = _Worker(proc, home)
         self._all.add(worker)
         try:

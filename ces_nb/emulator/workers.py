@@ -24,10 +24,12 @@ Each worker has a core of its own when there are as many workers as cores the su
 scheduler, a worker woken by a request was often placed on the core where a sibling was busy with
 a back-to-back client, and its turn took twice as long while the other core sat idle
 (benchmarks/isolation.py: a neighbour on the other worker 2.07x -> 1.63x of quiet while another
-client sends its worst inputs; load.py's 2 workers / 1, 1.60x -> 1.66x). A worker's threads share
-its core; its tool workers (python_runner.py) run on any of the cores, as everything else on the
-machine does. With fewer workers than cores nothing is pinned: several emulators would otherwise
-all stack on the first cores.
+client sends its worst inputs; load.py's 2 workers / 1, 1.60x -> 1.66x). A worker's threads and
+its tool workers (python_runner.py) share its core, so a client's tool code slows that worker's
+sessions, not every worker's (run on any core, they took the neighbour on the other worker from
+1.35x to 1.44x of quiet, and on the same worker from 1.59x to 1.71-1.79x). Everything else on the
+machine runs anywhere. With fewer workers than cores nothing is pinned: several emulators would
+otherwise all stack on the first cores.
 
 Workers die with the supervisor (PR_SET_PDEATHSIG, as the tool workers die with theirs), and
 the supervisor stops them all, with go_away, on SIGTERM or Ctrl-C. If a worker dies, the
@@ -50,7 +52,6 @@ import sys
 import tempfile
 import time
 
-from .python_runner import UNPINNED_CORES_ENV
 from .store import StoreError, check_store, is_server_database, open_sqlite_file, sqlite_file
 
 PR_SET_PDEATHSIG = 1
@@ -157,7 +158,6 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
     go_pipes: list[int] = []
     code = 0
     cores = worker_cores(workers, pin)
-    unpinned = {UNPINNED_CORES_ENV: ",".join(map(str, sorted(os.sched_getaffinity(0))))} if cores[0] is not None else {}
     try:
         for n, core in enumerate(cores):
             read_fd, write_fd = os.pipe()  # the worker says "ready" (warmed up, not yet SERVING)
@@ -166,7 +166,7 @@ def run_supervisor(argv: list[str], workers: int, host: str, port: int, rest_por
                    *(["--rest-port", str(rest.port)] if rest is not None else []), "--db", db,
                    "--worker-ready-fd", str(write_fd), "--worker-go-fd", str(go_read)]
             procs.append(subprocess.Popen(cmd, pass_fds=[write_fd, go_read, *inherited], preexec_fn=_start_worker(core),
-                                          stdin=subprocess.DEVNULL, env={**os.environ, "CES_NB_WORKER": str(n + 1), **unpinned}))
+                                          stdin=subprocess.DEVNULL, env={**os.environ, "CES_NB_WORKER": str(n + 1)}))
             os.close(write_fd)
             os.close(go_read)
             ready_pipes.append(read_fd)
