@@ -37,8 +37,10 @@ What it showed on a 2-core machine (December 2026). Before: worst vs quiet 3.37x
   the database driver) kept it up to 5 ms once the loop asked for it back; the emulator's switch
   interval is 0.5 ms (cli.py): same worker, worst, 2.07x -> 1.74x, and with checkpoints around
   the store write 1.54x.
-After, two runs: worst vs quiet 1.50x / 1.47x / 1.48x and 1.55x / 1.49x / 1.52x; ordinary vs
-quiet 1.20x / 1.19x / 1.20x and 1.23x / 1.18x / 1.20x. What is left: between two checkpoints a
+After, two runs: worst vs quiet 1.59x / 1.35x / 1.47x and 1.54x / 1.38x / 1.45x; ordinary vs
+quiet 1.23x / 1.21x / 1.22x and 1.28x / 1.15x / 1.22x (a worker's tool workers share its core:
+run anywhere, the other client's tool code reached the neighbour's core, and worst vs quiet read
+1.71-1.79x / 1.44x / 1.52-1.55x). What is left: between two checkpoints a
 request runs to the next one (a maximal-variables turn has stretches of 3-6 ms: ADK's passes over
 2 300 state keys, protobuf copies of them), and the other client's own process (~0.25 CPU s/s
 building its worst requests) shares the machine's two cores with the emulator. At a fixed rate the
