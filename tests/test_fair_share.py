@@ -132,16 +132,28 @@ def test_a_request_waits_at_most_its_budget_in_all(monkeypatch):
     assert asyncio.run(main()) == [0, 1, 2]
 
 
-def _light_running(share: FairShare, clock: Clock):
+async def _busy_next_to_light():
     """A share where "busy" has a second of history, and a task holding a light request open
-    until the returned event is set."""
+    until `release` is set: (share, release, that task)."""
+    clock = Clock()
+    share = FairShare(clock=clock)
+    await _with_history(share, clock, "busy", 1.0)
     release = asyncio.Event()
 
     async def light():
         async with share.request("light"):
             await release.wait()
 
-    return release, asyncio.create_task(light())
+    task = asyncio.create_task(light())
+    await _settle()
+    return share, release, task
+
+
+async def _light_ends(share: FairShare, release: asyncio.Event, light: asyncio.Task) -> None:
+    """Let the light request end; then nothing may be left running or in flight."""
+    release.set()
+    await light
+    assert _idle(share)
 
 
 def _idle(share: FairShare) -> bool:
@@ -151,14 +163,10 @@ def _idle(share: FairShare) -> bool:
 def test_two_waiting_requests_do_not_wake_each_other_in_a_loop(monkeypatch):
     """Each wait ends when a request stops running; waiters looking again must not count as one."""
     async def main():
-        clock = Clock()
-        share = FairShare(clock=clock)
-        await _with_history(share, clock, "busy", 1.0)
+        share, release, light = await _busy_next_to_light()
         looks = []
         lighter = share._lighter_running
         monkeypatch.setattr(share, "_lighter_running", lambda client: looks.append(client) or lighter(client))
-        release, light = _light_running(share, clock)
-        await _settle()
 
         async def heavy():
             async with share.request("busy"):
@@ -178,11 +186,7 @@ def test_two_waiting_requests_do_not_wake_each_other_in_a_loop(monkeypatch):
 
 def test_a_request_cancelled_while_it_waits_leaves_nothing_behind():
     async def main():
-        clock = Clock()
-        share = FairShare(clock=clock)
-        await _with_history(share, clock, "busy", 1.0)
-        release, light = _light_running(share, clock)
-        await _settle()
+        share, release, light = await _busy_next_to_light()
         reached = asyncio.Event()
 
         async def heavy():
@@ -197,9 +201,7 @@ def test_a_request_cancelled_while_it_waits_leaves_nothing_behind():
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert "busy" not in share._running and "busy" not in share._in_flight
-        release.set()
-        await light
-        assert _idle(share)
+        await _light_ends(share, release, light)
 
     asyncio.run(main())
 
@@ -207,11 +209,7 @@ def test_a_request_cancelled_while_it_waits_leaves_nothing_behind():
 def test_a_cancel_at_a_checkpoint_after_the_store_only_ends_the_wait():
     """Once a turn is stored, a cancel (a deadline) must not report it as failed."""
     async def main():
-        clock = Clock()
-        share = FairShare(clock=clock)
-        await _with_history(share, clock, "busy", 1.0)
-        release, light = _light_running(share, clock)
-        await _settle()
+        share, release, light = await _busy_next_to_light()
         steps = []
 
         async def heavy():
@@ -226,9 +224,7 @@ def test_a_cancel_at_a_checkpoint_after_the_store_only_ends_the_wait():
         task.cancel()
         await task
         assert steps == ["answered", "after"] and not task.cancelled()
-        release.set()
-        await light
-        assert _idle(share)
+        await _light_ends(share, release, light)
 
     asyncio.run(main())
 
@@ -236,20 +232,14 @@ def test_a_cancel_at_a_checkpoint_after_the_store_only_ends_the_wait():
 def test_a_request_that_ends_while_its_producer_task_waits():
     """A streaming turn's producer task shares the request; the request may end first."""
     async def main():
-        clock = Clock()
-        share = FairShare(clock=clock)
-        await _with_history(share, clock, "busy", 1.0)
-        release, light = _light_running(share, clock)
-        await _settle()
+        share, release, light = await _busy_next_to_light()
         async with share.request("busy"):
             producer = asyncio.create_task(checkpoint())  # the context (and the request) is copied in
             await _settle()
             assert not producer.done()  # waiting for the light request
         assert "busy" not in share._running and "busy" not in share._in_flight
         await asyncio.wait_for(producer, 5)  # the request ended: it goes on at once
-        release.set()
-        await light
-        assert _idle(share)
+        await _light_ends(share, release, light)
 
     asyncio.run(main())
 
