@@ -38,8 +38,6 @@ def _any_field_set(self) -> bool:
 
 # Spans decoded from JSON are trees of fresh objects, never cycles: their structs are left out of
 # the cyclic GC (gc=False), which otherwise tracks every one of a file's million spans.
-
-
 def _span_struct(name: str, child: str, rename: dict[str, str]) -> type:
     """A root Span's JSON as a struct, its keys as `rename` spells them. Every field is UNSET when
     absent, so an empty {} (no span, as the records read it) is told from a span with no name;

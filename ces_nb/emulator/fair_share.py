@@ -112,7 +112,7 @@ class FairShare:
             self._prune_above = max(64, 2 * len(self._past))
 
     async def _checkpoint(self, request: _Request) -> None:
-        if request.ended or not request.running or not 1 < len(self._running) <= MAX_CLIENTS:
+        if request.ended or not request.running:
             return
         budget = MAX_PARK_S - request.parked_s
         if budget <= 0 or not self._lighter_running(request.client):
@@ -133,7 +133,7 @@ class FairShare:
                 self._run(request)
 
     def _lighter_running(self, client: str) -> bool:
-        if not 1 <= len(self._running) <= MAX_CLIENTS:
+        if len(self._running) > MAX_CLIENTS:
             return False
         now = self._clock()
         below = YIELD_BELOW * self.demand(client, now)
@@ -163,12 +163,9 @@ async def checkpoint(*, cancellable: bool = True) -> None:
     request = _current.get()
     if request is None:
         return
-    if cancellable:
-        await request.share._checkpoint(request)
-        return
     try:
         await request.share._checkpoint(request)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+        if cancellable:
+            raise
+        asyncio.current_task().uncancel()

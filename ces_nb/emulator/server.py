@@ -118,7 +118,7 @@ class EmulatorServer:
         for runtime in self.registry.runtimes.values():
             runtime.shared_store = shared
         fair_share = FairShare()  # one event loop's share between its clients
-        self.sessions = SessionService(self.registry, audio_pace=self.audio_pace, fair_share=fair_share)
+        self.sessions = SessionService(self.registry, fair_share, audio_pace=self.audio_pace)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -59,9 +59,9 @@ def _realtime_input(message) -> ces_v1.SessionInput:
 
 
 class SessionService:
-    def __init__(self, registry: AppRegistry, audio_pace: float = 1.0, fair_share: FairShare | None = None):
+    def __init__(self, registry: AppRegistry, fair_share: FairShare, audio_pace: float = 1.0):
         self.registry = registry
-        self.fair_share = fair_share or FairShare()  # between the clients of text turns
+        self.fair_share = fair_share  # the server's, shared with the ToolService
         self.audio_pace = audio_pace  # agent audio goes out at this fraction of its playing time
         self._bidi_streams: set[asyncio.Queue] = set()
         self._voices: dict[str, Voice] = {}

@@ -25,9 +25,9 @@ RESERVED_SYSTEM_TOOLS = ("end_session",)
 
 
 class ToolService:
-    def __init__(self, registry: AppRegistry, fair_share: FairShare | None = None):
+    def __init__(self, registry: AppRegistry, fair_share: FairShare):
         self.registry = registry
-        self.fair_share = fair_share or FairShare()  # between the clients of tool calls and turns
+        self.fair_share = fair_share  # the server's, shared with the SessionService
 
     async def execute_tool(self, request: ces_v1.ExecuteToolRequest, context) -> ces_v1.ExecuteToolResponse:
         async with self.fair_share.request(context.peer()):
