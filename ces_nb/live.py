@@ -11,6 +11,7 @@ history in `historical_contexts`, so no turn is lost.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -27,6 +28,50 @@ from .model import Turn, UserInput
 DEFAULT_FORMAT = {"audio_encoding": "LINEAR16", "sample_rate_hertz": 16000}
 TRAILING_SILENCE_MS = 800  # what the server's endpointer needs to hear that the user is done
 RECONNECT_SECONDS = 20.0
+
+
+class _Outbox:
+    """What a live session sends, handed to one call at a time. A call that is over (the server
+    said go_away, or refused a reconnect knock) leaves grpc's sending thread waiting in its request
+    iterator; on a plain queue shared with the next call, that thread took the next message and
+    sent it to the dead call, and its turn never came (a CI run lost a turn right after a restart)."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._items: collections.deque = collections.deque()
+        self._call = 0
+
+    def put(self, message) -> None:
+        """A message for the current call (None: half-close it)."""
+        with self._changed:
+            self._items.append(message)
+            self._changed.notify_all()
+
+    def retire(self) -> None:
+        """The current call takes nothing more; what is queued waits for the next one."""
+        with self._changed:
+            self._call += 1
+            self._changed.notify_all()
+
+    def messages(self, first) -> Iterator:
+        """A new call's request iterator (the one before it retires): `first`, then what is put."""
+        self.retire()
+        call = self._call
+
+        def iterator():
+            yield first
+            while True:
+                with self._changed:
+                    while not self._items and self._call == call:
+                        self._changed.wait()
+                    if self._call != call:
+                        return
+                    message = self._items.popleft()
+                if message is None:
+                    return
+                yield message
+
+        return iterator()
 
 
 def _format(value: Any) -> dict:
@@ -65,7 +110,7 @@ class LiveSession:
         self.chunk_ms = chunk_ms
         self.turns: "queue.Queue[Turn | BaseException]" = queue.Queue()
         self.reconnects = 0
-        self._requests: queue.Queue | None = None
+        self._outbox: _Outbox | None = None
         self._reader: threading.Thread | None = None
         self._current: Turn | None = None
         self._pending_inputs: list[UserInput] = []
@@ -97,11 +142,11 @@ class LiveSession:
             del config.historical_contexts[:]
             for message in self.session.history_messages():
                 config.historical_contexts.append(ces_v1.Message.wrap(json_format.ParseDict(message, ces_v1.Message.pb()())))
-        requests: queue.Queue = queue.Queue()
-        self._requests = requests
+        if not history or self._outbox is None:  # a reconnect keeps what the client queued for the next call
+            self._outbox = _Outbox()
         first = ces_v1.BidiSessionClientMessage(config=config)
         retry_until = time.monotonic() + RECONNECT_SECONDS if history else None
-        self._reader = threading.Thread(target=self._read, args=(first, requests, retry_until), daemon=True, name="ces-nb-live")
+        self._reader = threading.Thread(target=self._read, args=(first, self._outbox, retry_until), daemon=True, name="ces-nb-live")
         self._reader.start()
 
     @property
@@ -112,8 +157,8 @@ class LiveSession:
     def close(self, timeout: float = 30.0) -> None:
         """Half-close: the server finishes what it heard, then the stream ends."""
         self._closing = True
-        if self._requests is not None:
-            self._requests.put(None)
+        if self._outbox is not None:
+            self._outbox.put(None)
         if self._reader is not None:
             self._reader.join(timeout)
 
@@ -123,11 +168,11 @@ class LiveSession:
         from google.cloud import ces_v1
 
         self._check()
-        self._requests.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(**message)))
+        self._outbox.put(ces_v1.BidiSessionClientMessage(realtime_input=ces_v1.SessionInput(**message)))
 
     def _check(self) -> None:
         """Raise why nothing can be sent: never opened, or the stream died (and how)."""
-        if self._requests is None:
+        if self._outbox is None:
             raise CesError("the live session is not open: use `with session.live() as live:`")
         if self.error is not None:
             raise self._again()
@@ -218,24 +263,21 @@ class LiveSession:
             except CesError:
                 return
 
-    def _read(self, first, requests: queue.Queue, retry_until: float | None) -> None:
+    def _read(self, first, outbox: _Outbox, retry_until: float | None) -> None:
         from google.api_core import exceptions
         from google.api_core import retry as retries
         from google.cloud import ces_v1
 
         attempt = {"received": False}
 
-        def outgoing():
-            yield first
-            yield from iter(requests.get, None)
-
         def stream() -> str:
             attempt["received"] = False
             # The official client waits for the first reply inside the call, so it runs here.
-            for message in self.session.client.sessions.bidi_run_session(requests=outgoing()):
+            for message in self.session.client.sessions.bidi_run_session(requests=outbox.messages(first)):
                 attempt["received"] = self._received = True
                 kind = ces_v1.BidiSessionServerMessage.pb(message).WhichOneof("message_type")
                 if kind == "go_away":
+                    outbox.retire()  # at once: what the client sends from now on waits for the new stream
                     return "go_away"
                 self._on_message(message)
             return "ended"
@@ -258,7 +300,7 @@ class LiveSession:
             self._died(exc)
             return
         if outcome == "go_away":
-            self._reconnect(requests)
+            self._reconnect()
             return
         if not self._closing:  # the server ended the stream, no go_away, nothing wrong
             self.error = CesError(f"the live stream to {self.session.client.target} ended: the server closed it. "
@@ -306,19 +348,11 @@ class LiveSession:
         elif error is not None and not self._closing:
             self.turns.put(error)
 
-    def _reconnect(self, old_requests: queue.Queue) -> None:
-        """go_away: open a new stream carrying the history, and keep the client's queue flowing to it."""
+    def _reconnect(self) -> None:
+        """go_away: open a new stream carrying the history; what the client queued goes to it."""
         self._finish_partial(None)
         self.open(history=True)
         self.reconnects += 1
-        # Anything the client queued on the old stream goes to the new one.
-        while True:
-            try:
-                item = old_requests.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None and self._requests is not None:
-                self._requests.put(item)
 
     def __repr__(self) -> str:
         fmt = f"{self.input_audio['audio_encoding']} {self.input_audio['sample_rate_hertz']} Hz"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -11,6 +12,7 @@ from IPython.core.error import UsageError
 
 import ces_nb
 from ces_nb.errors import CesError
+from ces_nb.live import _Outbox
 from ces_nb import audio
 from ces_nb.emulator.asr import normalize
 from ces_nb.tts import synthesize
@@ -165,3 +167,33 @@ def test_voice_magics(voice_server, tmp_path):
                 ip.run_line_magic(magic, line)
     finally:
         ip.extension_manager.unload_extension("ces_nb")
+
+
+def test_a_call_that_is_over_takes_no_message_meant_for_the_next_one():
+    """grpc's sending thread of a stream that got go_away, or of a refused reconnect knock, still
+    waits in its request iterator: it must not take (and lose) what the client sends next."""
+    outbox = _Outbox()
+    took = []
+
+    def sending_thread(call):  # as grpc's: takes the call's messages until its iterator ends
+        thread = threading.Thread(target=lambda: took.extend(call))
+        thread.start()
+        return thread
+
+    old = outbox.messages("config")
+    assert next(old) == "config"
+    waiting = sending_thread(old)
+    outbox.retire()  # go_away
+    waiting.join(30)
+    knock = outbox.messages("config with history")
+    assert next(knock) == "config with history"
+    refused = sending_thread(knock)
+    outbox.retire()  # the knock was refused
+    refused.join(30)
+    assert not waiting.is_alive() and not refused.is_alive() and took == []
+    outbox.put("sent during the reconnect")
+    new = outbox.messages("config with history")
+    outbox.put("sent after it")
+    outbox.put(None)  # half-close
+    assert list(new) == ["config with history", "sent during the reconnect", "sent after it"]
+    assert took == []
