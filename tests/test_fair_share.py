@@ -296,7 +296,7 @@ def test_a_back_to_back_client_and_a_neighbour_have_every_turn_answered_in_order
     repeated or reordered, on RunSession, StreamRunSession and ExecuteTool."""
     busy_channel, busy, busy_tools = _own_connection(emulator.address)
     neighbour_channel, neighbour, neighbour_tools = _own_connection(emulator.address)
-    stop, failures, busy_turns = threading.Event(), [], itertools.count()
+    stop, failures, busy_turns, busy_now = threading.Event(), [], itertools.count(), threading.Event()
     busy_session = session_name()
 
     def back_to_back():
@@ -308,12 +308,16 @@ def test_a_back_to_back_client_and_a_neighbour_have_every_turn_answered_in_order
                     failures.append(f"busy turn {n + 1} came back as {out[-1].turn_index}")
                 busy_tools.execute_tool(request=ces_v1.ExecuteToolRequest(
                     tool=f"{APP}/tools/get_flight_status", args={"flight_number": "SW12"}), timeout=60)
+                if n >= 1:  # two turns done: it has a busy client's demand
+                    busy_now.set()
         except Exception as exc:  # noqa: BLE001 - reported below
             failures.append(repr(exc))
 
     thread = threading.Thread(target=back_to_back)
     thread.start()
     try:
+        # It yields to the neighbour from then on, so it is busy first (else it may not get a turn in).
+        assert busy_now.wait(60) or failures, "the busy client did not get two turns done"
         name = session_name()
         talk = ["Hello", "What's the status of flight SW12?", "How many bags can I check?"]
         for n, text in enumerate(talk, start=1):
