@@ -280,6 +280,67 @@ def test_demand_decays_and_includes_requests_in_flight():
     asyncio.run(main())
 
 
+def test_a_request_waiting_elsewhere_holds_nobody_back_and_runs_again_after():
+    """While the light request waits on a thread or a tool worker, the busy one goes on; once it is
+    back on the loop, the busy one waits for it again."""
+    async def main():
+        clock = Clock()
+        share = FairShare(clock=clock)
+        await _with_history(share, clock, "busy", 1.0)
+        order: list[str] = []
+        away, back, light_may_end = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def light():
+            async with share.request("light"):
+                async with fair_share.elsewhere():
+                    away.set()
+                    await back.wait()  # the thread's answer
+                order.append("light back")
+                await light_may_end.wait()
+                order.append("light ended")
+
+        async def heavy():
+            async with share.request("busy"):
+                await away.wait()
+                await checkpoint()
+                order.append("busy past its first checkpoint")
+                back.set()
+                await _settle()
+                await checkpoint()
+                order.append("busy past its second checkpoint")
+
+        tasks = [asyncio.create_task(light()), asyncio.create_task(heavy())]
+        await _settle()
+        order.append("light may end")
+        light_may_end.set()
+        await asyncio.gather(*tasks)
+        assert _idle(share)
+        return order
+
+    assert asyncio.run(main()) == ["busy past its first checkpoint", "light back", "light may end", "light ended",
+                                   "busy past its second checkpoint"]
+
+
+def test_elsewhere_outside_any_request_or_after_its_end_changes_nothing():
+    async def main():
+        async with fair_share.elsewhere():  # warm-up: no request
+            pass
+        share = FairShare(clock=Clock())
+        async with share.request("c"):
+            inner = asyncio.create_task(_away_after_end(share))
+            await _settle()
+        await inner  # the request ended while it was away: it stays ended
+        assert _idle(share)
+
+    asyncio.run(main())
+
+
+async def _away_after_end(share: FairShare) -> None:
+    async with fair_share.elsewhere():
+        for _ in range(40):
+            await asyncio.sleep(0)
+
+
 def test_a_checkpoint_outside_any_request_goes_on_at_once():
     asyncio.run(asyncio.wait_for(checkpoint(), 5))
 

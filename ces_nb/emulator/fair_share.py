@@ -8,7 +8,10 @@ connection (gRPC's peer: one channel, or one REST client's connection) has a dem
 it had requests in flight, decaying with a half-life of HALF_LIFE_S. At a checkpoint (a turn's
 start, its session's creation, each event of its agents, its store write; a tool call's start) a
 request waits while a request runs of a client with less than YIELD_BELOW of its client's demand,
-until that one ends or waits itself, and at most MAX_PARK_S in all, so nobody starves. Requests of
+until that one ends or waits itself, and at most MAX_PARK_S in all, so nobody starves. A request
+that waits on another thread or process (`elsewhere`: the store's writer thread, a tool worker, a
+conversion in a thread) does not count as running meanwhile: the loop is free, and heavier
+requests parked for it go on. Requests of
 one client never wait for each other, and clients that are all always busy have the same demand
 and share the loop as before. The EvaluationService's runs are one client ("evaluation runs");
 a request outside any client (warm-up) never waits.
@@ -169,3 +172,20 @@ async def checkpoint(*, cancellable: bool = True) -> None:
         if cancellable:
             raise
         asyncio.current_task().uncancel()
+
+
+@contextlib.asynccontextmanager
+async def elsewhere():
+    """Around an await on another thread or process: meanwhile the request does not count as
+    running, so requests parked for it go on instead of leaving the loop idle (at most MAX_PARK_S
+    did: a tool worker's answer, a big turn's store write). It counts as running again after."""
+    request = _current.get()
+    if request is None or request.ended or not request.running:
+        yield
+        return
+    request.share._pause(request)
+    try:
+        yield
+    finally:
+        if not request.ended:
+            request.share._run(request)

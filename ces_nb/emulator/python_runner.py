@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from .fair_share import elsewhere
 from .sandbox import FLAGS, SandboxLimits
 
 # (tool name, args, the caller's state) -> {"result": ..., "state_delta": ...} or {"error": ...}
@@ -123,7 +124,8 @@ class _Worker:
         """Sends a request and returns its reply, answering the worker's tool calls on the way."""
         await self.send(payload)
         while True:
-            frame = await self.read_frame(max_bytes)
+            async with elsewhere():  # the worker runs the code in its own process
+                frame = await self.read_frame(max_bytes)
             request = frame.get("tool_call")
             if request is None:
                 return frame

@@ -39,7 +39,7 @@ from opentelemetry import trace
 from .agent_tools import USE_TOOL_FAKES_KEY, CesTool, SearchTool, build_tool, search_suggestions_html
 from .documents import DocumentIndex
 from .errors import EmulatorError, quote
-from .fair_share import checkpoint
+from .fair_share import checkpoint, elsewhere
 from .history_window import PRIOR_HISTORY, HistoryDigest, window_start
 from .input_limits import MAX_INPUT_BYTES, byte_size, input_size_error, text_length_error
 from .export import LoadedApp, slugify, toolset_tool_names
@@ -470,7 +470,8 @@ class AppRuntime:
         if sum(ces_v1.SessionInput.pb(item).ByteSize() for item in inputs) < OFF_LOOP_INPUT_BYTES:
             message, variables, input_types = self._new_message(inputs, pending)
         else:  # 256 KiB of variables take ~6 ms of protobuf's pure-Python MessageToDict: not on the loop
-            message, variables, input_types = await asyncio.to_thread(self._new_message, inputs, pending)
+            async with elsewhere():
+                message, variables, input_types = await asyncio.to_thread(self._new_message, inputs, pending)
 
         state_delta: dict[str, Any] = dict(variables)
         if config.use_tool_fakes != bool(session.state.get(USE_TOOL_FAKES_KEY, False)):

@@ -43,6 +43,8 @@ from google.adk.sessions import _session_util
 from sqlalchemy import bindparam, create_engine, event, inspect, select
 from sqlalchemy.exc import OperationalError
 
+from .fair_share import elsewhere
+
 # Turns per transaction at most: a commit does not wait on an unbounded backlog.
 MAX_TURNS_PER_COMMIT = 64
 # A turn whose rows hold about this much JSON or more (its events and the session's state, which
@@ -174,7 +176,8 @@ class SqliteWriter:
 
     async def _write_on_thread(self, turn: _Turn) -> str:
         self._queue.put(turn)
-        return await asyncio.wrap_future(turn.done)
+        async with elsewhere():
+            return await asyncio.wrap_future(turn.done)
 
     def _write_inline(self, turn: _Turn) -> str:
         try:
