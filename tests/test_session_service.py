@@ -32,6 +32,20 @@ def test_text_turn_has_index_completion_and_diagnostics(sessions, session_name):
     assert {o.turn_index for o in second} == {2}
 
 
+def test_the_stored_turn_is_the_diagnostic_the_client_got(sessions, agents, session_name):
+    """GetConversation's turn holds the same messages and root span as RunSession's diagnostic_info,
+    for a turn of variables, text and a tool call (the record is written from the diagnostic's bytes)."""
+    name = session_name()
+    out = run(sessions, name, ces_v1.SessionInput(variables={"customer_name": "Grace", "tier": {"level": 2, "tags": ["a"]}}),
+              "What's the status of flight SK123?")
+    info = out[-1].diagnostic_info
+    assert [m.role for m in info.messages][0] == "user" and len(info.messages) >= 2
+    conversation = agents.get_conversation(name=name.replace("/sessions/", "/conversations/"))
+    stored = conversation.turns[-1]
+    assert list(stored.messages) == list(info.messages)
+    assert stored.root_span == info.root_span and span_names(stored.root_span) == span_names(info.root_span)
+
+
 def test_variables_fill_the_agent_text(sessions, session_name):
     out = run(sessions, session_name(), ces_v1.SessionInput(variables={"customer_name": "Grace", "loyalty_tier": "Gold"}),
               "What is my loyalty tier?")

@@ -85,6 +85,11 @@ ChunkPb = ces_v1.Chunk.pb()
 ToolCallPb = ces_v1.ToolCall.pb()
 ToolResponsePb = ces_v1.ToolResponse.pb()
 TurnPb = ces_v1.Conversation.Turn.pb()
+# A turn's record is written from its diagnostic's serialized messages (runtime._turn): the field
+# that holds them must have the same number in both messages.
+TURN_MESSAGES_MATCH = (DiagnosticPb.DESCRIPTOR.fields_by_name["messages"].number
+                       == TurnPb.DESCRIPTOR.fields_by_name["messages"].number)
+assert TURN_MESSAGES_MATCH, "google-cloud-ces renumbered DiagnosticInfo.messages or Conversation.Turn.messages"
 # Live session objects kept between turns; beyond this, the least recently used is dropped
 # (the store has everything), so a long-running emulator's memory stays bounded.
 MAX_LIVE_SESSIONS = 256
@@ -485,7 +490,11 @@ class AppRuntime:
         out = _OutputStream(turn_index, queue)
         first_output_ns: list[int] = []
         records: dict[str, ToolRecord] = {}
-        user_msg = MessagePb(role="user", chunks=_input_chunks(inputs))
+        # The user's message is built in the diagnostic itself: each copy of 256 KiB of variables
+        # costs the loop ~0.3 ms (protobuf copies a message field on assignment).
+        diagnostic = DiagnosticPb()
+        _add_input_chunks(diagnostic.messages.add(role="user"), inputs)
+        await checkpoint()
         agent_msgs: list = []  # MessagePb
         grounding: list = []  # OutputPb: citations / suggestions wait for the text they ground
 
@@ -522,7 +531,12 @@ class AppRuntime:
         spans = turn_router().close(span.get_span_context().trace_id)
         perceived = (first_output_ns[0] - started_ns) if first_output_ns else None
         root_span = build_root_span(span, spans, self.display_of_agent, records, perceived)
-        diagnostic = DiagnosticPb(messages=[user_msg, *agent_msgs], root_span=root_span)
+        diagnostic.messages.extend(agent_msgs)
+        # The stored record is a Conversation.Turn: its messages' bytes are the diagnostic's
+        # (the same field number: TURN_MESSAGES_MATCH), its root span's follow; protobuf reads
+        # two serialized messages one after the other as the two merged.
+        messages_bytes = diagnostic.SerializeToString()
+        diagnostic.root_span.CopyFrom(root_span)
 
         if out.ended:
             meta["ended_turn"] = turn_index
@@ -533,7 +547,8 @@ class AppRuntime:
         )
         # One base64 string of the serialized Conversation.Turn: ADK deep-copies the session on
         # every read (a string copies for free), and protobuf writes bytes far faster than JSON.
-        record = base64.b64encode(TurnPb(messages=diagnostic.messages, root_span=root_span).SerializeToString()).decode("ascii")
+        await checkpoint()
+        record = base64.b64encode(messages_bytes + TurnPb(root_span=root_span).SerializeToString()).decode("ascii")
         live = self._sessions[session.id].session or session
         await checkpoint()
         await self.session_service.append_event(
@@ -763,27 +778,26 @@ def _merge_fragments(inputs: list[ces_v1.SessionInput]) -> list[ces_v1.SessionIn
     return merged
 
 
-def _input_chunks(inputs: list[ces_v1.SessionInput]) -> list:
-    """The user's side of the turn, as ChunkPb messages."""
-    chunks = []
+def _add_input_chunks(message, inputs: list[ces_v1.SessionInput]) -> None:
+    """The user's side of the turn, as chunks of `message` (a MessagePb)."""
     for item in inputs:
         pb = ces_v1.SessionInput.pb(item)
         kind = pb.WhichOneof("input_type")
         if kind == "text":
-            chunks.append(ChunkPb(text=pb.text))
+            message.chunks.add(text=pb.text)
         elif kind == "dtmf":
-            chunks.append(ChunkPb(text=f"dtmf: {pb.dtmf}"))
+            message.chunks.add(text=f"dtmf: {pb.dtmf}")
         elif kind == "event":
-            chunks.append(ChunkPb(text=f"event: {pb.event.event}"))
+            message.chunks.add(text=f"event: {pb.event.event}")
         elif kind == "image":
-            chunks.append(ChunkPb(image=pb.image))
+            message.chunks.add(image=pb.image)
         elif kind == "blob":
-            chunks.append(ChunkPb(blob=pb.blob))
+            message.chunks.add(blob=pb.blob)
         elif kind == "variables":
-            chunks.append(ChunkPb(updated_variables=pb.variables))
+            message.chunks.add(updated_variables=pb.variables)
         elif kind == "tool_responses":
-            chunks.extend(ChunkPb(tool_response=r) for r in pb.tool_responses.tool_responses)
-    return chunks
+            for response in pb.tool_responses.tool_responses:
+                message.chunks.add(tool_response=response)
 
 
 def to_struct(values: dict) -> struct_pb2.Struct:
