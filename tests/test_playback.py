@@ -8,7 +8,8 @@ from google.adk.models.llm_request import LlmRequest
 from google.genai import types
 
 from ces_nb.emulator.export import load_export
-from ces_nb.emulator.playback import (PlaybackLlm, adapt_args, compile_example, fill_placeholders, similarity)
+from ces_nb.emulator.playback import (CHAR_RATIO_CHARS, PlaybackLlm, adapt_args, compile_example, fill_placeholders, similarity,
+                                     word_count)
 from ces_nb.emulator.server import demo_app_path
 
 APP = load_export(str(demo_app_path()))
@@ -71,3 +72,17 @@ def test_placeholders_and_args_adaptation():
     assert adapt_args({"city": "Paris", "n": 1}, "weather in Paris", "weather in Lyon") == {"city": "Lyon", "n": 1}
     assert adapt_args({"flight": "SW123"}, "status of SW123", "status of my flight") == {"flight": "SW123"}
     assert similarity("Hello there", "hello, hi there") > similarity("Hello there", "book a seat")
+
+
+def test_word_counts_and_scores_of_long_texts_are_what_the_whole_text_gives():
+    """Counts and scores are remembered and cut for speed: the same numbers as computed in full."""
+    import difflib
+
+    for text in ("", "one", " two  words ", "word " * 2_000, "word\tand\nmore " * 20_000, "x " * 300_000):
+        assert word_count(text) == len(text.split())
+        assert word_count(text) == len(text.split())  # again, from memory
+    long, short = "Hello there, what is the status of flight SK123? " * 1_500, "what is the status of flight SK123"
+    words_a, words_b = set(long.lower().replace(",", " ").replace("?", " ").split()), set(short.lower().split())
+    dice = 2 * len(words_a & words_b) / (len(words_a) + len(words_b))
+    chars = difflib.SequenceMatcher(None, long.lower()[:CHAR_RATIO_CHARS], short.lower()).ratio()
+    assert abs(similarity(long, short) - (0.75 * dice + 0.25 * chars)) < 1e-9

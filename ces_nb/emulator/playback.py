@@ -102,6 +102,19 @@ _short_tokens = lru_cache(maxsize=1024)(_words)
 _long_tokens = lru_cache(maxsize=8)(_words)
 
 
+def word_count(text: str) -> int:
+    """Whitespace-separated words, as a token count reads them; remembered like `tokens` (each
+    model call of a turn counts the whole conversation again)."""
+    if len(text) <= SHORT_TEXT_CHARS:
+        return len(text.split())
+    return _long_word_count(text) if len(text) <= LONG_TEXT_CHARS else len(text.split())
+
+
+@lru_cache(maxsize=8)
+def _long_word_count(text: str) -> int:
+    return len(text.split())
+
+
 def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[str] | None = None) -> float:
     """Word overlap (Dice), softened by character similarity for typos."""
     ta = tokens(a) if ta is None else ta
@@ -109,7 +122,8 @@ def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[s
     if not ta or not tb:
         return 1.0 if a.strip().lower() == b.strip().lower() else 0.0
     dice = 2 * len(ta & tb) / (len(ta) + len(tb))
-    return 0.75 * dice + 0.25 * _char_ratio(a.lower(), b.lower())
+    # Cut before lowering: a 64 KiB message was lowered whole for each scripted turn it was scored against.
+    return 0.75 * dice + 0.25 * _char_ratio(a[:CHAR_RATIO_CHARS].lower(), b[:CHAR_RATIO_CHARS].lower())
 
 
 # difflib's matcher is quadratic in the worst case: a 1 MB message would hold the event loop (and
@@ -510,7 +524,7 @@ def _call_name(step: Step) -> str:
 
 
 def _count_words(content: types.Content) -> int:
-    return sum(len((p.text or "").split()) for p in content.parts or [])
+    return sum(word_count(p.text) for p in content.parts or [] if p.text)
 
 
 def _stream_pieces(parts: list[types.Part]) -> list[str]:
