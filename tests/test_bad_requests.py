@@ -9,7 +9,9 @@ import grpc
 import pytest
 from google.api_core import exceptions
 from google.cloud import ces_v1
+import hypothesis
 from google.protobuf.internal import encoder
+from hypothesis import strategies as st
 
 from conftest import APP, run, texts
 from test_async_and_bidi import Bidi
@@ -177,3 +179,34 @@ def test_a_corrupt_audio_chunk_is_reported_in_the_turns_diagnostic_info(sessions
     assert warnings and "not whole LINEAR16 samples" in warnings[0].attributes["message"]
     assert "not whole LINEAR16 samples" in root.attributes["warnings"][0]
 
+
+
+_INPUTS = st.one_of(
+    st.builds(lambda n, c: ces_v1.SessionInput(text=c * n), st.sampled_from([1, 900, 70_000, 140_000]), st.sampled_from(["a", "é", "日"])),
+    st.builds(lambda n: ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(n)}), st.sampled_from([1, 2_300, 2_700])),
+    st.builds(lambda n: ces_v1.SessionInput(blob=ces_v1.Blob(mime_type="application/pdf", data=bytes(n))), st.sampled_from([10, 300_000])),
+    st.builds(lambda n: ces_v1.SessionInput(dtmf="1" * n), st.sampled_from([3, 70_000])),
+)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(st.lists(_INPUTS, min_size=1, max_size=3))
+@hypothesis.example([ces_v1.SessionInput(text="a" * 70_000), ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(2_700)})])
+@hypothesis.example([ces_v1.SessionInput(text="  "), ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(2_700)})])
+def test_the_refusal_from_wire_bytes_is_the_one_the_parsed_request_gets(inputs):
+    """input_limits reads sizes from the framing of the request's bytes; the runtime checks the
+    parsed request: the same first refusal (or none) either way."""
+    from ces_nb.emulator.errors import EmulatorError
+    from ces_nb.emulator.input_limits import early_refusal
+    from ces_nb.emulator.runtime import _validate_inputs
+
+    request = ces_v1.RunSessionRequest(config={"session": f"{APP}/sessions/s"}, inputs=inputs)
+    early = early_refusal(ces_v1.RunSessionRequest, ces_v1.RunSessionRequest.serialize(request))
+    try:
+        _validate_inputs(list(request.inputs))
+        parsed = None
+    except EmulatorError as exc:
+        parsed = exc.message
+    assert (early.message if early else None) in (parsed, None)
+    if parsed is not None and "the emulator takes at most" in parsed:
+        assert early is not None and early.message == parsed  # a byte limit: caught from the bytes

@@ -4,11 +4,12 @@ an oversized request from its wire bytes, before it is parsed.
 Parsing is what a large request costs: 2 MiB of variables is a map of 20 000 entries to build,
 then to measure (upb measures a message by encoding it), about 20 ms of the event loop that
 every other session on this worker waits for, only to refuse it. A request larger than the
-smallest limit is first read as a skeleton instead: the same messages with every nested message
-left as raw bytes, so an input's size is the length of its bytes (protobuf's own parser, on
-descriptors derived from the official ones; nothing is decoded by hand). An input past its
-limit is refused there; the rest are parsed as usual and checked again (runtime._check_size),
-so what is accepted and what a refusal says are the same either way.
+smallest limit is first read by its framing instead: each field's number and where its bytes
+lie (field numbers from the official descriptors), so an input's size is the length of its
+bytes, and nothing is copied (a skeleton message with the nested messages as bytes, read by
+protobuf's parser, copied 4 MiB of tool args twice: ~2 ms of the loop). An input past its limit
+is refused there; the rest are parsed as usual and checked again (runtime._check_size), so what
+is accepted and what a refusal says are the same either way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import functools
 
 from google.cloud import ces_v1
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.internal.decoder import _DecodeVarint
 
 from .errors import EmulatorError
 
@@ -74,60 +75,105 @@ def tool_variables_size_error(size: int) -> EmulatorError | None:
     )
 
 
-# -- the skeleton check, on wire bytes ---------------------------------------------------------
+# -- the check on wire bytes ----------------------------------------------------------------
 
-_FieldType = descriptor_pb2.FieldDescriptorProto
+def _fields(data: memoryview):
+    """(field number, payload start, payload end) of each field of one message's wire bytes, in
+    order, by the wire format's framing (protobuf's own varint reader); nothing is copied or
+    decoded. Bytes that do not frame raise (IndexError, ValueError): the full parse says why."""
+    pos, size = 0, len(data)
+    while pos < size:
+        tag, pos = _DecodeVarint(data, pos)
+        wire = tag & 7
+        if wire == 0:  # varint
+            _value, end = _DecodeVarint(data, pos)
+        elif wire == 1:  # fixed64
+            end = pos + 8
+        elif wire == 2:  # length-delimited: strings, bytes, messages
+            length, pos = _DecodeVarint(data, pos)
+            end = pos + length
+        elif wire == 5:  # fixed32
+            end = pos + 4
+        else:  # groups (never in these messages) and bad tags
+            raise ValueError(f"wire type {wire}")
+        if end > size:
+            raise ValueError("truncated")
+        yield tag >> 3, pos, end
+        pos = end
 
 
 @functools.lru_cache(maxsize=None)
-def _skeleton(message_type):
-    """A message class with `message_type`'s field numbers, names and oneofs, where each message
-    field is raw bytes and each enum an int32: parsing it copies bytes and builds nothing."""
-    proto = descriptor_pb2.DescriptorProto()
-    message_type.pb().DESCRIPTOR.CopyToProto(proto)
-    proto.ClearField("nested_type")
-    proto.ClearField("enum_type")
-    proto.ClearField("options")
-    for field in proto.field:
-        field.ClearField("options")
-        if field.type in (_FieldType.TYPE_MESSAGE, _FieldType.TYPE_GROUP):
-            field.type = _FieldType.TYPE_BYTES
-            field.ClearField("type_name")
-        elif field.type == _FieldType.TYPE_ENUM:
-            field.type = _FieldType.TYPE_INT32
-            field.ClearField("type_name")
-    file = descriptor_pb2.FileDescriptorProto(name=f"ces_nb_skeleton/{proto.name}.proto", package="ces_nb_skeleton",
-                                              syntax="proto3")
-    file.message_type.add().CopyFrom(proto)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"ces_nb_skeleton.{proto.name}"))
+def _number(message_type, field: str) -> int:
+    return message_type.pb().DESCRIPTOR.fields_by_name[field].number
 
 
-def _input_refusal(where: str, raw: bytes) -> EmulatorError | None:
-    """The refusal of one SessionInput, from its bytes `raw`."""
-    if len(raw) <= SMALLEST_BYTE_LIMIT:
-        return None
-    item = _skeleton(ces_v1.SessionInput).FromString(raw)
-    kind = item.WhichOneof("input_type")
+@functools.lru_cache(maxsize=None)
+def _oneof_numbers(message_type, oneof: str) -> dict[int, str]:
+    return {f.number: f.name for f in message_type.pb().DESCRIPTOR.oneofs_by_name[oneof].fields}
+
+
+def _last(data: memoryview, number: int) -> memoryview | None:
+    """The payload of the last occurrence of field `number` (a singular field's value, as a parser
+    reads it), or None."""
+    found = None
+    for field, start, end in _fields(data):
+        if field == number:
+            found = data[start:end]
+    return found
+
+
+# An input the parsed request's checks could refuse for something else first (nothing set, blank
+# text): the early check stops there, so a refusal says what the parsed check would say.
+_UNJUDGED = object()
+
+
+def _input_refusal(where: str, raw: memoryview):
+    """The refusal of one SessionInput, from its bytes `raw`: an EmulatorError, None (within its
+    limits), or _UNJUDGED. Texts are measured whatever their size (a text is counted in
+    characters, not bytes); other inputs only when their bytes could pass a limit."""
+    kinds = _oneof_numbers(ces_v1.SessionInput, "input_type")
+    kind, value = None, None
+    for field, start, end in _fields(raw):
+        if field in kinds:  # the last member of the oneof is the one set
+            kind, value = kinds[field], raw[start:end]
+    if kind is None:
+        return _UNJUDGED
     if kind in ("text", "dtmf"):
-        return text_length_error(where, kind, len(getattr(item, kind)))
-    return input_size_error(where, kind, len(raw)) if kind is not None else None
+        text = str(value, "utf-8")  # bad UTF-8 raises: the full parse says so
+        if kind == "text" and not text.strip():
+            return _UNJUDGED
+        return text_length_error(where, kind, len(text))
+    return input_size_error(where, kind, len(raw)) if len(raw) > SMALLEST_BYTE_LIMIT else None
 
 
-def _run_session_refusal(data: bytes) -> EmulatorError | None:
-    request = _skeleton(ces_v1.RunSessionRequest).FromString(data)
-    return next(filter(None, (_input_refusal(f"inputs[{i}]", raw) for i, raw in enumerate(request.inputs))), None)
+def _run_session_refusal(data: memoryview) -> EmulatorError | None:
+    inputs = _number(ces_v1.RunSessionRequest, "inputs")
+    raws = (data[start:end] for field, start, end in _fields(data) if field == inputs)
+    for i, raw in enumerate(raws):
+        verdict = _input_refusal(f"inputs[{i}]", raw)
+        if verdict is _UNJUDGED:
+            return None
+        if verdict is not None:
+            return verdict
+    return None
 
 
-def _bidi_refusal(data: bytes) -> EmulatorError | None:
+def _bidi_refusal(data: memoryview) -> EmulatorError | None:
     """A BidiRunSession message's realtime_input is one turn's one input, as the runtime names it."""
-    message = _skeleton(ces_v1.BidiSessionClientMessage).FromString(data)
-    return _input_refusal("inputs[0]", message.realtime_input) if message.WhichOneof("message_type") == "realtime_input" else None
+    kinds = _oneof_numbers(ces_v1.BidiSessionClientMessage, "message_type")
+    kind, value = None, None
+    for field, start, end in _fields(data):
+        if field in kinds:
+            kind, value = kinds[field], data[start:end]
+    if kind != "realtime_input":
+        return None
+    verdict = _input_refusal("inputs[0]", value)
+    return None if verdict is _UNJUDGED else verdict
 
 
-def _execute_tool_refusal(data: bytes) -> EmulatorError | None:
-    return args_size_error(len(_skeleton(ces_v1.ExecuteToolRequest).FromString(data).args))
+def _execute_tool_refusal(data: memoryview) -> EmulatorError | None:
+    args = _last(data, _number(ces_v1.ExecuteToolRequest, "args"))
+    return args_size_error(len(args)) if args is not None else None
 
 
 _REFUSALS = {
@@ -144,6 +190,6 @@ def early_refusal(request_type, data: bytes) -> EmulatorError | None:
     if refusal is None or len(data) <= SMALLEST_BYTE_LIMIT:
         return None
     try:
-        return refusal(data)
-    except Exception:  # DecodeError and the like: the full parse reports it
+        return refusal(memoryview(data))
+    except Exception:  # bytes that do not frame, bad UTF-8: the full parse reports it
         return None
