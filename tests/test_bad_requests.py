@@ -210,3 +210,64 @@ def test_the_refusal_from_wire_bytes_is_the_one_the_parsed_request_gets(inputs):
     assert (early.message if early else None) in (parsed, None)
     if parsed is not None and "the emulator takes at most" in parsed:
         assert early is not None and early.message == parsed  # a byte limit: caught from the bytes
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    return encoder._VarintBytes(number << 3) + encoder._VarintBytes(value)
+
+
+def _parsed_refusal(data: bytes) -> str | None:
+    """What the runtime's checks say of the parsed request (None: they accept it)."""
+    from ces_nb.emulator.errors import EmulatorError
+    from ces_nb.emulator.runtime import _validate_inputs
+
+    try:
+        _validate_inputs(list(ces_v1.RunSessionRequest.deserialize(data).inputs))
+    except EmulatorError as exc:
+        return exc.message
+    return None
+
+
+def _input_number(name: str) -> int:
+    return ces_v1.SessionInput.pb().DESCRIPTOR.fields_by_name[name].number
+
+
+def test_the_wire_check_frames_a_bounded_number_of_fields_then_leaves_it_to_the_parser(monkeypatch):
+    """Framing runs in Python: a request of a million tiny (unknown) fields must not be walked to
+    its end on the event loop; past MAX_FIELDS_FRAMED the full parse, in C, decides."""
+    from ces_nb.emulator import input_limits
+
+    calls = []
+    real = input_limits._DecodeVarint
+    monkeypatch.setattr(input_limits, "_DecodeVarint", lambda data, pos: calls.append(pos) or real(data, pos))
+    inputs = ces_v1.RunSessionRequest.pb().DESCRIPTOR.fields_by_name["inputs"].number
+    tiny = _varint_field(900, 1) * 400_000  # field 900: unknown to SessionInput; 1.2 MB of them
+    data = _field(inputs, ces_v1.SessionInput.serialize(ces_v1.SessionInput(text="Hi"))) + _field(inputs, tiny)
+    assert input_limits.early_refusal(ces_v1.RunSessionRequest, data) is None
+    assert len(calls) <= 3 * input_limits.MAX_FIELDS_FRAMED + 10  # a tag, a value or a length per field
+    assert _parsed_refusal(data).startswith("inputs[1] is empty")  # the parser's word, not a stall
+
+
+def test_the_wire_check_says_what_the_parsed_request_would_for_odd_encodings():
+    from ces_nb.emulator.input_limits import early_refusal
+
+    inputs = ces_v1.RunSessionRequest.pb().DESCRIPTOR.fields_by_name["inputs"].number
+    big_vars = ces_v1.SessionInput.serialize(ces_v1.SessionInput(variables={f"k{i}": "v" * 100 for i in range(2_700)}))
+    text = lambda t: _field(_input_number("text"), t.encode())  # noqa: E731
+    cases = {
+        # a blank text that continues is no error of its own: the oversized variables after it are
+        "blank text, will_continue": _field(inputs, text("   ") + _varint_field(_input_number("will_continue"), 1)) + _field(inputs, big_vars),
+        # one input, two members: the parser keeps the last (small variables): nothing to refuse
+        "image, then variables": _field(inputs, _field(_input_number("image"), ces_v1.Image.serialize(
+            ces_v1.Image(mime_type="image/png", data=bytes(300_000)))) + _field(_input_number("variables"), b"")),
+        # variables twice in one input: merged by the parser
+        "variables twice": _field(inputs, big_vars + big_vars),
+    }
+    for what, data in cases.items():
+        early = early_refusal(ces_v1.RunSessionRequest, data)
+        assert (early.message if early else None) in (_parsed_refusal(data), None), what
+    assert early_refusal(ces_v1.RunSessionRequest, cases["blank text, will_continue"]).message.startswith("inputs[1] is 297 KiB")
+    # an oversized text before bytes that do not frame: the parser's verdict (corrupt), not the size
+    oversized = _field(inputs, text("a" * 300_000))
+    assert early_refusal(ces_v1.RunSessionRequest, oversized).message.startswith("inputs[0].text is 300000 characters")
+    assert early_refusal(ces_v1.RunSessionRequest, oversized + b"\x0f\x01") is None

@@ -327,15 +327,23 @@ def test_elsewhere_outside_any_request_or_after_its_end_changes_nothing():
             pass
         share = FairShare(clock=Clock())
         async with share.request("c"):
-            inner = asyncio.create_task(_away_after_end(share))
-            await _settle()
-        await inner  # the request ended while it was away: it stays ended
+            away = asyncio.create_task(_away_after_end(share))
+            await _settle()  # away now: the request does not count as running
+            assert not share._running
+        await away  # the request ended while it was away: it stays ended
+        assert _idle(share)
+        async with share.request("c"):
+            late = asyncio.create_task(_away_after_end(share, wait_for_end=True))
+        await late  # entered only once the request had ended: nothing to pause, nothing to resume
         assert _idle(share)
 
     asyncio.run(main())
 
 
-async def _away_after_end(share: FairShare) -> None:
+async def _away_after_end(share: FairShare, wait_for_end: bool = False) -> None:
+    if wait_for_end:
+        while share._in_flight:
+            await asyncio.sleep(0)
     async with fair_share.elsewhere():
         for _ in range(40):
             await asyncio.sleep(0)

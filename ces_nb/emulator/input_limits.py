@@ -77,29 +77,50 @@ def tool_variables_size_error(size: int) -> EmulatorError | None:
 
 # -- the check on wire bytes ----------------------------------------------------------------
 
-def _fields(data: memoryview):
-    """(field number, payload start, payload end) of each field of one message's wire bytes, in
-    order, by the wire format's framing (protobuf's own varint reader); nothing is copied or
-    decoded. Bytes that do not frame raise (IndexError, ValueError): the full parse says why."""
-    pos, size = 0, len(data)
-    while pos < size:
-        tag, pos = _DecodeVarint(data, pos)
-        wire = tag & 7
-        if wire == 0:  # varint
-            _value, end = _DecodeVarint(data, pos)
-        elif wire == 1:  # fixed64
-            end = pos + 8
-        elif wire == 2:  # length-delimited: strings, bytes, messages
-            length, pos = _DecodeVarint(data, pos)
-            end = pos + length
-        elif wire == 5:  # fixed32
-            end = pos + 4
-        else:  # groups (never in these messages) and bad tags
-            raise ValueError(f"wire type {wire}")
-        if end > size:
-            raise ValueError("truncated")
-        yield tag >> 3, pos, end
-        pos = end
+# Fields framed at most per request: the framing runs in Python, so millions of tiny fields
+# (unknown ones, say) would hold the loop for seconds; past this many, the full parse (upb, in C)
+# decides. A real request has a few per input.
+MAX_FIELDS_FRAMED = 4096
+
+
+class _TooManyFields(Exception):
+    pass
+
+
+class _Framing:
+    """One request's framing: each field's number, wire type and where its payload lies, by the
+    wire format (protobuf's own varint reader); nothing is copied or decoded. Bytes that do not
+    frame raise (IndexError, ValueError): the full parse then says why."""
+
+    def __init__(self) -> None:
+        self.left = MAX_FIELDS_FRAMED
+
+    def fields(self, data: memoryview) -> list[tuple[int, int, int, int]]:
+        """(number, wire type, payload start, payload end) of every field of one message, in order."""
+        out = []
+        pos, size = 0, len(data)
+        while pos < size:
+            self.left -= 1
+            if self.left < 0:
+                raise _TooManyFields
+            tag, pos = _DecodeVarint(data, pos)
+            wire = tag & 7
+            if wire == 0:  # varint
+                _value, end = _DecodeVarint(data, pos)
+            elif wire == 1:  # fixed64
+                end = pos + 8
+            elif wire == 2:  # length-delimited: strings, bytes, messages
+                length, pos = _DecodeVarint(data, pos)
+                end = pos + length
+            elif wire == 5:  # fixed32
+                end = pos + 4
+            else:  # groups (never in these messages) and bad tags
+                raise ValueError(f"wire type {wire}")
+            if end > size or tag >> 3 == 0:
+                raise ValueError("truncated, or field number 0")
+            out.append((tag >> 3, wire, pos, end))
+            pos = end
+        return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,45 +133,52 @@ def _oneof_numbers(message_type, oneof: str) -> dict[int, str]:
     return {f.number: f.name for f in message_type.pb().DESCRIPTOR.oneofs_by_name[oneof].fields}
 
 
-def _last(data: memoryview, number: int) -> memoryview | None:
-    """The payload of the last occurrence of field `number` (a singular field's value, as a parser
-    reads it), or None."""
-    found = None
-    for field, start, end in _fields(data):
-        if field == number:
-            found = data[start:end]
-    return found
+def _oneof(fields, numbers: dict[int, str], data: memoryview) -> tuple[str | None, memoryview | None, int]:
+    """The oneof member set (the last one, as a parser reads it), its payload, and how many times
+    a member of the oneof occurs."""
+    kind, value, count = None, None, 0
+    for number, _wire, start, end in fields:
+        if number in numbers:
+            kind, value, count = numbers[number], data[start:end], count + 1
+    return kind, value, count
 
 
 # An input the parsed request's checks could refuse for something else first (nothing set, blank
-# text): the early check stops there, so a refusal says what the parsed check would say.
+# text), or whose bytes a parser reads otherwise than as one member (two members, or one twice:
+# merged, or replaced): the early check stops there, so a refusal says what the parsed check would.
 _UNJUDGED = object()
 
 
-def _input_refusal(where: str, raw: memoryview):
+def _input_refusal(where: str, raw: memoryview, framing: _Framing):
     """The refusal of one SessionInput, from its bytes `raw`: an EmulatorError, None (within its
     limits), or _UNJUDGED. Texts are measured whatever their size (a text is counted in
     characters, not bytes); other inputs only when their bytes could pass a limit."""
-    kinds = _oneof_numbers(ces_v1.SessionInput, "input_type")
-    kind, value = None, None
-    for field, start, end in _fields(raw):
-        if field in kinds:  # the last member of the oneof is the one set
-            kind, value = kinds[field], raw[start:end]
-    if kind is None:
+    fields = framing.fields(raw)
+    kind, value, count = _oneof(fields, _oneof_numbers(ces_v1.SessionInput, "input_type"), raw)
+    if kind is None or count > 1:
         return _UNJUDGED
     if kind in ("text", "dtmf"):
         text = str(value, "utf-8")  # bad UTF-8 raises: the full parse says so
-        if kind == "text" and not text.strip():
+        if kind == "text" and not text.strip() and not _will_continue(fields, raw):
             return _UNJUDGED
         return text_length_error(where, kind, len(text))
     return input_size_error(where, kind, len(raw)) if len(raw) > SMALLEST_BYTE_LIMIT else None
 
 
+def _will_continue(fields, raw: memoryview) -> bool:
+    number, value = _number(ces_v1.SessionInput, "will_continue"), False
+    for field, wire, start, _end in fields:
+        if field == number and wire == 0:
+            value = bool(_DecodeVarint(raw, start)[0])  # the last one, as a parser reads it
+    return value
+
+
 def _run_session_refusal(data: memoryview) -> EmulatorError | None:
+    framing = _Framing()
     inputs = _number(ces_v1.RunSessionRequest, "inputs")
-    raws = (data[start:end] for field, start, end in _fields(data) if field == inputs)
+    raws = [data[start:end] for number, _wire, start, end in framing.fields(data) if number == inputs]
     for i, raw in enumerate(raws):
-        verdict = _input_refusal(f"inputs[{i}]", raw)
+        verdict = _input_refusal(f"inputs[{i}]", raw, framing)
         if verdict is _UNJUDGED:
             return None
         if verdict is not None:
@@ -160,20 +188,21 @@ def _run_session_refusal(data: memoryview) -> EmulatorError | None:
 
 def _bidi_refusal(data: memoryview) -> EmulatorError | None:
     """A BidiRunSession message's realtime_input is one turn's one input, as the runtime names it."""
-    kinds = _oneof_numbers(ces_v1.BidiSessionClientMessage, "message_type")
-    kind, value = None, None
-    for field, start, end in _fields(data):
-        if field in kinds:
-            kind, value = kinds[field], data[start:end]
-    if kind != "realtime_input":
+    framing = _Framing()
+    kind, value, count = _oneof(framing.fields(data), _oneof_numbers(ces_v1.BidiSessionClientMessage, "message_type"), data)
+    if kind != "realtime_input" or count > 1:
         return None
-    verdict = _input_refusal("inputs[0]", value)
+    verdict = _input_refusal("inputs[0]", value, framing)
     return None if verdict is _UNJUDGED else verdict
 
 
 def _execute_tool_refusal(data: memoryview) -> EmulatorError | None:
-    args = _last(data, _number(ces_v1.ExecuteToolRequest, "args"))
-    return args_size_error(len(args)) if args is not None else None
+    number = _number(ces_v1.ExecuteToolRequest, "args")
+    args = [(start, end) for field, _wire, start, end in _Framing().fields(data) if field == number]
+    if len(args) != 1:  # none, or twice: a parser merges them, and the parsed check measures that
+        return None
+    start, end = args[0]
+    return args_size_error(end - start)
 
 
 _REFUSALS = {
@@ -191,5 +220,5 @@ def early_refusal(request_type, data: bytes) -> EmulatorError | None:
         return None
     try:
         return refusal(memoryview(data))
-    except Exception:  # bytes that do not frame, bad UTF-8: the full parse reports it
+    except Exception:  # bytes that do not frame, bad UTF-8, too many fields: the full parse reports it
         return None

@@ -104,16 +104,21 @@ class _Worker:
 
     async def read_frame(self, max_bytes: int) -> dict:
         assert self.proc.stdout
-        header = await self.proc.stdout.readline()
+        async with elsewhere():  # the worker runs the code in its own process
+            header = await self.proc.stdout.readline()
         if not header:
             raise ConnectionError("the tool worker exited")
         size = int(header)
         if size > max_bytes:
             raise _ResultTooLarge(size)
-        data = await self.proc.stdout.readexactly(size)
+        async with elsewhere():
+            data = await self.proc.stdout.readexactly(size)
         # A large result (up to --tool-max-result-mb) would hold the event loop, and every other
         # session, while it parses: parse it in a thread.
-        return json.loads(data) if size < OFF_LOOP_BYTES else await asyncio.to_thread(json.loads, data)
+        if size < OFF_LOOP_BYTES:
+            return json.loads(data)
+        async with elsewhere():
+            return await asyncio.to_thread(json.loads, data)
 
     async def send(self, payload: bytes) -> None:
         assert self.proc.stdin
@@ -124,8 +129,7 @@ class _Worker:
         """Sends a request and returns its reply, answering the worker's tool calls on the way."""
         await self.send(payload)
         while True:
-            async with elsewhere():  # the worker runs the code in its own process
-                frame = await self.read_frame(max_bytes)
+            frame = await self.read_frame(max_bytes)
             request = frame.get("tool_call")
             if request is None:
                 return frame

@@ -89,7 +89,9 @@ TurnPb = ces_v1.Conversation.Turn.pb()
 # that holds them must have the same number in both messages.
 TURN_MESSAGES_MATCH = (DiagnosticPb.DESCRIPTOR.fields_by_name["messages"].number
                        == TurnPb.DESCRIPTOR.fields_by_name["messages"].number)
-assert TURN_MESSAGES_MATCH, "google-cloud-ces renumbered DiagnosticInfo.messages or Conversation.Turn.messages"
+if not TURN_MESSAGES_MATCH:
+    raise ImportError("google-cloud-ces numbers DiagnosticInfo.messages and Conversation.Turn.messages differently: "
+                      "ces_nb's emulator writes turn records from the one as the other; pin google-cloud-ces to a release it supports")
 # Live session objects kept between turns; beyond this, the least recently used is dropped
 # (the store has everything), so a long-running emulator's memory stays bounded.
 MAX_LIVE_SESSIONS = 256
