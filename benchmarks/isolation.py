@@ -7,7 +7,8 @@ maximal variables and tool arguments, plus the same past the limits (refused). F
 reading it also measures the neighbour while the other client sends ordinary turns as fast as
 it can: what the worst inputs cost beyond any busy client. The other client runs in its own
 process, so building its big requests never holds the neighbour's GIL (in one process it did:
-part of what this used to measure was the client, not the emulator). Windows of each kind take
+part of what this used to measure was the client, not the emulator), and it builds each request
+once, as a load generator does (see below). Windows of each kind take
 turns, so all see the same machine. The store is the default kind: a SQLite file.
 
 Where the time goes, printed in the same run:
@@ -40,11 +41,19 @@ What it showed on a 2-core machine (December 2026). Before: worst vs quiet 3.37x
 After, two runs: worst vs quiet 1.59x / 1.35x / 1.47x and 1.54x / 1.38x / 1.45x; ordinary vs
 quiet 1.23x / 1.21x / 1.22x and 1.28x / 1.15x / 1.22x (a worker's tool workers share its core:
 run anywhere, the other client's tool code reached the neighbour's core, and worst vs quiet read
-1.71-1.79x / 1.44x / 1.52-1.55x). What is left: between two checkpoints a
-request runs to the next one (a maximal-variables turn has stretches of 3-6 ms: ADK's passes over
-2 300 state keys, protobuf copies of them), and the other client's own process (~0.25 CPU s/s
-building its worst requests) shares the machine's two cores with the emulator. At a fixed rate the
-worst inputs cost about what ordinary turns do (worst at 10/s vs ordinary at 10/s: ~1.01x).
+1.71-1.79x / 1.44x / 1.52-1.55x). Then (same month), in the emulator: a request waiting on a
+thread or a tool worker no longer holds parked ones back (fair_share.elsewhere), a turn copies
+its inputs three times fewer, the store's state passes and the record have checkpoints of their
+own, playback no longer lowers a 64 KiB message for each scripted turn, and an oversized request
+is refused from its framing, not a copy of it: five runs read 1.38-1.60x / 1.41-1.52x /
+1.41-1.50x. And in this benchmark: the other client builds each request once. Made from dicts
+each time, its 2 MiB of variables cost its process ~0.24 CPU s/s, which the scheduler ran on the
+less busy core (the other worker's, where half the neighbour's turns run); now 0.11 CPU s/s, while it sends ~40% more worst requests
+(58 -> 77-83 a second): three runs read 1.29-1.32x / 1.24-1.36x / 1.27-1.33x, ordinary vs quiet
+1.20-1.24x. What is left is any busy client's share of the loop (ordinary vs quiet), and
+stretches between two checkpoints (ADK's passes over 2 300 state keys in a maximal-variables
+turn; gRPC's own copies of a 4 MiB request before any code of ours sees it). At a fixed rate the
+worst inputs cost about what ordinary turns do (worst at 10/s vs ordinary at 10/s: ~1.00x).
 (Running turns one at a time, first come first served, was tried before: 2.99x on the same worker,
 as a short turn then waits for the whole of a long one.)
 """
@@ -88,7 +97,15 @@ def worst_inputs(sessions, tools):
     )
 
     def turn(*inputs):
-        return lambda: sessions.run_session(request={"config": {"session": next(names)}, "inputs": list(inputs)}, timeout=120)
+        # Built once: made from the dicts each time, 2 MiB of variables cost this process ~0.25 CPU
+        # s/s, and on 2 cores the scheduler ran it beside the other worker (the neighbour's).
+        request = ces_v1.RunSessionRequest(inputs=list(inputs))
+
+        def send():
+            request.config.session = next(names)
+            return sessions.run_session(request=request, timeout=120)
+
+        return send
 
     def execute(args, mock=None):
         request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args=args, mock_config=mock)
@@ -115,7 +132,11 @@ def other_client(address: str, mode, stop, reports, sent, rate: float) -> None:
     tools = ces_v1.ToolServiceClient(transport=ToolServiceGrpcTransport(channel=channel))
     attacks = worst_inputs(sessions, tools)
     plain = (f"{APP}/sessions/ordinary-{n}" for n in itertools.count())
-    ordinary = lambda: sessions.run_session(request={"config": {"session": next(plain)}, "inputs": [{"text": "Hello"}]})  # noqa: E731
+    hello = ces_v1.RunSessionRequest(inputs=[{"text": "Hello"}])
+
+    def ordinary():
+        hello.config.session = next(plain)
+        return sessions.run_session(request=hello)
     outcomes: dict[str, str] = {}
     for attack in attacks.values():  # warm the paths
         try:
