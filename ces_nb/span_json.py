@@ -184,6 +184,8 @@ class JsonSpans:
             starts += level_starts
             ends += level_ends
             durations += level_durations
+            if children.count(None) == len(children):  # a level of leaves (the last one): no step per span
+                break
             counts = np.array([len(c) if c else 0 for c in children], dtype=np.intp)
             level = [child for c in children if c for child in c]
             if level:
