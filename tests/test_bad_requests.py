@@ -112,7 +112,7 @@ def test_oversized_inputs_are_refused_on_every_path_and_maximal_ones_answered(se
         replies = bidi.turn()
     error = next(r for r in replies if isinstance(r, Exception))
     assert isinstance(error, exceptions.InvalidArgument) and "inputs[0] is 330 KiB" in error.message
-    maximal = {f"k{i}": "v" * 100 for i in range(2_300)}  # just under 256 KiB: the skeleton check lets it through
+    maximal = {f"k{i}": "v" * 100 for i in range(2_300)}  # just under 256 KiB: the check on the request's bytes lets it through
     assert "welcome" in texts(run(sessions, session_name(), ces_v1.SessionInput(variables=maximal), "Hello"))
     request = ces_v1.ExecuteToolRequest(tool=f"{APP}/tools/get_flight_status", args={"flight_number": "x" * 250_000})
     assert tools.execute_tool(request=request, timeout=30).tool.endswith("/tools/get_flight_status")
