@@ -63,6 +63,8 @@ def test_conversation_renders_like_a_live_turn(client):
 
 
 def test_details_fetch_in_parallel_and_report_errors_per_row(client):
+    for _ in range(3):  # conversations of its own: it may run alone (-k), or first
+        client.session().send("Hello")
     names = list(client.conversations().name)[:3] + [f"{APP}/conversations/does-not-exist"]
     transcripts, errors = fetch_all(client, names, max_workers=2, progress=False)
     assert all(t is not None for t in transcripts[:3]) and transcripts[3] is None
