@@ -337,9 +337,15 @@ def _dict_level(level: list[dict]) -> tuple[list, ...]:
 _SPAN_FIELDS = [attrgetter(f) for f in ("name", "attributes", "child_spans", "start_time", "end_time", "duration")]
 
 
+def _fields_of(level: list) -> tuple[list, ...]:
+    """Each field of a level of structs, as a list: a pass over the level per field, in C (900 000
+    children: 0.26 s, where a tuple a span, transposed, took 0.39 s)."""
+    return tuple(list(map(field, level)) for field in _SPAN_FIELDS)
+
+
 def _struct_level(level: list) -> tuple[list, ...]:
     """The level's fields, as _dict_level reads the same spans as dicts (msgspec checked the types)."""
-    names, attributes, children, starts, ends, durations = (list(map(field, level)) for field in _SPAN_FIELDS)
+    names, attributes, children, starts, ends, durations = _fields_of(level)
     if UNSET in names:
         names = ["" if v is UNSET else v for v in names]
     attributes = [{} if a is UNSET or a is None else a for a in attributes]
@@ -347,9 +353,9 @@ def _struct_level(level: list) -> tuple[list, ...]:
 
 
 def _child_level(level: list) -> tuple:
-    """A level of child structs' fields, as _dict_level reads the same spans as dicts: a pass over
-    the spans per field, in C (900 000 children: 0.26 s, where a tuple each, transposed, took 0.39 s)."""
-    names, attributes, children, starts, ends, durations = (list(map(field, level)) for field in _SPAN_FIELDS)
+    """A level of child structs' fields, as _dict_level reads the same spans as dicts (an absent
+    field is already what it reads)."""
+    names, attributes, children, starts, ends, durations = _fields_of(level)
     if None in attributes:
         attributes = [{} if a is None else a for a in attributes]
     return names, attributes, children, starts, ends, durations

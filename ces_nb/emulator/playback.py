@@ -88,31 +88,29 @@ SHORT_TEXT_CHARS = 4096
 LONG_TEXT_CHARS = 256 * 1024
 
 
-def tokens(text: str) -> frozenset[str]:
-    if len(text) <= SHORT_TEXT_CHARS:
-        return _short_tokens(text)
-    return _long_tokens(text) if len(text) <= LONG_TEXT_CHARS else _words(text)
+def _remembered(compute):
+    """`compute` over a text, remembered by the text's length: many short ones, a few long ones,
+    none past LONG_TEXT_CHARS."""
+    short, long = lru_cache(maxsize=1024)(compute), lru_cache(maxsize=8)(compute)
+
+    def read(text: str):
+        if len(text) <= SHORT_TEXT_CHARS:
+            return short(text)
+        return long(text) if len(text) <= LONG_TEXT_CHARS else compute(text)
+
+    return read
 
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(_WORD.findall(text.lower()))
 
 
-_short_tokens = lru_cache(maxsize=1024)(_words)
-_long_tokens = lru_cache(maxsize=8)(_words)
-
-
-def word_count(text: str) -> int:
-    """Whitespace-separated words, as a token count reads them; remembered like `tokens` (each
-    model call of a turn counts the whole conversation again)."""
-    if len(text) <= SHORT_TEXT_CHARS:
-        return len(text.split())
-    return _long_word_count(text) if len(text) <= LONG_TEXT_CHARS else len(text.split())
-
-
-@lru_cache(maxsize=8)
-def _long_word_count(text: str) -> int:
+def _word_count(text: str) -> int:
     return len(text.split())
+
+
+tokens = _remembered(_words)  # frozenset[str]
+word_count = _remembered(_word_count)  # as a token count reads them
 
 
 def similarity(a: str, b: str, ta: frozenset[str] | None = None, tb: frozenset[str] | None = None) -> float:
