@@ -984,7 +984,8 @@ class Transcript:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"no folder {path.parent}: create it first (Path({str(path.parent)!r}).mkdir(parents=True)), "
                                     "or save into a folder that exists, e.g. 'trip.json'")
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+        _replace_file(path, text.encode("utf-8"))
         return path
 
     @classmethod
@@ -1055,9 +1056,31 @@ class TranscriptError(ValueError):
         self.path, self.problem, self.source = path, problem, source
 
 
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to a new file beside `path`, then put it in path's place: a reader (spans_frame
+    maps the file) or a crash mid-write sees the old transcript or the new one, never half of it."""
+    import os
+    import tempfile
+
+    target = path.resolve()  # through a symlink: the file it names is replaced, the link kept
+    if not target.exists():  # nobody reads it yet, and it gets the mode a new file gets
+        target.write_bytes(data)
+        return
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, target.stat().st_mode & 0o7777)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def read_json_file(path: str | Path, data: bytes | None = None) -> Any:
     """A saved transcript's (or Conversation export's) JSON, as json.load reads it, or a ValueError
-    naming the file and how to write one; `data`: its bytes, when they are read already. msgspec
+    naming the file and how to write one; `data`: its bytes (or a buffer of them), when they are
+    read already. msgspec
     parses it faster and either gives the same values (ints past 64 bits included, where orjson
     gives floats) or refuses; what it refuses (NaN, 1e400, lone surrogates, a BOM) the standard
     library reads, or refuses with its own error."""
@@ -1069,7 +1092,7 @@ def read_json_file(path: str | Path, data: bytes | None = None) -> Any:
         try:
             return msgspec.json.decode(data)
         except msgspec.DecodeError:
-            return json.loads(data.decode("utf-8"))
+            return json.loads(bytes(data).decode("utf-8"))
     except UnicodeDecodeError:
         raise ValueError(f"{path}: " + str(_not_a_transcript("it is not UTF-8 text (a binary file?)"))) from None
     except RecursionError:

@@ -70,6 +70,50 @@ def test_a_saved_transcript_file_still_loads():
     assert any(t.text for t in transcript) and any(t.tool_calls for t in transcript)
 
 
+def _one_turn(text: str) -> Transcript:
+    return Transcript([Turn.from_dict({"outputs": [{"text": text, "turn_index": 1}]})], session="s")
+
+
+def test_save_over_a_file_replaces_it_keeping_its_mode_and_leaving_nothing_beside_it(tmp_path):
+    import os
+
+    path = tmp_path / "trip.json"
+    _one_turn("first").save(path)
+    os.chmod(path, 0o640)
+    inode = path.stat().st_ino
+    with open(path, "rb") as reader:  # a reader of the old file keeps reading the old file
+        _one_turn("second").save(path)
+        assert b"first" in reader.read()
+    assert path.stat().st_ino != inode and path.stat().st_mode & 0o777 == 0o640
+    assert Transcript.load(path).turns[0].text == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trip.json"]
+
+
+def test_save_through_a_symlink_replaces_the_file_it_names_and_keeps_the_link(tmp_path):
+    real = tmp_path / "real.json"
+    _one_turn("first").save(real)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    _one_turn("second").save(link)
+    assert link.is_symlink() and Transcript.load(real).turns[0].text == "second"
+
+
+def test_a_save_that_fails_midway_leaves_the_old_transcript_and_no_partial_file(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "trip.json"
+    _one_turn("first").save(path)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _one_turn("second").save(path)
+    assert Transcript.load(path).turns[0].text == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trip.json"]
+
+
 def test_a_turn_holds_no_session_and_renders_without_widgets_or_the_network():
     assert "session" not in Turn.__dataclass_fields__ and not hasattr(Turn, "_ipython_display_")
     code = """
