@@ -20,8 +20,8 @@ from .model import _duration_ns, timestamp_ns
 # years that datetime64[ns] holds. A day the month lacks (02-30) makes Arrow's cast fail: the
 # column is then read value by value, so protobuf says what is wrong.
 _TIMESTAMP = r"^(?:1[7-9]|2[01])\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?Z$"
-# At most 9 whole digits, so whole * 10**9 fits an int64.
-_DURATION = r"^(?P<whole>\d{1,9})(?:\.(?P<frac>\d{1,9}))?s$"
+# At most 9 whole and 9 fraction digits: a decimal128(18, 9), whose ns fit an int64.
+_DURATION = r"^\d{1,9}(?:\.\d{1,9})?s$"
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -105,10 +105,9 @@ def _arrow_durations(values, texts: bool) -> tuple[np.ndarray, np.ndarray] | Non
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    parts = pc.extract_regex(strings, _DURATION)  # null where the text has another shape
-    done = parts.is_valid()
-    # A row that did not match has a null struct over whatever its fields hold.
-    whole = pc.cast(pc.if_else(done, parts.field("whole"), "0"), pa.int64())
-    frac = pc.cast(pc.utf8_rpad(pc.if_else(done, parts.field("frac"), ""), 9, "0"), pa.int64())
-    ns = pc.add(pc.multiply(whole, 1_000_000_000), frac)
-    return done.to_numpy(zero_copy_only=False), ns.to_numpy(zero_copy_only=False, writable=True), missing
+    done = pc.fill_null(pc.match_substring_regex(strings, _DURATION), False)
+    # The seconds as an exact decimal (the "s" cut off), times 10**9: two casts, where cutting
+    # whole and fraction apart with a regex took twice as long.
+    seconds = pc.cast(pc.utf8_slice_codeunits(pc.if_else(done, strings, None), 0, -1), pa.decimal128(18, 9))
+    ns = pc.cast(pc.multiply(seconds, pa.scalar(10**9, pa.decimal128(10, 0))), pa.int64())
+    return done.to_numpy(zero_copy_only=False), pc.fill_null(ns, 0).to_numpy(zero_copy_only=False, writable=True), missing
