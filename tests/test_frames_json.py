@@ -85,6 +85,8 @@ def broken(kind: str) -> dict:
     second = t["turns"][1]["root_span"]
     if kind == "bad time":
         second["child_spans"][1]["start_time"] = "yesterday"  # that span and its children are left out
+    elif kind == "bad duration":  # in the last level, a level of leaves
+        second["child_spans"][2]["child_spans"][0]["duration"] = "5 ms"
     elif kind == "bad children":
         second["child_spans"] = "none"
     elif kind == "bad attributes":
@@ -98,7 +100,7 @@ def broken(kind: str) -> dict:
     return t
 
 
-@pytest.mark.parametrize("kind", ["bad time", "bad children", "bad attributes", "bad output", "bad turn", "bool index"])
+@pytest.mark.parametrize("kind", ["bad time", "bad duration", "bad children", "bad attributes", "bad output", "bad turn", "bool index"])
 def test_json_the_records_would_check_gives_the_records_frame(kind):
     data = broken(kind)
     same(frames.spans_frame(copy.deepcopy(data)), frames.spans_frame(Transcript.from_dict(copy.deepcopy(data))))
@@ -119,7 +121,7 @@ def test_file_frame_is_the_records_frame(tmp_path, case):
     same(got, expected)
 
 
-@pytest.mark.parametrize("kind", ["bad time", "bad children", "bad attributes", "bad output", "bad turn", "bool index"])
+@pytest.mark.parametrize("kind", ["bad time", "bad duration", "bad children", "bad attributes", "bad output", "bad turn", "bool index"])
 def test_files_the_records_would_check_give_the_records_frame(tmp_path, kind):
     got, expected = _file_frame(tmp_path, broken(kind))
     same(got, expected)
