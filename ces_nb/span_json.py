@@ -16,6 +16,7 @@ then put in pre-order, as the records walk them, and handed to pandas as arrays.
 # No `from __future__ import annotations`: msgspec reads the structs' annotations, some of them
 # local to _turn_type, when it builds their decoders.
 import functools
+import os
 from operator import attrgetter
 from typing import Any, Union
 
@@ -408,6 +409,11 @@ def _background() -> "concurrent.futures.ThreadPoolExecutor":
     import concurrent.futures
 
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ces_nb-span-times")
+
+
+# A forked child has the executor but not its thread, and the executor, seeing itself idle, starts
+# none: its frames would wait forever. The child makes its own.
+os.register_at_fork(after_in_child=_background.cache_clear)
 
 
 def _reordered(values: list, order) -> list:

@@ -459,3 +459,26 @@ def test_files_that_cannot_be_mapped_are_read(tmp_path):
     finally:
         writer.join(timeout=10)
     same(got, frames.spans_frame(json.loads(text)))
+
+
+def _frame_rows_in(queue, path) -> None:
+    queue.put(len(frames.spans_frame(path)))
+
+
+def test_a_forked_process_builds_frames_from_files_too(tmp_path):
+    """The times are parsed on a background thread; a child forked after a frame was built (a
+    multiprocessing pool on Linux) gets a thread of its own, not a pool that waits forever."""
+    import multiprocessing
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(transcript(n=3)))
+    rows = len(frames.spans_frame(path))  # the parent's background thread now exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_frame_rows_in, args=(queue, path))
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked child's frame never finished"
+    assert queue.get(timeout=5) == rows == 15
