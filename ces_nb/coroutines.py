@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from typing import Any, Awaitable
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -22,3 +23,13 @@ def run_sync(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
 
     return _pool.submit(asyncio.run, wait()).result()
+
+
+def _forget_pool() -> None:
+    # A forked child has the pool but not its thread, and the pool, seeing itself idle, starts
+    # none: run_sync would wait forever. The child makes its own.
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
