@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import numpy
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 from matplotlib.collections import PolyCollection  # noqa: F401  (matplotlib present)
 from matplotlib.patches import Rectangle
 
@@ -214,3 +216,36 @@ def test_attributes_in_any_mapping_give_the_frame_of_dicts():
     expected = frame(dict)
     assert list(expected.columns[-4:]) == ["perceived latency (ms)", "agent", "model", "name"]
     pd.testing.assert_frame_equal(frame(MappingProxyType), expected)
+
+
+_ATTRIBUTE_VALUES = st.one_of(st.none(), st.text(max_size=5), st.sampled_from(["agent A", "", "ü", "\U0001f600"]),
+                              st.binary(max_size=3), st.floats(allow_nan=True), st.integers(), st.booleans(),
+                              st.builds(numpy.str_, st.text(max_size=3)), st.just(pd.NA), st.just(pd.NaT),
+                              st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=5)), max_size=8) | st.lists(_ATTRIBUTE_VALUES, max_size=8))
+def test_attribute_columns_are_what_pandas_makes_of_their_values(values):
+    """A column of text goes to Arrow whole; anything else is left to pandas' own inference: the
+    same column either way, dtype and missing values included."""
+    expected = pd.DataFrame({"c": values}, index=pd.RangeIndex(len(values)))
+    got = pd.DataFrame({"c": frames._as_pandas_reads(list(values))}, index=pd.RangeIndex(len(values)))
+    pd.testing.assert_frame_equal(got, expected, check_dtype=True, check_exact=True)
+    assert got["c"].dtype == expected["c"].dtype and type(got["c"].array) is type(expected["c"].array)
+
+
+def test_an_attribute_no_utf8_can_hold_stays_as_written(tmp_path):
+    """A lone surrogate (the standard library reads "\\ud800" in a file) cannot go into pandas' str
+    dtype, which raises; its column holds the strings as objects instead, and the frame is built."""
+    import json
+
+    root = Span("root", 0, 10_000_000, 10_000_000, {"said": "caf\ud800"})
+    root.children.append(Span("LLM", 1_000_000, None, 4_000_000, {"said": "ok"}))
+    frame = frames.spans_frame(Transcript([Turn(index=1, root_span=root, completed=True)]))
+    assert frame["said"].tolist() == ["caf\ud800", "ok"] and frame["said"].dtype == object
+    data = transcript(n=1)
+    data["turns"][0]["root_span"]["attributes"]["said"] = "caf\ud800"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))  # ASCII: the surrogate written as \ud800
+    assert frames.spans_frame(path)["said"].tolist()[0] == "caf\ud800"
