@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-from itertools import chain, repeat
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
@@ -162,20 +161,27 @@ def _spans_frame(obj: Any):
                     _span_rows(conversation, index, root, cols, attrs)
         frame = pd.DataFrame(cols)
         frame["parent"] = frame["parent"].astype("Int64")  # the root has none
-    # Every attribute name, in the order first met; then each one's column, None where a span has
-    # it not. Both walk the million dicts in C (chain, map over dict.get), not a Python step each.
-    keys = dict.fromkeys(chain.from_iterable(attrs))
-    extra = {(key if key not in SPAN_COLUMNS else f"attr:{key}"): _as_pandas_reads(_column(attrs, key)) for key in keys}
+    extra = {(key if key not in SPAN_COLUMNS else f"attr:{key}"): _as_pandas_reads(values)
+             for key, values in _attribute_columns(attrs).items()}
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
     return frame
 
 
-def _column(attrs: list, key: str) -> list:
-    try:
-        return list(map(dict.get, attrs, repeat(key, len(attrs))))
-    except TypeError:  # a Span built by hand with some other mapping for its attributes
-        return [a.get(key) for a in attrs]
+def _attribute_columns(attrs: list) -> dict[str, list]:
+    """Every attribute name, in the order first met, and its column: the values, None where a span
+    has it not. One pass visits each span's attributes once; a pass per name, though in C (map
+    over dict.get), visits each dict once per name, a cache miss each time on a million dicts
+    spread over a parsed file's heap (0.8-1.0 s, against 0.3-0.4 s)."""
+    n = len(attrs)
+    columns: dict[str, list] = {}
+    for row, attributes in enumerate(attrs):
+        for key, value in attributes.items():
+            column = columns.get(key)
+            if column is None:
+                column = columns[key] = [None] * n
+            column[row] = value
+    return columns
 
 
 def _as_pandas_reads(values: list):
