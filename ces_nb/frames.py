@@ -237,7 +237,8 @@ def _span_trees(obj: Any) -> Iterator["tuple[str, list[tuple[int, Span]]] | span
     without building records; JSON in any other shape, or with a value the records would check,
     goes through `transcripts`."""
     if isinstance(obj, (str, os.PathLike)):
-        data = _file_bytes(obj)
+        # Read, not mapped: another program rewriting a mapped file mid-read kills the kernel (SIGBUS).
+        data = Path(obj).read_bytes()
         typed = span_json.decode(data)
         if typed is not None and span_json.is_layout(typed):
             try:
@@ -259,19 +260,6 @@ def _span_trees(obj: Any) -> Iterator["tuple[str, list[tuple[int, Span]]] | span
         return
     for t in transcripts(obj):
         yield t.session, [(turn.index, turn.root_span) for turn in t.turns if turn.root_span is not None]
-
-
-def _file_bytes(path) -> "bytes | mmap.mmap":
-    """A file's bytes, mapped rather than copied where the file can be: reading 240 MB into a
-    bytes object costs about as long as a fifth of the frame built from it. Transcript.save
-    replaces a file rather than rewriting it, so a save meanwhile leaves the mapping whole."""
-    import mmap
-
-    with open(path, "rb") as file:
-        try:
-            return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # empty, a pipe, or a file system that cannot map it
-            return file.read()
 
 
 @contextmanager

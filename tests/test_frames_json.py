@@ -422,31 +422,13 @@ def test_records_and_json_in_one_list_give_the_records_frame(tmp_path):
     assert mixed["parent"].dropna().max() < len(mixed) and list(mixed["index"]) == list(range(len(mixed)))
 
 
-def test_a_file_is_mapped_not_copied_and_a_save_meanwhile_leaves_the_mapping_whole(tmp_path):
-    """spans_frame maps a saved transcript instead of copying its bytes; Transcript.save puts a new
-    file in its place, so a frame being read from the old mapping still reads the old turns."""
-    import mmap
-
-    path = tmp_path / "t.json"
-    Transcript.from_dict(transcript(n=3)).save(path)
-    before = frames.spans_frame(path)
-    mapped = frames._file_bytes(path)
-    assert isinstance(mapped, mmap.mmap)
-    Transcript.from_dict(transcript(n=1)).save(path)  # over it, while it is mapped
-    from ces_nb import span_json as spans
-
-    same(frames.span_json.frame([spans.read(spans.decode(mapped))]), before[list(frames.SPAN_COLUMNS)])
-    assert len(frames.spans_frame(path)) < len(before)  # the new file is the new transcript
-
-
-def test_files_that_cannot_be_mapped_are_read(tmp_path):
-    """An empty file and a named pipe cannot be mapped: they are read as before, with the same errors."""
+def test_an_empty_file_and_a_named_pipe_are_read(tmp_path):
+    """An empty file says it is no JSON; a named pipe's transcript gives its frame."""
     import os
     import threading
 
     empty = tmp_path / "empty.json"
     empty.write_bytes(b"")
-    assert frames._file_bytes(empty) == b""
     with pytest.raises(ValueError, match="is not JSON"):
         frames.spans_frame(empty)
     pipe = tmp_path / "pipe.json"
