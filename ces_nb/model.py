@@ -1057,8 +1057,12 @@ class TranscriptError(ValueError):
 
 
 def _replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a new file beside `path`, then put it in path's place: a reader (spans_frame
-    maps the file) or a crash mid-write sees the old transcript or the new one, never half of it."""
+    """Write `data` to a new file beside `path`, flushed to disk, then put it in path's place: a
+    crash, a full disk or a reader mid-write sees the old transcript or the new one, never half of
+    it. Where a new file could not stand for the old one as it is (the folder is not ours to write,
+    another name links to the file, another user owns it), the file is written in place, as
+    open(path, "w") would."""
+    import errno
     import os
     import tempfile
 
@@ -1066,15 +1070,42 @@ def _replace_file(path: Path, data: bytes) -> None:
     if not target.exists():  # nobody reads it yet, and it gets the mode a new file gets
         target.write_bytes(data)
         return
+    if not os.access(target, os.W_OK):  # a file made read-only stays as it is
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    old = target.stat()
+    owned = not hasattr(os, "geteuid") or old.st_uid == os.geteuid()
+    if old.st_nlink > 1 or not owned or not os.access(target.parent, os.W_OK | os.X_OK):
+        target.write_bytes(data)
+        return
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
-        os.chmod(temporary, target.stat().st_mode & 0o7777)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, old.st_mode & 0o7777)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename itself on disk too (POSIX); a file system or OS that cannot sync a folder has
+    done what it can."""
+    import os
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json_file(path: str | Path, data: bytes | None = None) -> Any:

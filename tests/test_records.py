@@ -114,6 +114,106 @@ def test_a_save_that_fails_midway_leaves_the_old_transcript_and_no_partial_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trip.json"]
 
 
+def test_save_over_a_hard_linked_file_writes_it_in_place_so_every_name_sees_the_new_turns(tmp_path):
+    import os
+
+    path = tmp_path / "trip.json"
+    _one_turn("first").save(path)
+    os.link(path, tmp_path / "backup.json")
+    inode = path.stat().st_ino
+    _one_turn("second").save(path)
+    assert path.stat().st_ino == inode and Transcript.load(tmp_path / "backup.json").turns[0].text == "second"
+
+
+def _save_as_nobody(path, text: str) -> str:
+    """Save as uid/gid 65534 (root forks and drops to it; anyone else saves as themselves): "saved",
+    or the error's class and message."""
+    import os
+
+    def save() -> str:
+        try:
+            _one_turn(text).save(path)
+            return "saved"
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+
+    if os.geteuid() != 0:
+        return save()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, save().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as answer:
+        return answer.read()
+
+
+@pytest.fixture
+def open_folder():
+    """A folder anyone can reach and write (pytest's tmp_path sits in root's 0700 folder)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="ces-nb-save-"))
+    os.chmod(folder, 0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_nobodys(path):
+    import os
+
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+
+
+def test_save_refuses_a_read_only_file_and_keeps_it(open_folder):
+    import os
+
+    path = open_folder / "keep.json"
+    _one_turn("precious").save(path)
+    _as_nobodys(path)
+    os.chmod(path, 0o444)
+    assert _save_as_nobody(path, "overwritten").startswith("PermissionError")
+    assert Transcript.load(path).turns[0].text == "precious"
+
+
+def test_save_into_a_folder_it_cannot_write_writes_the_file_in_place(open_folder):
+    import os
+
+    folder = open_folder / "shared"
+    folder.mkdir()
+    path = folder / "trip.json"
+    _one_turn("old").save(path)
+    _as_nobodys(path)
+    os.chmod(folder, 0o555 if os.geteuid() != 0 else 0o755)  # root owns it: nobody cannot write it
+    try:
+        assert _save_as_nobody(path, "new") == "saved"
+    finally:
+        os.chmod(folder, 0o755)
+    assert Transcript.load(path).turns[0].text == "new" and sorted(p.name for p in folder.iterdir()) == ["trip.json"]
+
+
+def test_root_saving_another_users_file_leaves_it_theirs(tmp_path):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can save a file another user owns")
+    path = tmp_path / "theirs.json"
+    _one_turn("a").save(path)
+    os.chown(path, 65534, 65534)
+    _one_turn("b").save(path)
+    assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534) and Transcript.load(path).turns[0].text == "b"
+
+
 def test_a_turn_holds_no_session_and_renders_without_widgets_or_the_network():
     assert "session" not in Turn.__dataclass_fields__ and not hasattr(Turn, "_ipython_display_")
     code = """
