@@ -204,6 +204,8 @@ class JsonSpans:
             raise NotPlain from None
         (start, no_start), (end, no_end), (duration, no_duration) = (
             (np.concatenate([t[k][0] for t in levels]), np.concatenate([t[k][1] for t in levels])) for k in range(3))
+        if _past_int64(start[~no_start], end[~no_end]):  # the records' Python ints hold the differences
+            raise NotPlain
         # Span.from_dict: the duration given, else end - start.
         measured = no_duration & ~no_start & ~no_end
         if measured.any():
@@ -395,6 +397,16 @@ def _preorder(parent, level_sizes: list[int]):
     order = np.empty(n, dtype=np.intp)
     order[position] = np.arange(n)
     return order
+
+
+def _past_int64(*times: np.ndarray) -> bool:
+    """Whether two of these int64 times are too far apart (about 292 years) for their difference
+    to fit an int64: then end - start, and an offset from the root, would wrap around."""
+    present = [t for t in times if t.dtype != object and len(t)]
+    if not present:
+        return False
+    spread = int(max(t.max() for t in present)) - int(min(t.min() for t in present))
+    return spread > np.iinfo(np.int64).max
 
 
 def _parse_times(starts: list, ends: list, durations: list, texts: list[bool]) -> tuple:

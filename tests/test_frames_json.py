@@ -464,3 +464,18 @@ def test_a_forked_process_builds_frames_from_files_too(tmp_path):
         child.kill()
     assert child.exitcode == 0, "the forked child's frame never finished"
     assert queue.get(timeout=5) == rows == 15
+
+
+def test_times_centuries_apart_give_the_records_offsets_and_durations(tmp_path):
+    """1700 and 2026 are both times protobuf reads, but their ns differ by more than an int64
+    holds: the offset from the root and end - start are the records' exact ones, not wrapped."""
+    t = transcript(n=2)
+    children = t["turns"][1]["root_span"]["child_spans"]
+    children[0]["start_time"] = "1700-01-01T00:00:00Z"  # an offset from a 2026 root
+    children[1].update(start_time="1700-01-01T00:00:00Z", end_time="2100-01-01T00:00:00.5Z")  # a measured duration
+    children[1].pop("duration", None)
+    frame = frames.spans_frame(copy.deepcopy(t))
+    same(frame, frames.spans_frame(Transcript.from_dict(copy.deepcopy(t))))
+    got, expected = _file_frame(tmp_path, t)
+    same(got, expected)
+    assert frame["start_ms"].min() < -1e13 and frame["duration_ms"].max() > 1e13
