@@ -1110,8 +1110,7 @@ def _sync_folder(folder: Path) -> None:
 
 def read_json_file(path: str | Path, data: bytes | None = None) -> Any:
     """A saved transcript's (or Conversation export's) JSON, as json.load reads it, or a ValueError
-    naming the file and how to write one; `data`: its bytes (or a buffer of them), when they are
-    read already. msgspec
+    naming the file and how to write one; `data`: its bytes, when they are read already. msgspec
     parses it faster and either gives the same values (ints past 64 bits included, where orjson
     gives floats) or refuses; what it refuses (NaN, 1e400, lone surrogates, a BOM) the standard
     library reads, or refuses with its own error."""
@@ -1123,7 +1122,7 @@ def read_json_file(path: str | Path, data: bytes | None = None) -> Any:
         try:
             return msgspec.json.decode(data)
         except msgspec.DecodeError:
-            return json.loads(bytes(data).decode("utf-8"))
+            return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ValueError(f"{path}: " + str(_not_a_transcript("it is not UTF-8 text (a binary file?)"))) from None
     except RecursionError:
