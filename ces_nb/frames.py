@@ -159,13 +159,16 @@ def _spans_frame(obj: Any):
                 conversation, roots = trees
                 for index, root in roots:
                     _span_rows(conversation, index, root, cols, attrs)
-        frame = pd.DataFrame(cols)
+        frame = pd.DataFrame({c: _as_pandas_reads(v) if c in _TEXT_COLUMNS else v for c, v in cols.items()})
         frame["parent"] = frame["parent"].astype("Int64")  # the root has none
     extra = {(key if key not in SPAN_COLUMNS else f"attr:{key}"): _as_pandas_reads(values)
              for key, values in _attribute_columns(attrs).items()}
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
     return frame
+
+
+_TEXT_COLUMNS = ("conversation", "span", "kind")
 
 
 def _attribute_columns(attrs: list) -> dict[str, list]:

@@ -282,7 +282,10 @@ def _strings(distinct: list[str], codes: np.ndarray):
     if getattr(dtype, "storage", None) == "pyarrow":
         import pyarrow as pa
 
-        return pd.array(pa.array(distinct, type=pa.large_string() if dtype.na_value is pd.NA else pa.string()).take(codes), dtype=dtype)
+        try:
+            return pd.array(pa.array(distinct, type=pa.large_string() if dtype.na_value is pd.NA else pa.string()).take(codes), dtype=dtype)
+        except UnicodeEncodeError:  # a lone surrogate: objects, as frames._as_pandas_reads keeps them
+            return pd.Series(_objects(distinct)[codes], dtype=object)
     return _objects(distinct)[codes]
 
 

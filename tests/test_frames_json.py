@@ -479,3 +479,19 @@ def test_times_centuries_apart_give_the_records_offsets_and_durations(tmp_path):
     got, expected = _file_frame(tmp_path, t)
     same(got, expected)
     assert frame["start_ms"].min() < -1e13 and frame["duration_ms"].max() > 1e13
+
+
+def test_a_span_or_session_name_no_utf8_can_hold_gives_the_frame_from_every_source(tmp_path):
+    """A lone surrogate in a span's name, or the session's, read from JSON by the standard library:
+    pandas' str dtype refuses it, so those columns hold objects, the same from dicts, from the file
+    and from the records."""
+    t = transcript(n=2)
+    t["session"] = "trip\ud800"
+    t["turns"][1]["root_span"]["child_spans"][0]["name"] = "LLM caf\ud800"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(t))  # ASCII: written as \ud800, which msgspec refuses and json reads
+    records = frames.spans_frame(Transcript.load(path))
+    same(frames.spans_frame(copy.deepcopy(t)), records)
+    same(frames.spans_frame(path), records)
+    assert "LLM caf\ud800" in records["span"].tolist() and set(records["conversation"]) == {"trip\ud800"}
+    assert records["span"].dtype == object and records["conversation"].dtype == object
