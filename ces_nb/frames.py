@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 from . import span_json
+from .text_columns import as_pandas_reads
 from .model import AudioOutput, CitationsOutput, Output, SearchSuggestionsOutput, Span, ToolCallsOutput, Transcript, Turn, json_value
 from .model import read_json_file
 from .render.text import integral
@@ -159,9 +160,9 @@ def _spans_frame(obj: Any):
                 conversation, roots = trees
                 for index, root in roots:
                     _span_rows(conversation, index, root, cols, attrs)
-        frame = pd.DataFrame({c: _as_pandas_reads(v) if c in _TEXT_COLUMNS else v for c, v in cols.items()})
+        frame = pd.DataFrame({c: as_pandas_reads(v) if c in _TEXT_COLUMNS else v for c, v in cols.items()})
         frame["parent"] = frame["parent"].astype("Int64")  # the root has none
-    extra = {(key if key not in SPAN_COLUMNS else f"attr:{key}"): _as_pandas_reads(values)
+    extra = {(key if key not in SPAN_COLUMNS else f"attr:{key}"): as_pandas_reads(values)
              for key, values in _attribute_columns(attrs).items()}
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
@@ -185,26 +186,6 @@ def _attribute_columns(attrs: list) -> dict[str, list]:
                 column = columns[key] = [None] * n
             column[row] = value
     return columns
-
-
-def _as_pandas_reads(values: list):
-    """The column pandas makes of `values`, as given (a list) or, for text under pandas' Arrow-backed
-    str dtype, already made: every value a str or None, one of them a str, goes to Arrow in one pass.
-    pandas' own inference visits each value a few times, a cache miss each when the strings are
-    spread over a parsed file's heap (a million: 0.21-0.24 s, against 0.05-0.07 s)."""
-    dtype = span_json._text_dtype()
-    if getattr(dtype, "storage", None) != "pyarrow":  # pandas before 3 keeps text as objects
-        return values
-    kinds = set(map(type, values))
-    if str not in kinds or not kinds <= {str, type(None)}:  # bytes, str subclasses, NaN...: pandas decides
-        return values
-    import pandas as pd
-    import pyarrow as pa
-
-    try:
-        return pd.array(pa.array(values, type=pa.large_string()), dtype=dtype)
-    except UnicodeEncodeError:  # a lone surrogate (json reads "\ud800"): no UTF-8 holds it, pandas' str neither
-        return pd.Series(values, dtype=object)  # a Series: pandas infers str from any list or array
 
 
 def _span_rows(conversation: str, turn: int, root: Span, cols: dict[str, list], attrs: list[dict]) -> None:

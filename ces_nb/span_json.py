@@ -25,6 +25,7 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from .model import FORMAT, _At, _camel, _check_output, get_field, has_field, span_kind
+from .text_columns import objects, taken
 
 
 class NotPlain(Exception):
@@ -55,10 +56,10 @@ def _span_struct(name: str, child: str, rename: dict[str, str]) -> type:
 
 def _child_struct(name: str, times: Any, rename: dict[str, str]) -> type:
     """A child Span's JSON as a struct: an absent field is what _dict_tree and _dict_times read
-    for it ("" for the name, None for the rest), so a level of children needs no fixing up. With `times` str,
-    the times are text or null, as every saved transcript and Conversation export writes them:
-    then their columns are known to be text before they are parsed (other values fail the decode,
-    and the `Any` variant reads the file)."""
+    for it ("" for the name, None for the rest), so a level of children needs no fixing up. With
+    `times` str, the times are text or null, as every saved transcript and Conversation export
+    writes them: then their columns are known to be text before they are parsed (other values
+    fail the decode, and the `Any` variant reads the file)."""
     return msgspec.defstruct(name, [
         ("name", str, ""),
         ("attributes", Union[dict, None], None),
@@ -261,46 +262,16 @@ def frame(parts: list[JsonSpans]):
     kind_number: dict[str, int] = {}
     kind_codes = np.asarray([kind_number.setdefault(span_kind(name), len(kind_number)) for name in distinct], dtype=np.int64)
     return pd.DataFrame({
-        "conversation": _strings([p.conversation for p in parts], np.repeat(np.arange(len(parts)), sizes)),
+        "conversation": taken([p.conversation for p in parts], np.repeat(np.arange(len(parts)), sizes)),
         "turn": turns,
         "index": np.arange(n, dtype=np.int64),
         "parent": pd.arrays.IntegerArray(np.where(parents < 0, 0, parents + offsets).astype(np.int64), parents < 0),
         "depth": np.concatenate([p.depths for p in parts]).astype(np.int64),
-        "span": _strings(distinct, codes),
-        "kind": _strings(list(kind_number), kind_codes[codes]),
+        "span": taken(distinct, codes),
+        "kind": taken(list(kind_number), kind_codes[codes]),
         "start_ms": _floats([p.start_ms for p in parts], [p.no_start_ms for p in parts]),
         "duration_ms": _floats([p.duration_ms for p in parts], [p.no_duration_ms for p in parts]),
     })
-
-
-def _strings(distinct: list[str], codes: np.ndarray):
-    """A text column, distinct[codes], of the dtype pandas gives a list of str: with pyarrow behind
-    it, the values are copied once each into Arrow (distinct, then a take), not once a row."""
-    import pandas as pd
-
-    dtype = _text_dtype()
-    if getattr(dtype, "storage", None) == "pyarrow":
-        import pyarrow as pa
-
-        try:
-            return pd.array(pa.array(distinct, type=pa.large_string() if dtype.na_value is pd.NA else pa.string()).take(codes), dtype=dtype)
-        except UnicodeEncodeError:  # a lone surrogate: objects, as frames._as_pandas_reads keeps them
-            return pd.Series(_objects(distinct)[codes], dtype=object)
-    return _objects(distinct)[codes]
-
-
-@functools.cache
-def _text_dtype():
-    """What pandas makes of a column of str: object before pandas 3, its str dtype since."""
-    import pandas as pd
-
-    return pd.Series(["x"]).dtype
-
-
-def _objects(values: list) -> np.ndarray:
-    box = np.empty(len(values), dtype=object)
-    box[:] = values
-    return box
 
 
 def _floats(values: list[np.ndarray], missing: list[np.ndarray]) -> np.ndarray:
@@ -308,7 +279,7 @@ def _floats(values: list[np.ndarray], missing: list[np.ndarray]) -> np.ndarray:
     an object column of None, as it does from a list."""
     out, gaps = np.concatenate(values), np.concatenate(missing)
     if gaps.all():
-        return _objects([None] * len(out))
+        return objects([None] * len(out))
     out[gaps] = np.nan
     return out
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from matplotlib.collections import PolyCollection  # noqa: F401  (matplotlib present)
 from matplotlib.patches import Rectangle
 
-from ces_nb import frames
+from ces_nb import frames, text_columns
 from ces_nb.model import Span, Transcript, Turn
 from ces_nb.render.plots import KIND_COLOURS, plot_latency, plot_spans
 from ces_nb.render.span_tree import SpanTree
@@ -230,7 +230,7 @@ def test_attribute_columns_are_what_pandas_makes_of_their_values(values):
     """A column of text goes to Arrow whole; anything else is left to pandas' own inference: the
     same column either way, dtype and missing values included."""
     expected = pd.DataFrame({"c": values}, index=pd.RangeIndex(len(values)))
-    got = pd.DataFrame({"c": frames._as_pandas_reads(list(values))}, index=pd.RangeIndex(len(values)))
+    got = pd.DataFrame({"c": text_columns.as_pandas_reads(list(values))}, index=pd.RangeIndex(len(values)))
     pd.testing.assert_frame_equal(got, expected, check_dtype=True, check_exact=True)
     assert got["c"].dtype == expected["c"].dtype and type(got["c"].array) is type(expected["c"].array)
 
