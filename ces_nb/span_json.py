@@ -319,7 +319,8 @@ def _struct_times(level: list) -> tuple[list, list, list]:
 
 
 def _struct_tree(level: list) -> tuple[list, list, list]:
-    """A level of root structs' names, attributes and children, as _dict_tree reads them (msgspec checked the types)."""
+    """A level of root structs' names, attributes and children, as _dict_tree reads them
+    (msgspec checked the types)."""
     names, attributes, children = (list(map(field, level)) for field in _TREE_FIELDS)
     if UNSET in names:
         names = ["" if v is UNSET else v for v in names]
